@@ -1,0 +1,390 @@
+//! Lifeboat's storage layer: one blocking interface to every place a repository can live.
+//!
+//! Lives here: [`Storage`] (put, get, ranged get, list, stat, delete) over Apache OpenDAL,
+//! [`Location`] (parsing `s3://bucket/prefix` and local paths), the storage [`Error`] with its
+//! transient/permanent classification, and [`FaultPlan`] for crash tests.
+//! Never here: anything about the repository format (file kinds, encryption, ids); callers
+//! pass plain relative paths such as `data/ab/ab12…`.
+//!
+//! The interface is blocking on purpose: the repository engine runs its CPU-heavy pipeline on
+//! OS threads joined by bounded channels, and each call here drives an OpenDAL future to
+//! completion on a small tokio runtime owned by the `Storage` (docs/decisions/0003).
+//! Never call these methods from inside an async task.
+
+mod error;
+mod location;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use opendal::Operator;
+
+pub use error::{Error, ErrorKind};
+pub use location::{Location, S3Location};
+
+/// Settings of a storage connection that are not part of its location.
+#[derive(Clone, Debug)]
+pub struct StorageOptions {
+    /// Attempts per operation for transient errors (first try included).
+    pub max_attempts: usize,
+    /// Timeout of one attempt of a non-I/O operation (stat, delete, list page).
+    pub op_timeout: Duration,
+    /// Timeout of one attempt of a read or write, per operation.
+    pub io_timeout: Duration,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions {
+            max_attempts: 5,
+            op_timeout: Duration::from_secs(30),
+            io_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// An entry returned by [`Storage::list`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListEntry {
+    /// Path relative to the storage root, e.g. `data/ab/ab12…`.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Injected failures for crash tests: the storage fails every operation after a budget of
+/// successful mutating operations (put/delete) is spent, as if the process died there.
+#[derive(Debug)]
+pub struct FaultPlan {
+    remaining: AtomicU64,
+}
+
+impl FaultPlan {
+    /// Allows `ops` successful puts/deletes, then fails all further ones.
+    pub fn fail_after(ops: u64) -> Arc<Self> {
+        Arc::new(FaultPlan {
+            remaining: AtomicU64::new(ops),
+        })
+    }
+
+    fn take(&self) -> bool {
+        self.remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| r.checked_sub(1))
+            .is_ok()
+    }
+}
+
+/// A connection to the place where a repository lives. Cheap to clone; safe to share across
+/// threads.
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    op: Operator,
+    rt: tokio::runtime::Runtime,
+    describe: String,
+    faults: Option<Arc<FaultPlan>>,
+    create_only: bool,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Storage({})", self.inner.describe)
+    }
+}
+
+impl Storage {
+    /// Connects to `location`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] when the location cannot be used (a bad endpoint, say), or a
+    /// runtime error when the tokio runtime cannot start.
+    pub fn open(location: &Location, options: &StorageOptions) -> Result<Self, Error> {
+        let describe = location.to_string();
+        let (op, create_only) = match location {
+            Location::Local(path) => {
+                std::fs::create_dir_all(path).map_err(|e| Error::io(&describe, e))?;
+                let tmp = path.join(".tmp");
+                std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&describe, e))?;
+                let root = path.to_string_lossy().into_owned();
+                let builder = opendal::services::Fs::default()
+                    .root(&root)
+                    .atomic_write_dir(&tmp.to_string_lossy());
+                (
+                    Operator::new(builder)
+                        .map_err(|e| Error::from_opendal(&describe, e))?,
+                    false,
+                )
+            }
+            Location::S3(s3) => {
+                let mut b = opendal::services::S3::default()
+                    .bucket(&s3.bucket)
+                    .root(&format!("/{}", s3.prefix));
+                if let Some(ep) = &s3.endpoint {
+                    b = b.endpoint(ep);
+                }
+                b = b.region(s3.region.as_deref().unwrap_or("us-east-1"));
+                if let (Some(k), Some(s)) = (&s3.access_key_id, &s3.secret_access_key) {
+                    b = b.access_key_id(k).secret_access_key(s.expose_secret());
+                }
+                (
+                    Operator::new(b)
+                        .map_err(|e| Error::from_opendal(&describe, e))?,
+                    true,
+                )
+            }
+            Location::Memory => (
+                Operator::new(opendal::services::Memory::default())
+                    .map_err(|e| Error::from_opendal(&describe, e))?,
+                false,
+            ),
+        };
+        let op = op
+            .layer(opendal::layers::TimeoutLayer::new()
+                .with_timeout(options.op_timeout)
+                .with_io_timeout(options.io_timeout))
+            .layer(
+                opendal::layers::RetryLayer::new()
+                    .with_max_times(options.max_attempts.saturating_sub(1))
+                    .with_jitter(),
+            );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("lifeboat-storage")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io(&describe, e))?;
+        Ok(Storage {
+            inner: Arc::new(Inner {
+                op,
+                rt,
+                describe,
+                faults: None,
+                create_only,
+            }),
+        })
+    }
+
+    /// An in-memory storage, for unit tests.
+    ///
+    /// # Errors
+    /// Only when the runtime cannot start.
+    pub fn memory() -> Result<Self, Error> {
+        Self::open(&Location::Memory, &StorageOptions::default())
+    }
+
+    /// The same storage, failing every mutating operation after `plan` is spent.
+    pub fn with_faults(&self, plan: Arc<FaultPlan>) -> Self {
+        Storage {
+            inner: Arc::new(Inner {
+                op: self.inner.op.clone(),
+                rt: match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(_) => return self.clone(),
+                },
+                describe: self.inner.describe.clone(),
+                faults: Some(plan),
+                create_only: self.inner.create_only,
+            }),
+        }
+    }
+
+    /// Where this storage points, without credentials (`/srv/repo`, `s3://bucket/prefix`).
+    pub fn describe(&self) -> &str {
+        &self.inner.describe
+    }
+
+    fn fault(&self, path: &str) -> Result<(), Error> {
+        match &self.inner.faults {
+            Some(plan) if !plan.take() => Err(Error::injected(path)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes a whole object. The object appears atomically: a reader sees either nothing or
+    /// all of `data`, even if the process dies during the call.
+    ///
+    /// # Errors
+    /// A storage error naming `path`.
+    pub fn put(&self, path: &str, data: Vec<u8>) -> Result<(), Error> {
+        self.fault(path)?;
+        let op = &self.inner.op;
+        self.inner
+            .rt
+            .block_on(op.write(path, data))
+            .map(|_| ())
+            .map_err(|e| Error::from_opendal(path, e))
+    }
+
+    /// Writes an object only if it does not exist yet.
+    ///
+    /// # Errors
+    /// [`ErrorKind::AlreadyExists`] when it exists; a storage error naming `path` otherwise.
+    pub fn put_new(&self, path: &str, data: Vec<u8>) -> Result<(), Error> {
+        if self.inner.create_only {
+            self.fault(path)?;
+            let op = &self.inner.op;
+            return self
+                .inner
+                .rt
+                .block_on(async { op.write_with(path, data).if_not_exists(true).await })
+                .map(|_| ())
+                .map_err(|e| Error::from_opendal(path, e));
+        }
+        if self.stat(path)?.is_some() {
+            return Err(Error::already_exists(path));
+        }
+        self.put(path, data)
+    }
+
+    /// Reads a whole object.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] when it does not exist; a storage error naming `path` otherwise.
+    pub fn get(&self, path: &str) -> Result<Vec<u8>, Error> {
+        let op = &self.inner.op;
+        self.inner
+            .rt
+            .block_on(op.read(path))
+            .map(|b| b.to_vec())
+            .map_err(|e| Error::from_opendal(path, e))
+    }
+
+    /// Reads `len` bytes at `offset` of an object.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`], or [`ErrorKind::Truncated`] when the object is shorter than
+    /// `offset + len`.
+    pub fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+        let op = &self.inner.op;
+        let buf = self
+            .inner
+            .rt
+            .block_on(async { op.read_with(path).range(offset..offset + len).await })
+            .map_err(|e| Error::from_opendal(path, e))?;
+        if (buf.len() as u64) < len {
+            return Err(Error::truncated(path, offset + len, offset + buf.len() as u64));
+        }
+        Ok(buf.to_vec())
+    }
+
+    /// Lists every object below `dir` (recursively), in no particular order.
+    ///
+    /// # Errors
+    /// A storage error naming `dir`. A directory that does not exist lists as empty.
+    pub fn list(&self, dir: &str) -> Result<Vec<ListEntry>, Error> {
+        let op = &self.inner.op;
+        let dir = if dir.ends_with('/') {
+            dir.to_string()
+        } else {
+            format!("{dir}/")
+        };
+        let entries = match self
+            .inner
+            .rt
+            .block_on(async { op.list_with(&dir).recursive(true).await })
+        {
+            Ok(e) => e,
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::from_opendal(&dir, e)),
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            if e.metadata().is_dir() {
+                continue;
+            }
+            let path = e.path().trim_start_matches('/').to_string();
+            let size = e.metadata().content_length();
+            out.push(ListEntry { path, size });
+        }
+        Ok(out)
+    }
+
+    /// The size of an object, or `None` when it does not exist.
+    ///
+    /// # Errors
+    /// A storage error naming `path`.
+    pub fn stat(&self, path: &str) -> Result<Option<u64>, Error> {
+        let op = &self.inner.op;
+        match self.inner.rt.block_on(op.stat(path)) {
+            Ok(m) => Ok(Some(m.content_length())),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::from_opendal(path, e)),
+        }
+    }
+
+    /// Deletes an object; deleting one that does not exist succeeds.
+    ///
+    /// # Errors
+    /// A storage error naming `path`.
+    pub fn delete(&self, path: &str) -> Result<(), Error> {
+        self.fault(path)?;
+        let op = &self.inner.op;
+        self.inner
+            .rt
+            .block_on(op.delete(path))
+            .map_err(|e| Error::from_opendal(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn suite(s: &Storage) {
+        assert_eq!(s.stat("a/b").unwrap(), None);
+        s.put("a/b", b"hello world".to_vec()).unwrap();
+        assert_eq!(s.get("a/b").unwrap(), b"hello world");
+        assert_eq!(s.get_range("a/b", 6, 5).unwrap(), b"world");
+        assert!(matches!(
+            s.get_range("a/b", 6, 50).unwrap_err().kind(),
+            ErrorKind::Truncated | ErrorKind::Permanent
+        ));
+        assert_eq!(s.stat("a/b").unwrap(), Some(11));
+        assert_eq!(s.put_new("a/b", b"x".to_vec()).unwrap_err().kind(), ErrorKind::AlreadyExists);
+        s.put("a/c/d", vec![1, 2]).unwrap();
+        let mut l = s.list("a").unwrap();
+        l.sort_by(|x, y| x.path.cmp(&y.path));
+        assert_eq!(
+            l,
+            vec![
+                ListEntry { path: "a/b".into(), size: 11 },
+                ListEntry { path: "a/c/d".into(), size: 2 }
+            ]
+        );
+        assert!(s.list("nothing").unwrap().is_empty());
+        s.delete("a/b").unwrap();
+        s.delete("a/b").unwrap();
+        assert_eq!(s.get("a/b").unwrap_err().kind(), ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn memory_behaves() {
+        suite(&Storage::memory().unwrap());
+    }
+
+    #[test]
+    fn local_behaves_and_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(&Location::Local(dir.path().join("repo")), &StorageOptions::default())
+            .unwrap();
+        suite(&s);
+        let tmp: Vec<_> = std::fs::read_dir(dir.path().join("repo/.tmp")).unwrap().collect();
+        assert!(tmp.is_empty());
+    }
+
+    #[test]
+    fn fault_plan_fails_after_budget() {
+        let s = Storage::memory().unwrap().with_faults(FaultPlan::fail_after(1));
+        s.put("x", vec![1]).unwrap();
+        assert_eq!(s.put("y", vec![1]).unwrap_err().kind(), ErrorKind::Injected);
+        assert_eq!(s.get("x").unwrap(), vec![1]);
+    }
+}

@@ -1,0 +1,167 @@
+//! Where a repository lives: a local path, an S3-compatible bucket, or memory.
+//! Never here: connecting; `Display` must never print credentials.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// A secret string (an S3 secret key) that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Wraps a secret.
+    pub fn new(s: String) -> Self {
+        SecretString(s)
+    }
+    /// The secret itself; never log it.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// An S3-compatible bucket and prefix, with connection settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Location {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix inside the bucket, without leading or trailing `/` (may be empty).
+    pub prefix: String,
+    /// Endpoint URL (`http://127.0.0.1:3900`); AWS when absent.
+    pub endpoint: Option<String>,
+    /// Region; `us-east-1` when absent.
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<SecretString>,
+}
+
+/// Where a repository lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A directory on a local (or mounted) file system: the embedded default.
+    Local(PathBuf),
+    /// An S3-compatible object store.
+    S3(S3Location),
+    /// Process memory, for tests.
+    Memory,
+}
+
+/// Why a repository URL could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LocationError {
+    /// `s3://` without a bucket.
+    #[error("{url:?} has no bucket: write s3://BUCKET/PREFIX")]
+    MissingBucket {
+        /// The URL given.
+        url: String,
+    },
+    /// A scheme that Lifeboat does not serve.
+    #[error("{url:?} uses an unknown scheme {scheme:?}: use a local path or s3://BUCKET/PREFIX")]
+    UnknownScheme {
+        /// The URL given.
+        url: String,
+        /// The scheme found.
+        scheme: String,
+    },
+    /// An empty location.
+    #[error("the repository location is empty: pass --repo PATH or set LIFEBOAT_REPOSITORY")]
+    Empty,
+}
+
+impl Location {
+    /// Parses a repository location: `s3://bucket/prefix`, `memory:` or a local path
+    /// (optionally `local:PATH`). S3 settings come from `env` (a lookup of environment
+    /// variables such as `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`), passed in so that tests need not touch the process
+    /// environment.
+    ///
+    /// # Errors
+    /// [`LocationError`] naming what is wrong and how to write it.
+    pub fn parse(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, LocationError> {
+        if url.is_empty() {
+            return Err(LocationError::Empty);
+        }
+        if url == "memory:" {
+            return Ok(Location::Memory);
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(LocationError::MissingBucket { url: url.into() });
+            }
+            let get = |k: &str| env(k).filter(|v| !v.is_empty());
+            return Ok(Location::S3(S3Location {
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+                endpoint: get("AWS_ENDPOINT_URL_S3").or_else(|| get("AWS_ENDPOINT_URL")),
+                region: get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")),
+                access_key_id: get("AWS_ACCESS_KEY_ID"),
+                secret_access_key: get("AWS_SECRET_ACCESS_KEY").map(SecretString::new),
+            }));
+        }
+        if let Some(rest) = url.strip_prefix("local:") {
+            return Ok(Location::Local(PathBuf::from(rest)));
+        }
+        if let Some((scheme, _)) = url.split_once("://") {
+            return Err(LocationError::UnknownScheme {
+                url: url.into(),
+                scheme: scheme.into(),
+            });
+        }
+        Ok(Location::Local(PathBuf::from(url)))
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Local(p) => write!(f, "{}", p.display()),
+            Location::S3(s) if s.prefix.is_empty() => write!(f, "s3://{}", s.bucket),
+            Location::S3(s) => write!(f, "s3://{}/{}", s.bucket, s.prefix),
+            Location::Memory => f.write_str("memory:"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_s3_with_env_and_never_prints_secret() {
+        let env = |k: &str| match k {
+            "AWS_ENDPOINT_URL" => Some("http://127.0.0.1:3900".to_string()),
+            "AWS_SECRET_ACCESS_KEY" => Some("topsecret".to_string()),
+            "AWS_ACCESS_KEY_ID" => Some("GK123".to_string()),
+            _ => None,
+        };
+        let loc = Location::parse("s3://shop-backups/eu/prod/", &env).unwrap();
+        let Location::S3(s3) = &loc else { panic!("not s3") };
+        assert_eq!(s3.bucket, "shop-backups");
+        assert_eq!(s3.prefix, "eu/prod");
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:3900"));
+        assert_eq!(loc.to_string(), "s3://shop-backups/eu/prod");
+        assert!(!format!("{loc:?} {loc}").contains("topsecret"));
+    }
+
+    #[test]
+    fn rejects_bad_urls_with_the_fix() {
+        let env = |_: &str| None;
+        let e = Location::parse("s3:///x", &env).unwrap_err();
+        assert!(e.to_string().contains("s3://BUCKET/PREFIX"));
+        let e = Location::parse("ftp://host/x", &env).unwrap_err();
+        assert!(e.to_string().contains("unknown scheme"));
+        assert_eq!(
+            Location::parse("/srv/repo", &env).unwrap(),
+            Location::Local(PathBuf::from("/srv/repo"))
+        );
+    }
+}
