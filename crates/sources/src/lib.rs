@@ -1,0 +1,1 @@
+//! lifeboat-sources (placeholder).
