@@ -81,6 +81,10 @@ impl Error {
         err
     }
 
+    pub(crate) fn config(path: &str, message: &str) -> Self {
+        Error::new(ErrorKind::Config, path, message)
+    }
+
     pub(crate) fn already_exists(path: &str) -> Self {
         Error::new(ErrorKind::AlreadyExists, path, "already exists")
     }

@@ -12,8 +12,11 @@
 //! Never call these methods from inside an async task.
 
 mod error;
+mod local;
 mod location;
+mod s3;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +24,9 @@ use std::time::Duration;
 use opendal::Operator;
 
 pub use error::{Error, ErrorKind};
-pub use location::{Location, S3Location};
+pub use location::{Location, S3Location, SecretString};
+
+use s3::s3_builder;
 
 /// Settings of a storage connection that are not part of its location.
 #[derive(Clone, Debug)]
@@ -32,6 +37,11 @@ pub struct StorageOptions {
     pub op_timeout: Duration,
     /// Timeout of one attempt of a read or write, per operation.
     pub io_timeout: Duration,
+    /// Pause before the first retry; each further retry waits twice as long (plus jitter),
+    /// capped at [`StorageOptions::retry_max_delay`].
+    pub retry_min_delay: Duration,
+    /// Longest pause between two attempts.
+    pub retry_max_delay: Duration,
 }
 
 impl Default for StorageOptions {
@@ -40,6 +50,8 @@ impl Default for StorageOptions {
             max_attempts: 5,
             op_timeout: Duration::from_secs(30),
             io_timeout: Duration::from_secs(300),
+            retry_min_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(30),
         }
     }
 }
@@ -84,10 +96,12 @@ pub struct Storage {
 
 struct Inner {
     op: Operator,
-    rt: tokio::runtime::Runtime,
+    rt: Arc<tokio::runtime::Runtime>,
     describe: String,
     faults: Option<Arc<FaultPlan>>,
     create_only: bool,
+    /// The root directory when the storage is a local file system (see [`local`]).
+    local_root: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -104,51 +118,46 @@ impl Storage {
     /// runtime error when the tokio runtime cannot start.
     pub fn open(location: &Location, options: &StorageOptions) -> Result<Self, Error> {
         let describe = location.to_string();
+        let mut local_root = None;
         let (op, create_only) = match location {
             Location::Local(path) => {
-                std::fs::create_dir_all(path).map_err(|e| Error::io(&describe, e))?;
-                let tmp = path.join(".tmp");
+                let tmp = path.join(local::TMP_DIR);
                 std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&describe, e))?;
                 let root = path.to_string_lossy().into_owned();
                 let builder = opendal::services::Fs::default()
                     .root(&root)
                     .atomic_write_dir(&tmp.to_string_lossy());
+                local_root = Some(path.clone());
                 (
-                    Operator::new(builder)
-                        .map_err(|e| Error::from_opendal(&describe, e))?,
+                    Operator::new(builder).map_err(|e| Error::from_opendal(&describe, e))?,
                     false,
                 )
             }
-            Location::S3(s3) => {
-                let mut b = opendal::services::S3::default()
-                    .bucket(&s3.bucket)
-                    .root(&format!("/{}", s3.prefix));
-                if let Some(ep) = &s3.endpoint {
-                    b = b.endpoint(ep);
-                }
-                b = b.region(s3.region.as_deref().unwrap_or("us-east-1"));
-                if let (Some(k), Some(s)) = (&s3.access_key_id, &s3.secret_access_key) {
-                    b = b.access_key_id(k).secret_access_key(s.expose_secret());
-                }
-                (
-                    Operator::new(b)
-                        .map_err(|e| Error::from_opendal(&describe, e))?,
-                    true,
-                )
-            }
+            Location::S3(s3) => (
+                Operator::new(s3_builder(s3)?).map_err(|e| Error::from_opendal(&describe, e))?,
+                true,
+            ),
             Location::Memory => (
                 Operator::new(opendal::services::Memory::default())
                     .map_err(|e| Error::from_opendal(&describe, e))?,
                 false,
             ),
         };
+        // Timeout inside retry, as OpenDAL documents: a timed-out attempt is a temporary
+        // error that the retry layer tries again; when attempts run out the error is marked
+        // persistent and surfaces as `ErrorKind::Transient`.
         let op = op
-            .layer(opendal::layers::TimeoutLayer::new()
-                .with_timeout(options.op_timeout)
-                .with_io_timeout(options.io_timeout))
+            .layer(
+                opendal::layers::TimeoutLayer::new()
+                    .with_timeout(options.op_timeout)
+                    .with_io_timeout(options.io_timeout),
+            )
             .layer(
                 opendal::layers::RetryLayer::new()
                     .with_max_times(options.max_attempts.saturating_sub(1))
+                    .with_min_delay(options.retry_min_delay)
+                    .with_max_delay(options.retry_max_delay.max(options.retry_min_delay))
+                    .with_factor(2.0)
                     .with_jitter(),
             );
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -160,10 +169,11 @@ impl Storage {
         Ok(Storage {
             inner: Arc::new(Inner {
                 op,
-                rt,
+                rt: Arc::new(rt),
                 describe,
                 faults: None,
                 create_only,
+                local_root,
             }),
         })
     }
@@ -181,17 +191,11 @@ impl Storage {
         Storage {
             inner: Arc::new(Inner {
                 op: self.inner.op.clone(),
-                rt: match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(_) => return self.clone(),
-                },
+                rt: Arc::clone(&self.inner.rt),
                 describe: self.inner.describe.clone(),
                 faults: Some(plan),
                 create_only: self.inner.create_only,
+                local_root: self.inner.local_root.clone(),
             }),
         }
     }
@@ -211,6 +215,12 @@ impl Storage {
     /// Writes a whole object. The object appears atomically: a reader sees either nothing or
     /// all of `data`, even if the process dies during the call.
     ///
+    /// # Crash safety
+    /// On a local file system the data is written to `<root>/.tmp`, fsynced, renamed into
+    /// place, and the directory holding it is fsynced, so a returned `Ok` survives a power
+    /// loss (docs/decisions/0010-local-fsync.md). On S3 an `Ok` means the store acknowledged
+    /// the whole object.
+    ///
     /// # Errors
     /// A storage error naming `path`.
     pub fn put(&self, path: &str, data: Vec<u8>) -> Result<(), Error> {
@@ -220,7 +230,11 @@ impl Storage {
             .rt
             .block_on(op.write(path, data))
             .map(|_| ())
-            .map_err(|e| Error::from_opendal(path, e))
+            .map_err(|e| Error::from_opendal(path, e))?;
+        if let Some(root) = &self.inner.local_root {
+            local::sync_parent(root, path)?;
+        }
+        Ok(())
     }
 
     /// Writes an object only if it does not exist yet.
@@ -228,6 +242,10 @@ impl Storage {
     /// # Errors
     /// [`ErrorKind::AlreadyExists`] when it exists; a storage error naming `path` otherwise.
     pub fn put_new(&self, path: &str, data: Vec<u8>) -> Result<(), Error> {
+        if let Some(root) = &self.inner.local_root {
+            self.fault(path)?;
+            return local::put_new(root, path, &data);
+        }
         if self.inner.create_only {
             self.fault(path)?;
             let op = &self.inner.op;
@@ -270,7 +288,11 @@ impl Storage {
             .block_on(async { op.read_with(path).range(offset..offset + len).await })
             .map_err(|e| Error::from_opendal(path, e))?;
         if (buf.len() as u64) < len {
-            return Err(Error::truncated(path, offset + len, offset + buf.len() as u64));
+            return Err(Error::truncated(
+                path,
+                offset + len,
+                offset + buf.len() as u64,
+            ));
         }
         Ok(buf.to_vec())
     }
@@ -301,6 +323,9 @@ impl Storage {
                 continue;
             }
             let path = e.path().trim_start_matches('/').to_string();
+            if self.inner.local_root.is_some() && local::is_temporary(&path) {
+                continue;
+            }
             let size = e.metadata().content_length();
             out.push(ListEntry { path, size });
         }
@@ -348,15 +373,24 @@ mod tests {
             ErrorKind::Truncated | ErrorKind::Permanent
         ));
         assert_eq!(s.stat("a/b").unwrap(), Some(11));
-        assert_eq!(s.put_new("a/b", b"x".to_vec()).unwrap_err().kind(), ErrorKind::AlreadyExists);
+        assert_eq!(
+            s.put_new("a/b", b"x".to_vec()).unwrap_err().kind(),
+            ErrorKind::AlreadyExists
+        );
         s.put("a/c/d", vec![1, 2]).unwrap();
         let mut l = s.list("a").unwrap();
         l.sort_by(|x, y| x.path.cmp(&y.path));
         assert_eq!(
             l,
             vec![
-                ListEntry { path: "a/b".into(), size: 11 },
-                ListEntry { path: "a/c/d".into(), size: 2 }
+                ListEntry {
+                    path: "a/b".into(),
+                    size: 11
+                },
+                ListEntry {
+                    path: "a/c/d".into(),
+                    size: 2
+                }
             ]
         );
         assert!(s.list("nothing").unwrap().is_empty());
@@ -373,16 +407,23 @@ mod tests {
     #[test]
     fn local_behaves_and_leaves_no_temp_files() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(&Location::Local(dir.path().join("repo")), &StorageOptions::default())
-            .unwrap();
+        let s = Storage::open(
+            &Location::Local(dir.path().join("repo")),
+            &StorageOptions::default(),
+        )
+        .unwrap();
         suite(&s);
-        let tmp: Vec<_> = std::fs::read_dir(dir.path().join("repo/.tmp")).unwrap().collect();
+        let tmp: Vec<_> = std::fs::read_dir(dir.path().join("repo/.tmp"))
+            .unwrap()
+            .collect();
         assert!(tmp.is_empty());
     }
 
     #[test]
     fn fault_plan_fails_after_budget() {
-        let s = Storage::memory().unwrap().with_faults(FaultPlan::fail_after(1));
+        let s = Storage::memory()
+            .unwrap()
+            .with_faults(FaultPlan::fail_after(1));
         s.put("x", vec![1]).unwrap();
         assert_eq!(s.put("y", vec![1]).unwrap_err().kind(), ErrorKind::Injected);
         assert_eq!(s.get("x").unwrap(), vec![1]);

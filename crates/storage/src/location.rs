@@ -120,12 +120,22 @@ impl Location {
     }
 }
 
+impl fmt::Display for S3Location {
+    /// `s3://bucket/prefix`; never the endpoint's user info or any key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.prefix.is_empty() {
+            write!(f, "s3://{}", self.bucket)
+        } else {
+            write!(f, "s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+}
+
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Location::Local(p) => write!(f, "{}", p.display()),
-            Location::S3(s) if s.prefix.is_empty() => write!(f, "s3://{}", s.bucket),
-            Location::S3(s) => write!(f, "s3://{}/{}", s.bucket, s.prefix),
+            Location::S3(s) => s.fmt(f),
             Location::Memory => f.write_str("memory:"),
         }
     }
@@ -144,7 +154,9 @@ mod tests {
             _ => None,
         };
         let loc = Location::parse("s3://shop-backups/eu/prod/", &env).unwrap();
-        let Location::S3(s3) = &loc else { panic!("not s3") };
+        let Location::S3(s3) = &loc else {
+            panic!("not s3")
+        };
         assert_eq!(s3.bucket, "shop-backups");
         assert_eq!(s3.prefix, "eu/prod");
         assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:3900"));
