@@ -1,0 +1,351 @@
+//! `check`: prove the repository's structure, and with `read_data` every byte.
+//!
+//! Lives here: [`check`], [`CheckOptions`], [`CheckReport`]. Never here: repairing data.
+//! The only thing `check` writes is a damage record (`damaged/<pack>`) for each pack it finds
+//! damaged or missing, so that later backups store fresh copies of the affected blobs
+//! instead of building on them.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use lifeboat_types::{BlobId, PackId, SnapshotId};
+
+use crate::error::{Error, Result};
+use crate::format::{paths, BlobKind, NodeKind};
+use crate::index::Index;
+use crate::repository::{content_id, par_map, Repository};
+
+/// What to check.
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    /// Read every pack and verify every blob.
+    pub read_data: bool,
+    /// Read only this percentage of packs (1–100), chosen at random.
+    pub read_data_subset: Option<f64>,
+    /// Threads for reading packs.
+    pub threads: usize,
+    /// Do not write damage records.
+    pub no_record: bool,
+}
+
+/// One problem found.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    /// The repository file concerned (`data/ab/ab12…`, `index/…`, `snapshots/…`).
+    pub file: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// What `check` found (`--json` schema: docs/json.md).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct CheckReport {
+    /// Snapshots checked.
+    pub snapshots: usize,
+    /// Index files read.
+    pub index_files: usize,
+    /// Packs in the index.
+    pub packs: usize,
+    /// Blobs in the index.
+    pub blobs: usize,
+    /// Trees walked.
+    pub trees: usize,
+    /// Packs whose bytes were read.
+    pub packs_read: usize,
+    /// Bytes read from packs.
+    pub bytes_read: u64,
+    /// Damage: the repository cannot restore everything it promises.
+    pub errors: Vec<Problem>,
+    /// Harmless findings (unindexed packs left by interrupted runs, …).
+    pub warnings: Vec<Problem>,
+    /// Packs found damaged or missing (recorded in `damaged/`).
+    pub damaged_packs: Vec<PackId>,
+}
+
+impl CheckReport {
+    /// Whether no damage was found.
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Checks the repository.
+///
+/// # Errors
+/// Only operational failures (storage unreachable); damage is reported in the report.
+pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    let mut damaged: HashSet<PackId> = HashSet::new();
+
+    // Snapshots.
+    let (snaps, bad) = repo.snapshots()?;
+    for e in bad {
+        report.errors.push(problem_of(&e));
+    }
+    report.snapshots = snaps.len();
+
+    // Index.
+    let (index, bad) = repo.load_index_with(&HashSet::new())?;
+    for e in bad {
+        report.errors.push(problem_of(&e));
+    }
+    report.index_files = index.files().len();
+    report.blobs = index.len();
+    let indexed: HashMap<PackId, u64> = index.packs().collect();
+    report.packs = indexed.len();
+
+    // Packs on storage against the index.
+    let listed: HashMap<PackId, u64> = repo
+        .storage()
+        .list(paths::DATA)?
+        .into_iter()
+        .filter_map(|e| {
+            let name = e.path.rsplit('/').next()?;
+            PackId::from_hex(name).ok().map(|id| (id, e.size))
+        })
+        .collect();
+    let mut missing: Vec<_> = indexed.iter().filter(|(p, _)| !listed.contains_key(p)).collect();
+    missing.sort();
+    for (p, _) in missing {
+        report.errors.push(Problem {
+            file: paths::pack(p),
+            message: "missing: the index names this pack but it does not exist".into(),
+        });
+        damaged.insert(*p);
+    }
+    let mut sized: Vec<_> = indexed
+        .iter()
+        .filter_map(|(p, s)| listed.get(p).filter(|l| *l != s).map(|l| (*p, *s, *l)))
+        .collect();
+    sized.sort();
+    for (p, want, got) in sized {
+        report.errors.push(Problem {
+            file: paths::pack(&p),
+            message: format!("size is {got} bytes, the index says {want}: truncated or altered"),
+        });
+        damaged.insert(p);
+    }
+    let mut orphans: Vec<_> = listed.keys().filter(|p| !indexed.contains_key(p)).collect();
+    orphans.sort();
+    for p in orphans {
+        report.warnings.push(Problem {
+            file: paths::pack(p),
+            message: "not in any index: left by an interrupted or running backup; prune removes it".into(),
+        });
+    }
+
+    // Trees of every snapshot.
+    walk_snapshots(repo, &index, &snaps, &mut report, &mut damaged);
+
+    // Data.
+    if opts.read_data || opts.read_data_subset.is_some() {
+        let mut packs: Vec<(PackId, u64)> = listed
+            .iter()
+            .filter(|(p, _)| indexed.contains_key(p))
+            .map(|(p, s)| (*p, *s))
+            .collect();
+        packs.sort();
+        if let Some(pct) = opts.read_data_subset {
+            use rand::seq::SliceRandom;
+            let n = ((packs.len() as f64) * pct.clamp(0.0, 100.0) / 100.0).ceil() as usize;
+            packs.shuffle(&mut rand::rng());
+            packs.truncate(n);
+        }
+        let by_pack = entries_by_pack(&index);
+        let results = par_map(&packs, opts.threads.max(1), |(p, size)| {
+            read_pack(repo, p, *size, by_pack.get(p).map(Vec::as_slice).unwrap_or(&[]))
+        });
+        for ((p, size), res) in packs.iter().zip(results) {
+            report.packs_read += 1;
+            report.bytes_read += size;
+            if let Err(problems) = res {
+                damaged.insert(*p);
+                report.errors.extend(problems);
+            }
+        }
+    }
+
+    let mut damaged: Vec<PackId> = damaged.into_iter().collect();
+    damaged.sort();
+    if !opts.no_record {
+        for p in &damaged {
+            if let Err(e) = repo
+                .storage()
+                .put(&paths::damaged(p), b"found damaged by check\n".to_vec())
+            {
+                report.warnings.push(Problem {
+                    file: paths::damaged(p),
+                    message: format!("could not record damage: {e}"),
+                });
+            }
+        }
+    }
+    report.damaged_packs = damaged;
+    Ok(report)
+}
+
+fn problem_of(e: &Error) -> Problem {
+    match e {
+        Error::Damaged { file, reason } => Problem {
+            file: file.clone(),
+            message: reason.clone(),
+        },
+        Error::PackMissing { pack } => Problem {
+            file: paths::pack(pack),
+            message: "missing".into(),
+        },
+        other => Problem {
+            file: String::new(),
+            message: other.to_string(),
+        },
+    }
+}
+
+fn walk_snapshots(
+    repo: &Repository,
+    index: &Index,
+    snaps: &[(SnapshotId, crate::format::Snapshot)],
+    report: &mut CheckReport,
+    damaged: &mut HashSet<PackId>,
+) {
+    let mut seen: HashSet<BlobId> = HashSet::new();
+    let mut missing_data: HashSet<BlobId> = HashSet::new();
+    for (sid, snap) in snaps {
+        let mut stack = vec![(snap.tree, String::new())];
+        while let Some((tid, path)) = stack.pop() {
+            if !seen.insert(tid) {
+                continue;
+            }
+            report.trees += 1;
+            let tree = match repo.read_tree(index, &tid) {
+                Ok(t) => t,
+                Err(e) => {
+                    let mut p = problem_of(&e);
+                    p.message = format!(
+                        "snapshot {} directory /{path}: {}",
+                        sid.short(),
+                        p.message
+                    );
+                    if let Some(loc) = index.get(&tid) {
+                        damaged.insert(loc.pack);
+                    }
+                    report.errors.push(p);
+                    continue;
+                }
+            };
+            for n in &tree.nodes {
+                let child = if path.is_empty() {
+                    n.display_name()
+                } else {
+                    format!("{path}/{}", n.display_name())
+                };
+                match (&n.kind, n.subtree) {
+                    (NodeKind::Dir, Some(sub)) => stack.push((sub, child)),
+                    (NodeKind::File, _) => {
+                        for b in &n.content {
+                            if index.get(b).is_none() && missing_data.insert(*b) {
+                                report.errors.push(Problem {
+                                    file: format!("snapshots/{sid}"),
+                                    message: format!(
+                                        "file /{child}: data blob {} is in no index",
+                                        b.short()
+                                    ),
+                                });
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+fn entries_by_pack(index: &Index) -> HashMap<PackId, Vec<(BlobId, BlobKind, u32, u32, u32)>> {
+    let mut m: HashMap<PackId, Vec<_>> = HashMap::new();
+    for (id, loc) in index.blobs() {
+        m.entry(loc.pack)
+            .or_default()
+            .push((id, loc.kind, loc.offset, loc.length, loc.raw_len));
+    }
+    m
+}
+
+/// Reads one pack whole and verifies its hash, header and every blob the index places in it.
+fn read_pack(
+    repo: &Repository,
+    pack: &PackId,
+    size: u64,
+    expected: &[(BlobId, BlobKind, u32, u32, u32)],
+) -> std::result::Result<(), Vec<Problem>> {
+    let path = paths::pack(pack);
+    let err = |m: String| vec![Problem { file: path.clone(), message: m }];
+    let bytes = match repo.storage().get(&path) {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Err(err("missing".into())),
+        Err(e) => return Err(err(format!("unreadable: {e}"))),
+    };
+    let mut problems = Vec::new();
+    if bytes.len() as u64 != size {
+        problems.push(Problem {
+            file: path.clone(),
+            message: format!("has {} bytes, expected {size}", bytes.len()),
+        });
+    }
+    if content_id(&bytes) != pack.0 {
+        problems.push(Problem {
+            file: path.clone(),
+            message: "contents do not match the file name (BLAKE3): bytes were changed".into(),
+        });
+    }
+    // Header.
+    let header_ok = (|| -> Result<()> {
+        let n = bytes.len() as u64;
+        let tail = bytes
+            .get(bytes.len().saturating_sub(4)..)
+            .ok_or_else(|| Error::damaged(&path, "too short"))?;
+        let (start, len) = crate::format::pack_header_range(n, tail)
+            .map_err(|e| Error::damaged(&path, e.to_string()))?;
+        let sealed = &bytes[start as usize..(start + len) as usize];
+        let header = repo.decode_pack_header(&path, sealed, start)?;
+        let in_header: HashSet<(BlobId, u32, u32)> =
+            header.iter().map(|e| (e.id, e.offset, e.length)).collect();
+        for (id, _, off, len, _) in expected {
+            if !in_header.contains(&(*id, *off, *len)) {
+                return Err(Error::damaged(
+                    &path,
+                    format!("the index places blob {} here but the header does not", id.short()),
+                ));
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = header_ok {
+        problems.push(problem_of(&e));
+    }
+    // Blobs.
+    let mut bad_blobs = 0usize;
+    for (id, kind, off, len, raw_len) in expected {
+        let (s, e) = (*off as usize, *off as usize + *len as usize);
+        let Some(slice) = bytes.get(s..e) else {
+            bad_blobs += 1;
+            continue;
+        };
+        let mut sealed = slice.to_vec();
+        if repo.open_blob(&path, *kind, id, *raw_len, &mut sealed).is_err() {
+            bad_blobs += 1;
+        }
+    }
+    if bad_blobs > 0 {
+        problems.push(Problem {
+            file: path.clone(),
+            message: format!("{bad_blobs} of {} blobs fail authentication or do not match their ids", expected.len()),
+        });
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}

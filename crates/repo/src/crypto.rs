@@ -1,0 +1,321 @@
+//! Sealing: zstd compression with an incompressibility probe, then AES-256-GCM.
+//!
+//! Lives here: [`MasterKey`] (the random per-repository keys), [`MasterKey::seal`] /
+//! [`MasterKey::open`], keyed BLAKE3 blob ids, and the compression probe.
+//! Never here: storage I/O, file layout, or anything that could log key material.
+//!
+//! Sealed bytes are `nonce (12) || ciphertext || tag (16)`; the plaintext starts with one
+//! byte that says how the rest is encoded (0 = stored, 1 = zstd). See docs/format/.
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use lifeboat_types::BlobId;
+
+/// Bytes added by sealing (nonce, encoding byte, tag).
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + 1 + 16;
+
+/// Encoding byte: the payload is stored as is.
+pub const ENC_STORED: u8 = 0;
+/// Encoding byte: the payload is one zstd frame.
+pub const ENC_ZSTD: u8 = 1;
+
+/// Blobs smaller than this are compressed without probing first.
+const PROBE_MIN: usize = 64 * 1024;
+/// Size of the sample compressed to decide whether a large blob is compressible.
+const PROBE_LEN: usize = 16 * 1024;
+
+/// Upper bound on a decompressed payload; anything larger is treated as damage, never
+/// allocated.
+pub const MAX_PLAIN: usize = 64 << 20;
+
+/// The secret material of a repository: an encryption key and a key for blob ids. Random,
+/// created by `init`, stored only wrapped by password-derived keys.
+#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct KeyMaterial {
+    /// AES-256-GCM key.
+    #[serde(with = "serde_bytes")]
+    pub enc: [u8; 32],
+    /// BLAKE3 key for blob ids (shared by repositories that copy between each other).
+    #[serde(with = "serde_bytes")]
+    pub id: [u8; 32],
+}
+
+impl std::fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyMaterial(***)")
+    }
+}
+
+impl KeyMaterial {
+    /// Fresh random key material.
+    ///
+    /// # Errors
+    /// When the system random generator fails.
+    pub fn random() -> Result<Self, ring::error::Unspecified> {
+        let rng = SystemRandom::new();
+        let mut m = KeyMaterial {
+            enc: [0; 32],
+            id: [0; 32],
+        };
+        rng.fill(&mut m.enc)?;
+        rng.fill(&mut m.id)?;
+        Ok(m)
+    }
+}
+
+/// Why unsealing failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Too short to be sealed bytes.
+    #[error("too short to be sealed data ({0} bytes)")]
+    TooShort(usize),
+    /// The authentication tag does not match: damaged, or sealed with another key.
+    #[error("authentication failed: the bytes were altered or sealed with another key")]
+    Unauthentic,
+    /// The encoding byte is unknown.
+    #[error("unknown encoding {0}")]
+    UnknownEncoding(u8),
+    /// The zstd payload does not decompress.
+    #[error("corrupt compressed payload: {0}")]
+    Decompress(String),
+}
+
+/// A repository's keys, ready to seal and open.
+pub struct MasterKey {
+    material: KeyMaterial,
+    aead: LessSafeKey,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(***)")
+    }
+}
+
+impl MasterKey {
+    /// Makes a key from its material.
+    pub fn new(material: KeyMaterial) -> Self {
+        // 32 bytes is always a valid AES-256 key length.
+        #[allow(clippy::expect_used)]
+        let unbound = UnboundKey::new(&AES_256_GCM, &material.enc).expect("32-byte AES-256 key");
+        MasterKey {
+            material,
+            aead: LessSafeKey::new(unbound),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    /// The key material (to wrap it in a key file or share the id key with a copy target).
+    pub fn material(&self) -> &KeyMaterial {
+        &self.material
+    }
+
+    /// The id of a blob: BLAKE3 of its plaintext, keyed with the repository's id key.
+    pub fn blob_id(&self, data: &[u8]) -> BlobId {
+        BlobId(*blake3::keyed_hash(&self.material.id, data).as_bytes())
+    }
+
+    /// Seals `payload` as it is (no compression).
+    pub fn seal_stored(&self, aad: &[u8], payload: &[u8]) -> Vec<u8> {
+        self.seal_encoded(aad, ENC_STORED, payload)
+    }
+
+    /// Compresses `data` with zstd at `level` when that pays (probing large inputs first),
+    /// then seals it. `compressor` is reused across calls for speed.
+    pub fn seal_compressed(
+        &self,
+        aad: &[u8],
+        data: &[u8],
+        compressor: &mut Compressor,
+    ) -> Vec<u8> {
+        match compressor.compress(data) {
+            Some(z) => self.seal_encoded(aad, ENC_ZSTD, &z),
+            None => self.seal_encoded(aad, ENC_STORED, data),
+        }
+    }
+
+    fn seal_encoded(&self, aad: &[u8], enc: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(payload.len() + SEAL_OVERHEAD);
+        let mut nonce = [0u8; NONCE_LEN];
+        // SystemRandom only fails when the OS has no randomness at all; sealing cannot go
+        // on safely then, and there is nothing the caller could do.
+        #[allow(clippy::expect_used)]
+        self.rng.fill(&mut nonce).expect("OS random generator");
+        out.extend_from_slice(&nonce);
+        out.push(enc);
+        out.extend_from_slice(payload);
+        #[allow(clippy::expect_used)]
+        let tag = self
+            .aead
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut out[NONCE_LEN..],
+            )
+            .expect("AES-GCM sealing of in-memory data");
+        out.extend_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Opens sealed bytes, checks their authenticity and decompresses them.
+    ///
+    /// # Errors
+    /// [`OpenError`] when the bytes are damaged, were sealed with another key or `aad`, or
+    /// decompress to more than [`MAX_PLAIN`] bytes.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+        let mut buf = sealed.to_vec();
+        self.open_in_place(aad, &mut buf)
+    }
+
+    /// Like [`MasterKey::open`], consuming a buffer the caller owns (saves a copy).
+    ///
+    /// # Errors
+    /// As [`MasterKey::open`].
+    pub fn open_in_place(&self, aad: &[u8], sealed: &mut Vec<u8>) -> Result<Vec<u8>, OpenError> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(OpenError::TooShort(sealed.len()));
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&sealed[..NONCE_LEN]);
+        let plain_len = self
+            .aead
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut sealed[NONCE_LEN..],
+            )
+            .map_err(|_| OpenError::Unauthentic)?
+            .len();
+        let enc = sealed[NONCE_LEN];
+        let payload = &sealed[NONCE_LEN + 1..NONCE_LEN + plain_len];
+        match enc {
+            ENC_STORED => {
+                sealed.truncate(NONCE_LEN + plain_len);
+                sealed.drain(..NONCE_LEN + 1);
+                Ok(std::mem::take(sealed))
+            }
+            ENC_ZSTD => decompress(payload),
+            other => Err(OpenError::UnknownEncoding(other)),
+        }
+    }
+}
+
+/// Decompresses one zstd frame, refusing frames that claim more than [`MAX_PLAIN`] bytes.
+fn decompress(payload: &[u8]) -> Result<Vec<u8>, OpenError> {
+    let size = zstd::zstd_safe::get_frame_content_size(payload)
+        .map_err(|_| OpenError::Decompress("not a zstd frame".into()))?;
+    match size {
+        Some(n) if n as usize <= MAX_PLAIN => {
+            let mut out = Vec::with_capacity(n as usize);
+            zstd::stream::copy_decode(payload, &mut out)
+                .map_err(|e| OpenError::Decompress(e.to_string()))?;
+            if out.len() as u64 != n {
+                return Err(OpenError::Decompress("frame size mismatch".into()));
+            }
+            Ok(out)
+        }
+        Some(n) => Err(OpenError::Decompress(format!("frame claims {n} bytes"))),
+        None => Err(OpenError::Decompress("frame without content size".into())),
+    }
+}
+
+/// A reusable zstd compressor with the incompressibility probe.
+pub struct Compressor {
+    inner: zstd::bulk::Compressor<'static>,
+    level: i32,
+}
+
+impl Compressor {
+    /// A compressor at zstd `level` (0 disables compression).
+    ///
+    /// # Errors
+    /// When zstd cannot allocate its context.
+    pub fn new(level: i32) -> std::io::Result<Self> {
+        let mut inner = zstd::bulk::Compressor::new(level.max(1))?;
+        inner.include_contentsize(true)?;
+        inner.include_checksum(false)?;
+        Ok(Compressor { inner, level })
+    }
+
+    /// Compresses `data`, or returns `None` when storing it as is is better (compression
+    /// disabled, the probe says incompressible, or the result would not be smaller).
+    pub fn compress(&mut self, data: &[u8]) -> Option<Vec<u8>> {
+        if self.level == 0 || data.len() < 64 {
+            return None;
+        }
+        if data.len() >= PROBE_MIN {
+            let start = (data.len() / 2).saturating_sub(PROBE_LEN / 2);
+            let sample = &data[start..start + PROBE_LEN];
+            let z = self.inner.compress(sample).ok()?;
+            // Less than 3 % saving on the sample: store as is.
+            if z.len() * 100 > sample.len() * 97 {
+                return None;
+            }
+        }
+        let z = self.inner.compress(data).ok()?;
+        if z.len() + 8 >= data.len() {
+            None
+        } else {
+            Some(z)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> MasterKey {
+        MasterKey::new(KeyMaterial::random().unwrap())
+    }
+
+    #[test]
+    fn seal_open_roundtrip_compressible_and_not() {
+        let k = key();
+        let mut c = Compressor::new(1).unwrap();
+        let text = b"order 1234 paid; ".repeat(10_000);
+        let sealed = k.seal_compressed(b"blob", &text, &mut c);
+        assert!(sealed.len() < text.len() / 10, "text must compress");
+        assert_eq!(k.open(b"blob", &sealed).unwrap(), text);
+
+        let mut noise = vec![0u8; 200_000];
+        SystemRandom::new().fill(&mut noise).unwrap();
+        let sealed = k.seal_compressed(b"blob", &noise, &mut c);
+        assert_eq!(sealed.len(), noise.len() + SEAL_OVERHEAD, "noise stored as is");
+        assert_eq!(k.open(b"blob", &sealed).unwrap(), noise);
+    }
+
+    #[test]
+    fn any_flipped_bit_or_wrong_aad_or_key_is_refused() {
+        let k = key();
+        let sealed = k.seal_stored(b"a", b"payload");
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x10;
+            assert_eq!(k.open(b"a", &bad), Err(OpenError::Unauthentic), "byte {i}");
+        }
+        assert_eq!(k.open(b"b", &sealed), Err(OpenError::Unauthentic));
+        assert_eq!(key().open(b"a", &sealed), Err(OpenError::Unauthentic));
+        assert!(matches!(k.open(b"a", &sealed[..10]), Err(OpenError::TooShort(10))));
+    }
+
+    #[test]
+    fn blob_ids_are_keyed() {
+        let (a, b) = (key(), key());
+        assert_eq!(a.blob_id(b"x"), a.blob_id(b"x"));
+        assert_ne!(a.blob_id(b"x"), b.blob_id(b"x"));
+    }
+
+    #[test]
+    fn debug_never_shows_key_material() {
+        let k = key();
+        let s = format!("{k:?} {:?}", k.material());
+        assert!(!s.contains(&hex::encode(k.material().enc)));
+        assert!(s.contains("***"));
+    }
+}

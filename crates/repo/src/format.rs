@@ -1,0 +1,617 @@
+//! On-disk structures of the repository and their codecs (CBOR, RFC 8949, via serde).
+//!
+//! Lives here: the layout of the repository (`paths`), the repository config, pack headers,
+//! index files, trees and nodes, snapshots, and the pure functions that encode and decode
+//! them. Decoders take bytes read from storage and must never panic on any input: they are
+//! fuzzed (fuzz/). Never here: I/O or encryption (see `crypto`, `repository`).
+//!
+//! docs/format/README.md documents every byte.
+
+use serde::{Deserialize, Serialize};
+
+use lifeboat_types::{BlobId, IndexId, PackId, SnapshotId};
+
+/// The repository format version written by this build.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Repository paths, relative to the storage root.
+pub mod paths {
+    use lifeboat_types::{IndexId, KeyId, PackId, SnapshotId};
+
+    /// The repository config (sealed).
+    pub const CONFIG: &str = "config";
+    /// Directory of key files.
+    pub const KEYS: &str = "keys";
+    /// Directory of pack files (two-hex-digit fan-out).
+    pub const DATA: &str = "data";
+    /// Directory of index files.
+    pub const INDEX: &str = "index";
+    /// Directory of snapshot files.
+    pub const SNAPSHOTS: &str = "snapshots";
+    /// Directory of leases.
+    pub const LOCKS: &str = "locks";
+    /// Directory of prune's condemned-pack records.
+    pub const CONDEMNED: &str = "condemned";
+    /// Directory of damage records written by `check`.
+    pub const DAMAGED: &str = "damaged";
+
+    /// Path of a pack file.
+    pub fn pack(id: &PackId) -> String {
+        let h = id.to_hex();
+        format!("{DATA}/{}/{h}", &h[..2])
+    }
+    /// Path of an index file.
+    pub fn index(id: &IndexId) -> String {
+        format!("{INDEX}/{id}")
+    }
+    /// Path of a snapshot file.
+    pub fn snapshot(id: &SnapshotId) -> String {
+        format!("{SNAPSHOTS}/{id}")
+    }
+    /// Path of a key file.
+    pub fn key(id: &KeyId) -> String {
+        format!("{KEYS}/{id}")
+    }
+    /// Path of a damage record for a pack.
+    pub fn damaged(id: &PackId) -> String {
+        format!("{DAMAGED}/{id}")
+    }
+}
+
+/// Associated data bound to sealed repository files, by kind.
+pub mod aad {
+    /// The config file.
+    pub const CONFIG: &[u8] = b"lifeboat/v1/config";
+    /// Index files.
+    pub const INDEX: &[u8] = b"lifeboat/v1/index";
+    /// Snapshot files.
+    pub const SNAPSHOT: &[u8] = b"lifeboat/v1/snapshot";
+    /// Pack headers.
+    pub const PACK_HEADER: &[u8] = b"lifeboat/v1/pack-header";
+    /// Key files' wrapped master key.
+    pub const KEY: &[u8] = b"lifeboat/v1/key";
+
+    /// Associated data of a blob: kind byte and id, so a blob cannot be swapped for another.
+    pub fn blob(kind: super::BlobKind, id: &lifeboat_types::BlobId) -> [u8; 50] {
+        let mut a = [0u8; 50];
+        a[..17].copy_from_slice(b"lifeboat/v1/blob/");
+        a[17] = kind as u8;
+        a[18..50].copy_from_slice(id.as_bytes());
+        a
+    }
+}
+
+/// Why bytes read from storage could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The CBOR is malformed or does not match the expected structure.
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        /// What was being decoded.
+        what: &'static str,
+        /// The decoder's complaint.
+        reason: String,
+    },
+    /// A structural limit was exceeded.
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// What was being decoded.
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Encodes a value as CBOR.
+pub fn to_cbor<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail, and every type here serializes.
+    #[allow(clippy::expect_used)]
+    ciborium::into_writer(v, &mut out).expect("CBOR encoding into memory");
+    out
+}
+
+/// Decodes CBOR, naming `what` in the error.
+///
+/// # Errors
+/// [`DecodeError::Malformed`] for any input that is not the expected structure.
+pub fn from_cbor<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, DecodeError> {
+    ciborium::de::from_reader_with_recursion_limit(bytes, 64).map_err(|e| DecodeError::Malformed {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+/// The kind of a blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[repr(u8)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum BlobKind {
+    /// A chunk of file contents.
+    Data = 0,
+    /// A tree (a directory listing).
+    Tree = 1,
+}
+
+impl TryFrom<u8> for BlobKind {
+    type Error = String;
+    fn try_from(v: u8) -> Result<Self, String> {
+        match v {
+            0 => Ok(BlobKind::Data),
+            1 => Ok(BlobKind::Tree),
+            other => Err(format!("unknown blob kind {other}")),
+        }
+    }
+}
+
+impl From<BlobKind> for u8 {
+    fn from(k: BlobKind) -> u8 {
+        k as u8
+    }
+}
+
+/// Chunker parameters (FastCDC 2020, normalization level 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    /// Minimum chunk size in bytes.
+    pub min: u32,
+    /// Average chunk size in bytes.
+    pub avg: u32,
+    /// Maximum chunk size in bytes.
+    pub max: u32,
+    /// Seed XORed into the gear table, so chunk boundaries reveal nothing about content.
+    pub seed: u64,
+}
+
+impl ChunkerParams {
+    /// Checks the parameters are within what FastCDC accepts.
+    ///
+    /// # Errors
+    /// [`DecodeError::Invalid`] naming the bad parameter.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        let ok = (64..=1 << 20).contains(&self.min)
+            && (256..=4 << 20).contains(&self.avg)
+            && (1024..=16 << 20).contains(&self.max)
+            && self.min <= self.avg
+            && self.avg <= self.max;
+        if ok {
+            Ok(())
+        } else {
+            Err(DecodeError::Invalid {
+                what: "config",
+                reason: format!(
+                    "chunker sizes min={} avg={} max={} out of range",
+                    self.min, self.avg, self.max
+                ),
+            })
+        }
+    }
+}
+
+/// The repository config: format version, identity, and parameters shared by every writer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// Format version ([`FORMAT_VERSION`] for new repositories).
+    pub version: u32,
+    /// Random repository id (hex).
+    pub id: String,
+    /// Chunker parameters.
+    pub chunker: ChunkerParams,
+    /// zstd level for new blobs (0 = no compression).
+    pub compression: i32,
+    /// Target size of pack files in bytes.
+    pub pack_size: u32,
+}
+
+/// One blob inside a pack, as listed by the pack header and the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackEntry {
+    /// Blob kind.
+    #[serde(rename = "k")]
+    pub kind: BlobKind,
+    /// Blob id.
+    #[serde(rename = "i")]
+    pub id: BlobId,
+    /// Offset of the sealed blob in the pack file.
+    #[serde(rename = "o")]
+    pub offset: u32,
+    /// Length of the sealed blob.
+    #[serde(rename = "l")]
+    pub length: u32,
+    /// Length of the blob's plaintext.
+    #[serde(rename = "r")]
+    pub raw_len: u32,
+}
+
+/// Decoded pack header: the entries of one pack, in file order.
+pub type PackHeader = Vec<PackEntry>;
+
+/// Length of the trailer that ends every pack: the sealed header's length (u32 LE).
+pub const PACK_TRAILER: usize = 4;
+
+/// Maximum size of a sealed pack header that a reader accepts.
+pub const MAX_PACK_HEADER: usize = 16 << 20;
+
+/// Checks a decoded pack header against the pack's size: entries in order, inside the data
+/// area, not overlapping.
+///
+/// # Errors
+/// [`DecodeError::Invalid`] describing the first inconsistency.
+pub fn validate_pack_header(
+    entries: &[PackEntry],
+    data_len: u64,
+) -> Result<(), DecodeError> {
+    let mut end = 0u64;
+    for (i, e) in entries.iter().enumerate() {
+        let start = u64::from(e.offset);
+        let stop = start + u64::from(e.length);
+        if start < end || stop > data_len || e.length == 0 {
+            return Err(DecodeError::Invalid {
+                what: "pack header",
+                reason: format!(
+                    "entry {i} covers bytes {start}..{stop}, outside the data area or overlapping"
+                ),
+            });
+        }
+        end = stop;
+    }
+    Ok(())
+}
+
+/// Where the sealed header of a pack lies, from the pack's last bytes.
+///
+/// # Errors
+/// [`DecodeError::Invalid`] when the trailer points outside the pack.
+pub fn pack_header_range(pack_len: u64, trailer: &[u8]) -> Result<(u64, u64), DecodeError> {
+    let bad = |reason: String| DecodeError::Invalid {
+        what: "pack trailer",
+        reason,
+    };
+    let t: [u8; 4] = trailer
+        .try_into()
+        .map_err(|_| bad(format!("trailer has {} bytes, expected 4", trailer.len())))?;
+    let hlen = u64::from(u32::from_le_bytes(t));
+    if hlen as usize > MAX_PACK_HEADER || hlen + PACK_TRAILER as u64 > pack_len {
+        return Err(bad(format!(
+            "header length {hlen} does not fit a pack of {pack_len} bytes"
+        )));
+    }
+    let start = pack_len - PACK_TRAILER as u64 - hlen;
+    Ok((start, hlen))
+}
+
+/// The blobs of one pack, as recorded in an index file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexPack {
+    /// The pack.
+    #[serde(rename = "p")]
+    pub id: PackId,
+    /// Total size of the pack file in bytes.
+    #[serde(rename = "s")]
+    pub size: u64,
+    /// Its blobs.
+    #[serde(rename = "b")]
+    pub blobs: Vec<PackEntry>,
+}
+
+/// An index file: which blobs live in which packs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct IndexFile {
+    /// Packs and their blobs.
+    pub packs: Vec<IndexPack>,
+    /// Index files this one replaces (written by prune); informational.
+    #[serde(default)]
+    pub supersedes: Vec<IndexId>,
+}
+
+/// The type of a tree node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link to `target` (raw bytes: targets need not be UTF-8).
+    Symlink {
+        /// The link target.
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+    },
+    /// A named pipe.
+    Fifo,
+    /// A character device.
+    CharDev {
+        /// Device number.
+        rdev: u64,
+    },
+    /// A block device.
+    BlockDev {
+        /// Device number.
+        rdev: u64,
+    },
+    /// A Unix socket (recorded, not restored).
+    Socket,
+}
+
+/// One extended attribute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Xattr {
+    /// Name, e.g. `user.checksum`.
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    /// Value.
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+/// One entry of a tree: a file, directory, link or special file, with its metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// File name as raw bytes (names need not be UTF-8).
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    /// What it is.
+    pub kind: NodeKind,
+    /// Permission bits including setuid, setgid and sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Owner user id.
+    pub uid: u32,
+    /// Owner group id.
+    pub gid: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Nanoseconds of the modification time.
+    pub mtime_ns: u32,
+    /// Status change time, seconds (to detect changes; not restored).
+    pub ctime: i64,
+    /// Nanoseconds of the status change time.
+    pub ctime_ns: u32,
+    /// Inode number (hard-link detection and change detection).
+    pub inode: u64,
+    /// Device of the file system holding it.
+    pub dev: u64,
+    /// Number of hard links.
+    pub nlink: u64,
+    /// Logical size in bytes (files).
+    pub size: u64,
+    /// The file is sparse: restore must leave holes where the data is all zeros.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sparse: bool,
+    /// Data blobs in order (files).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content: Vec<BlobId>,
+    /// Tree blob (directories).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtree: Option<BlobId>,
+    /// `user.*` extended attributes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<Xattr>,
+    /// The file could not be read completely; its content is missing or partial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Node {
+    /// The name for display (lossy UTF-8).
+    pub fn display_name(&self) -> String {
+        String::from_utf8_lossy(&self.name).into_owned()
+    }
+}
+
+/// A tree: the nodes of one directory, sorted by name bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Tree {
+    /// The entries, sorted by `name`, no duplicates.
+    pub nodes: Vec<Node>,
+}
+
+impl Tree {
+    /// Checks that names are sorted, unique, non-empty and contain no `/` or NUL, and that
+    /// `.` and `..` do not occur: a hostile tree must not make restore write outside its
+    /// target.
+    ///
+    /// # Errors
+    /// [`DecodeError::Invalid`] naming the bad entry.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        let mut prev: Option<&[u8]> = None;
+        for n in &self.nodes {
+            let name = n.name.as_slice();
+            if name.is_empty()
+                || name == b"."
+                || name == b".."
+                || name.contains(&b'/')
+                || name.contains(&0)
+            {
+                return Err(DecodeError::Invalid {
+                    what: "tree",
+                    reason: format!("unsafe entry name {:?}", String::from_utf8_lossy(name)),
+                });
+            }
+            if prev.is_some_and(|p| p >= name) {
+                return Err(DecodeError::Invalid {
+                    what: "tree",
+                    reason: "entries not sorted or duplicated".into(),
+                });
+            }
+            match (&n.kind, n.subtree.is_some()) {
+                (NodeKind::Dir, false) => {
+                    return Err(DecodeError::Invalid {
+                        what: "tree",
+                        reason: format!("directory {:?} has no subtree", n.display_name()),
+                    })
+                }
+                (NodeKind::Dir, true) | (_, false) => {}
+                (_, true) => {
+                    return Err(DecodeError::Invalid {
+                        what: "tree",
+                        reason: format!("non-directory {:?} has a subtree", n.display_name()),
+                    })
+                }
+            }
+            prev = Some(name);
+        }
+        Ok(())
+    }
+
+    /// Decodes and validates a tree.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for malformed or unsafe trees.
+    pub fn decode(bytes: &[u8]) -> Result<Tree, DecodeError> {
+        let t: Tree = from_cbor("tree", bytes)?;
+        t.validate()?;
+        Ok(t)
+    }
+}
+
+/// Counters recorded with a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotSummary {
+    /// Files in the snapshot.
+    pub files: u64,
+    /// Directories in the snapshot.
+    pub dirs: u64,
+    /// Bytes of file content in the snapshot.
+    pub bytes: u64,
+    /// Files whose content was read (new or changed).
+    pub files_read: u64,
+    /// Files reused from the parent by metadata.
+    pub files_unchanged: u64,
+    /// Bytes read from the source.
+    pub bytes_read: u64,
+    /// Blobs added to the repository.
+    pub blobs_added: u64,
+    /// Plaintext bytes of the blobs added.
+    pub bytes_added: u64,
+    /// Bytes written to the repository (sealed, compressed), excluding metadata files.
+    pub bytes_stored: u64,
+    /// Entries that could not be read and were skipped or stored partially.
+    pub errors: u64,
+    /// When the backup started (RFC 3339).
+    pub started: String,
+    /// Seconds the backup took.
+    pub duration_s: f64,
+}
+
+/// A snapshot: a root tree plus where, when and what it was taken of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// When it was taken (RFC 3339 with nanoseconds, UTC).
+    pub time: String,
+    /// The root tree.
+    pub tree: BlobId,
+    /// Paths given to the backup (absolute).
+    pub paths: Vec<String>,
+    /// Host name.
+    pub hostname: String,
+    /// User name.
+    pub username: String,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The snapshot used to skip unchanged files.
+    #[serde(default)]
+    pub parent: Option<SnapshotId>,
+    /// Some entries could not be read: the snapshot is incomplete.
+    #[serde(default)]
+    pub partial: bool,
+    /// The snapshot this one was copied from (by `copy`), if any.
+    #[serde(default)]
+    pub original: Option<SnapshotId>,
+    /// Counters.
+    #[serde(default)]
+    pub summary: SnapshotSummary,
+}
+
+impl Snapshot {
+    /// The snapshot time as a timestamp (`None` when unparsable).
+    pub fn timestamp(&self) -> Option<jiff::Timestamp> {
+        self.time.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &[u8], kind: NodeKind) -> Node {
+        Node {
+            name: name.to_vec(),
+            subtree: matches!(kind, NodeKind::Dir).then_some(BlobId([7; 32])),
+            kind,
+            mode: 0o4755,
+            uid: 1000,
+            gid: 1000,
+            mtime: 1_700_000_000,
+            mtime_ns: 123_456_789,
+            ctime: 1_700_000_000,
+            ctime_ns: 1,
+            inode: 42,
+            dev: 1,
+            nlink: 1,
+            size: 3,
+            sparse: false,
+            content: vec![BlobId([1; 32])],
+            xattrs: vec![Xattr {
+                name: b"user.a".to_vec(),
+                value: vec![0, 255],
+            }],
+            error: None,
+        }
+    }
+
+    #[test]
+    fn tree_roundtrip_keeps_non_utf8_names() {
+        let t = Tree {
+            nodes: vec![
+                node(b"a\xff\xfe", NodeKind::File),
+                node(b"b", NodeKind::Dir),
+                node(
+                    b"c",
+                    NodeKind::Symlink {
+                        target: b"/nowhere\x80".to_vec(),
+                    },
+                ),
+            ],
+        };
+        let bytes = to_cbor(&t);
+        assert_eq!(Tree::decode(&bytes).unwrap(), t);
+    }
+
+    #[test]
+    fn hostile_trees_are_refused() {
+        for bad in [&b".."[..], b".", b"a/b", b"", b"x\0"] {
+            let t = Tree {
+                nodes: vec![node(bad, NodeKind::File)],
+            };
+            assert!(Tree::decode(&to_cbor(&t)).is_err(), "{bad:?}");
+        }
+        let unsorted = Tree {
+            nodes: vec![node(b"b", NodeKind::File), node(b"a", NodeKind::File)],
+        };
+        assert!(Tree::decode(&to_cbor(&unsorted)).is_err());
+        assert!(Tree::decode(b"\xff\x00garbage").is_err());
+    }
+
+    #[test]
+    fn pack_trailer_bounds() {
+        assert_eq!(pack_header_range(100, &10u32.to_le_bytes()), Ok((86, 10)));
+        assert!(pack_header_range(10, &10u32.to_le_bytes()).is_err());
+        assert!(pack_header_range(10, &[1, 2]).is_err());
+        let e = PackEntry {
+            kind: BlobKind::Data,
+            id: BlobId([0; 32]),
+            offset: 0,
+            length: 10,
+            raw_len: 5,
+        };
+        assert!(validate_pack_header(&[e], 10).is_ok());
+        assert!(validate_pack_header(&[e], 9).is_err());
+        assert!(validate_pack_header(&[e, e], 30).is_err(), "overlap");
+    }
+}

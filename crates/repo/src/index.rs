@@ -1,0 +1,206 @@
+//! The in-memory index: where every blob lives.
+//!
+//! Lives here: [`Index`], built from index files, answering "which pack, which bytes" for a
+//! blob id, and which packs to avoid building on (damaged, missing or condemned).
+//! Never here: I/O; `Repository::load_index` reads the files.
+
+use std::collections::{HashMap, HashSet};
+
+use lifeboat_types::{BlobId, IndexId, PackId};
+
+use crate::format::{BlobKind, IndexFile, PackEntry};
+
+/// Where a blob lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLoc {
+    /// The pack holding it.
+    pub pack: PackId,
+    /// Blob kind.
+    pub kind: BlobKind,
+    /// Offset of the sealed blob in the pack.
+    pub offset: u32,
+    /// Length of the sealed blob.
+    pub length: u32,
+    /// Plaintext length.
+    pub raw_len: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    pack: u32,
+    kind: BlobKind,
+    offset: u32,
+    length: u32,
+    raw_len: u32,
+}
+
+/// Blob locations from all index files of a repository.
+#[derive(Debug, Default)]
+pub struct Index {
+    packs: Vec<PackId>,
+    pack_sizes: Vec<u64>,
+    pack_pos: HashMap<PackId, u32>,
+    blobs: HashMap<BlobId, Slot>,
+    avoid: HashSet<u32>,
+    files: Vec<IndexId>,
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Marks packs that must not be built on: their blobs are used only when no other copy
+    /// exists, and [`Index::has_usable`] reports them as absent. Call before adding files.
+    pub fn avoid_packs(&mut self, packs: impl IntoIterator<Item = PackId>) {
+        for p in packs {
+            let pos = self.pack_slot(p, 0);
+            self.avoid.insert(pos);
+        }
+    }
+
+    fn pack_slot(&mut self, id: PackId, size: u64) -> u32 {
+        if let Some(&p) = self.pack_pos.get(&id) {
+            if size > 0 {
+                self.pack_sizes[p as usize] = size;
+            }
+            return p;
+        }
+        let p = self.packs.len() as u32;
+        self.packs.push(id);
+        self.pack_sizes.push(size);
+        self.pack_pos.insert(id, p);
+        p
+    }
+
+    /// Adds the contents of one index file.
+    pub fn add_file(&mut self, id: Option<IndexId>, file: &IndexFile) {
+        if let Some(id) = id {
+            self.files.push(id);
+        }
+        for ip in &file.packs {
+            self.add_pack(ip.id, ip.size, &ip.blobs);
+        }
+    }
+
+    /// Adds the blobs of one pack.
+    pub fn add_pack(&mut self, pack: PackId, size: u64, blobs: &[PackEntry]) {
+        let p = self.pack_slot(pack, size);
+        let new_avoided = self.avoid.contains(&p);
+        for e in blobs {
+            let slot = Slot {
+                pack: p,
+                kind: e.kind,
+                offset: e.offset,
+                length: e.length,
+                raw_len: e.raw_len,
+            };
+            match self.blobs.get(&e.id) {
+                Some(old) if !self.avoid.contains(&old.pack) || new_avoided => {}
+                _ => {
+                    self.blobs.insert(e.id, slot);
+                }
+            }
+        }
+    }
+
+    /// Where a blob lives (preferring packs not avoided).
+    pub fn get(&self, id: &BlobId) -> Option<BlobLoc> {
+        self.blobs.get(id).map(|s| BlobLoc {
+            pack: self.packs[s.pack as usize],
+            kind: s.kind,
+            offset: s.offset,
+            length: s.length,
+            raw_len: s.raw_len,
+        })
+    }
+
+    /// Whether the blob is stored in a pack that new snapshots may build on.
+    pub fn has_usable(&self, id: &BlobId) -> bool {
+        self.blobs
+            .get(id)
+            .is_some_and(|s| !self.avoid.contains(&s.pack))
+    }
+
+    /// Number of blobs.
+    pub fn len(&self) -> usize {
+        self.blobs.len()
+    }
+
+    /// Whether there are no blobs.
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+
+    /// The index files this index was built from.
+    pub fn files(&self) -> &[IndexId] {
+        &self.files
+    }
+
+    /// Every pack named by the index, with its recorded size.
+    pub fn packs(&self) -> impl Iterator<Item = (PackId, u64)> + '_ {
+        self.packs
+            .iter()
+            .zip(&self.pack_sizes)
+            .filter(|(_, s)| **s > 0)
+            .map(|(p, s)| (*p, *s))
+    }
+
+    /// Every blob with its location.
+    pub fn blobs(&self) -> impl Iterator<Item = (BlobId, BlobLoc)> + '_ {
+        self.blobs.iter().map(|(id, s)| {
+            (
+                *id,
+                BlobLoc {
+                    pack: self.packs[s.pack as usize],
+                    kind: s.kind,
+                    offset: s.offset,
+                    length: s.length,
+                    raw_len: s.raw_len,
+                },
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::IndexPack;
+
+    fn entry(id: u8) -> PackEntry {
+        PackEntry {
+            kind: BlobKind::Data,
+            id: BlobId([id; 32]),
+            offset: 0,
+            length: 10,
+            raw_len: 10,
+        }
+    }
+
+    #[test]
+    fn prefers_healthy_copies_and_hides_avoided_ones_from_dedup() {
+        let (bad, good) = (PackId([1; 32]), PackId([2; 32]));
+        let mut idx = Index::new();
+        idx.avoid_packs([bad]);
+        idx.add_file(
+            None,
+            &IndexFile {
+                packs: vec![IndexPack {
+                    id: bad,
+                    size: 100,
+                    blobs: vec![entry(1), entry(2)],
+                }],
+                supersedes: vec![],
+            },
+        );
+        assert_eq!(idx.get(&BlobId([1; 32])).unwrap().pack, bad);
+        assert!(!idx.has_usable(&BlobId([1; 32])));
+        idx.add_pack(good, 50, &[entry(1)]);
+        assert_eq!(idx.get(&BlobId([1; 32])).unwrap().pack, good);
+        assert!(idx.has_usable(&BlobId([1; 32])));
+        assert!(!idx.has_usable(&BlobId([2; 32])));
+        assert_eq!(idx.packs().count(), 2);
+    }
+}

@@ -1,0 +1,395 @@
+//! `prune`: reclaim space from packs no snapshot needs, safely beside running backups.
+//!
+//! Lives here: [`prune`], its options and report, and condemned-pack records. Never here:
+//! choosing snapshots to forget (`retention`). The protocol (docs/design/0001-concurrency.md)
+//! is two-phase and lock-free for backups:
+//!
+//! 1. **Mark.** Packs that hold nothing any snapshot uses (including packs no index names)
+//!    are *condemned*: their ids go into a record `condemned/<hash>` with its creation time.
+//!    Nothing is deleted. Writers that start after the record exists do not build on
+//!    condemned packs (they store fresh copies).
+//! 2. **Sweep** (the same run or a later one). A record is swept only when no live write or
+//!    read lease started before it (plus a clock-skew margin). Then the snapshots are read
+//!    *again*, and a condemned pack still needed by any of them (a backup that started before
+//!    the mark and used it) is kept. The rest: a new index without them is written, the old
+//!    index files are removed, then the packs, then the record.
+//!
+//! # Crash safety
+//! Each step leaves a usable repository: a crash after the new index leaves duplicate index
+//! entries; after the old index files are gone, packs nobody names (garbage for next time).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use lifeboat_types::{BlobId, PackId, SnapshotId};
+
+use crate::error::{Error, Result};
+use crate::format::{paths, IndexFile, IndexPack, NodeKind, Snapshot};
+use crate::index::Index;
+use crate::lease::{list_leases, now_s, Lease, LeaseKind};
+use crate::repository::{content_id, Repository};
+use crate::writer::{BlobWriter, WriterOptions};
+
+/// Options of prune.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Only report what would be done.
+    pub dry_run: bool,
+    /// Repack packs in which more than this fraction of bytes is unused (0..1).
+    pub repack_unused_fraction: f64,
+    /// Clock-skew margin between hosts when comparing lease and record times.
+    pub skew: Duration,
+    /// TTL of prune's own lease.
+    pub lease_ttl: Duration,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            dry_run: false,
+            repack_unused_fraction: 0.3,
+            skew: Duration::from_secs(300),
+            lease_ttl: crate::lease::DEFAULT_TTL,
+        }
+    }
+}
+
+/// What prune did (`--json` schema: docs/json.md).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    /// Packs in the repository before.
+    pub packs_before: usize,
+    /// Packs condemned by this run.
+    pub packs_condemned: usize,
+    /// Packs repacked (their used blobs copied into new packs) by this run.
+    pub packs_repacked: usize,
+    /// Packs deleted.
+    pub packs_deleted: usize,
+    /// Bytes freed by deleting packs.
+    pub bytes_freed: u64,
+    /// Condemned packs kept because a snapshot turned out to need them.
+    pub packs_resurrected: usize,
+    /// Records that cannot be swept yet, and the leases they wait for.
+    pub waiting_on: Vec<String>,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+}
+
+/// A condemned-pack record (JSON, named by the BLAKE3 of its bytes).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Condemned {
+    /// When it was written (seconds since the epoch, pruning host's clock).
+    pub created: f64,
+    /// The packs condemned.
+    pub packs: Vec<PackId>,
+}
+
+/// Reads every condemned record.
+///
+/// # Errors
+/// Storage errors.
+pub fn condemned_records(repo: &Repository) -> Result<Vec<(String, Condemned)>> {
+    let mut out = Vec::new();
+    for e in repo.storage().list(paths::CONDEMNED)? {
+        match repo.storage().get(&e.path) {
+            Ok(b) => match serde_json::from_slice::<Condemned>(&b) {
+                Ok(c) => out.push((e.path, c)),
+                Err(err) => tracing::warn!("ignoring unreadable record {}: {err}", e.path),
+            },
+            Err(err) if err.is_not_found() => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(out)
+}
+
+/// The packs that writers must not build on: damaged ones and condemned ones.
+///
+/// # Errors
+/// Storage errors.
+pub fn packs_to_avoid(repo: &Repository) -> Result<HashSet<PackId>> {
+    let mut avoid = repo.damaged_packs()?;
+    for (_, c) in condemned_records(repo)? {
+        avoid.extend(c.packs);
+    }
+    Ok(avoid)
+}
+
+/// Blobs used by snapshots, with the set of trees already walked.
+#[derive(Default)]
+struct Usage {
+    trees: HashSet<BlobId>,
+    used: HashSet<BlobId>,
+    snapshots: HashSet<SnapshotId>,
+}
+
+impl Usage {
+    fn add(&mut self, repo: &Repository, index: &Index, snaps: &[(SnapshotId, Snapshot)]) -> Result<()> {
+        for (sid, s) in snaps {
+            if !self.snapshots.insert(*sid) {
+                continue;
+            }
+            let mut stack = vec![s.tree];
+            while let Some(t) = stack.pop() {
+                if !self.trees.insert(t) {
+                    continue;
+                }
+                self.used.insert(t);
+                let tree = repo.read_tree(index, &t).map_err(|e| {
+                    Error::Invalid(format!(
+                        "prune needs every tree of every snapshot and snapshot {} has an unreadable one ({e}); nothing was deleted. Run `lifeboat check`",
+                        sid.short()
+                    ))
+                })?;
+                for n in &tree.nodes {
+                    if let (NodeKind::Dir, Some(sub)) = (&n.kind, n.subtree) {
+                        stack.push(sub);
+                    }
+                    self.used.extend(n.content.iter().copied());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn load_snapshots_strict(repo: &Repository) -> Result<Vec<(SnapshotId, Snapshot)>> {
+    let (snaps, bad) = repo.snapshots()?;
+    if let Some(e) = bad.into_iter().next() {
+        return Err(Error::Invalid(format!(
+            "prune needs every snapshot and one is unreadable ({e}); nothing was deleted. Run `lifeboat check`"
+        )));
+    }
+    Ok(snaps)
+}
+
+/// Prunes the repository.
+///
+/// # Errors
+/// [`Error::Leased`] when another prune runs; [`Error::Invalid`] when a snapshot or tree is
+/// unreadable (prune then deletes nothing); storage errors.
+pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
+    let lease = Lease::acquire(repo, LeaseKind::Prune, "prune", opts.lease_ttl)?;
+    let now = now_s();
+    for (path, info) in list_leases(repo)? {
+        if info.kind == LeaseKind::Prune && path != lease.path() && info.is_live(now) {
+            return Err(Error::Leased {
+                what: format!("another prune is running ({})", info.describe()),
+                hint: "run prune again when it has finished; its lease expires by itself if it died".into(),
+            });
+        }
+    }
+    let mut report = PruneReport {
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+
+    // ---- mark ----------------------------------------------------------------------
+    let damaged = repo.damaged_packs()?;
+    let records = condemned_records(repo)?;
+    let already: HashSet<PackId> = records.iter().flat_map(|(_, c)| c.packs.iter().copied()).collect();
+    let mut avoid = damaged.clone();
+    avoid.extend(already.iter().copied());
+    let (index, bad) = repo.load_index_with(&avoid)?;
+    if let Some(e) = bad.into_iter().next() {
+        return Err(Error::Invalid(format!(
+            "an index file is unreadable ({e}); nothing was deleted. Run `lifeboat check`"
+        )));
+    }
+    let snaps = load_snapshots_strict(repo)?;
+    let mut usage = Usage::default();
+    usage.add(repo, &index, &snaps)?;
+
+    let listed: HashMap<PackId, u64> = repo
+        .storage()
+        .list(paths::DATA)?
+        .into_iter()
+        .filter_map(|e| {
+            let name = e.path.rsplit('/').next()?;
+            PackId::from_hex(name).ok().map(|id| (id, e.size))
+        })
+        .collect();
+    report.packs_before = listed.len();
+
+    // Bytes each pack holds for used blobs (counting a blob only at its chosen location).
+    let mut used_bytes: HashMap<PackId, u64> = HashMap::new();
+    let mut pack_blobs: HashMap<PackId, Vec<(BlobId, crate::index::BlobLoc)>> = HashMap::new();
+    for (id, loc) in index.blobs() {
+        pack_blobs.entry(loc.pack).or_default().push((id, loc));
+        if usage.used.contains(&id) {
+            *used_bytes.entry(loc.pack).or_default() += u64::from(loc.length);
+        }
+    }
+    let mut condemn: Vec<PackId> = Vec::new();
+    let mut repack: Vec<PackId> = Vec::new();
+    for (p, size) in &listed {
+        if already.contains(p) {
+            continue;
+        }
+        let used = used_bytes.get(p).copied().unwrap_or(0);
+        if used == 0 {
+            condemn.push(*p);
+        } else if damaged.contains(p)
+            || (*size > 0 && 1.0 - used as f64 / *size as f64 > opts.repack_unused_fraction)
+        {
+            repack.push(*p);
+        }
+    }
+    if !opts.dry_run && !repack.is_empty() {
+        repack_packs(repo, &index, &usage.used, &repack, &pack_blobs, &damaged)?;
+        condemn.extend(repack.iter().copied());
+    }
+    report.packs_repacked = repack.len();
+    report.packs_condemned = condemn.len();
+    if opts.dry_run {
+        report.bytes_freed = condemn.iter().filter_map(|p| listed.get(p)).sum();
+        return Ok(report);
+    }
+    let mut records = records;
+    if !condemn.is_empty() {
+        condemn.sort();
+        let rec = Condemned {
+            created: now_s(),
+            packs: condemn,
+        };
+        let bytes = serde_json::to_vec(&rec).map_err(|e| Error::Invalid(e.to_string()))?;
+        let path = format!("{}/{}", paths::CONDEMNED, hex::encode(content_id(&bytes)));
+        repo.storage().put(&path, bytes)?;
+        records.push((path, rec));
+    }
+
+    // ---- sweep ---------------------------------------------------------------------
+    let leases = list_leases(repo)?;
+    let now = now_s();
+    let mut sweepable = Vec::new();
+    for (path, rec) in records {
+        let blockers: Vec<String> = leases
+            .iter()
+            .filter(|(_, l)| {
+                l.kind != LeaseKind::Prune
+                    && l.is_live(now)
+                    && l.created < rec.created + opts.skew.as_secs_f64()
+            })
+            .map(|(_, l)| l.describe())
+            .collect();
+        if blockers.is_empty() {
+            sweepable.push((path, rec));
+        } else {
+            report.waiting_on.push(format!(
+                "{} condemned pack(s) wait for: {}",
+                rec.packs.len(),
+                blockers.join("; ")
+            ));
+        }
+    }
+    if sweepable.is_empty() {
+        lease.check_valid()?;
+        return Ok(report);
+    }
+    // Read snapshots again: a writer that finished since the mark may use condemned packs.
+    let condemned_now: HashSet<PackId> = sweepable
+        .iter()
+        .flat_map(|(_, c)| c.packs.iter().copied())
+        .collect();
+    let mut avoid2 = damaged.clone();
+    avoid2.extend(condemned_now.iter().copied());
+    let (index2, bad) = repo.load_index_with(&avoid2)?;
+    if let Some(e) = bad.into_iter().next() {
+        return Err(Error::Invalid(format!(
+            "an index file is unreadable ({e}); nothing was deleted. Run `lifeboat check`"
+        )));
+    }
+    let snaps2 = load_snapshots_strict(repo)?;
+    usage.add(repo, &index2, &snaps2)?;
+    // A condemned pack is still needed when it holds the only copy of a used blob.
+    let mut needed: HashSet<PackId> = HashSet::new();
+    for (id, loc) in index2.blobs() {
+        if condemned_now.contains(&loc.pack) && usage.used.contains(&id) {
+            needed.insert(loc.pack);
+        }
+    }
+    let delete: HashSet<PackId> = condemned_now.difference(&needed).copied().collect();
+    report.packs_resurrected = needed.len();
+
+    lease.check_valid()?;
+    // New index without the deleted packs, then drop the old index files.
+    let mut file = IndexFile::default();
+    let mut by_pack: HashMap<PackId, IndexPack> = HashMap::new();
+    for id in index2.files() {
+        let f: IndexFile = repo.read_file(&paths::index(id), crate::format::aad::INDEX, "index")?;
+        for ip in f.packs {
+            if !delete.contains(&ip.id) {
+                by_pack.entry(ip.id).or_insert(ip);
+            }
+        }
+    }
+    file.packs = by_pack.into_values().collect();
+    file.packs.sort_by(|a, b| a.id.cmp(&b.id));
+    file.supersedes = index2.files().to_vec();
+    let old_files = index2.files().to_vec();
+    let new_id = if file.packs.is_empty() {
+        None
+    } else {
+        Some(repo.save_index(&file)?)
+    };
+    for id in old_files {
+        if Some(id) != new_id {
+            repo.storage().delete(&paths::index(&id))?;
+        }
+    }
+    for p in &delete {
+        let path = paths::pack(p);
+        if let Some(size) = repo.storage().stat(&path)? {
+            report.bytes_freed += size;
+            report.packs_deleted += 1;
+        }
+        repo.storage().delete(&path)?;
+        repo.storage().delete(&paths::damaged(p))?;
+    }
+    for (path, _) in &sweepable {
+        repo.storage().delete(path)?;
+    }
+    drop(lease);
+    Ok(report)
+}
+
+/// Copies the used blobs of `packs` into new packs (indexed before return).
+fn repack_packs(
+    repo: &Repository,
+    index: &Index,
+    used: &HashSet<BlobId>,
+    packs: &[PackId],
+    pack_blobs: &HashMap<PackId, Vec<(BlobId, crate::index::BlobLoc)>>,
+    damaged: &HashSet<PackId>,
+) -> Result<()> {
+    let writer = BlobWriter::new(repo, Arc::new(Index::new()), &WriterOptions::default())?;
+    for p in packs {
+        let Some(blobs) = pack_blobs.get(p) else {
+            continue;
+        };
+        for (id, loc) in blobs {
+            if !used.contains(id) || !writer.claim(id) {
+                continue;
+            }
+            if damaged.contains(p) {
+                // Verify each blob; a damaged one is left behind (check reports it).
+                match repo.read_blob(index, id) {
+                    Ok(plain) => writer.save(loc.kind, *id, plain)?,
+                    Err(e) => tracing::warn!("not repacking damaged blob {}: {e}", id.short()),
+                }
+            } else {
+                let sealed = repo.storage().get_range(
+                    &paths::pack(p),
+                    u64::from(loc.offset),
+                    u64::from(loc.length),
+                )?;
+                writer.save_sealed(loc.kind, *id, loc.raw_len, sealed)?;
+            }
+        }
+    }
+    writer.finish()?;
+    Ok(())
+}
