@@ -117,6 +117,9 @@ impl Storage {
     /// [`ErrorKind::Config`] when the location cannot be used (a bad endpoint, say), or a
     /// runtime error when the tokio runtime cannot start.
     pub fn open(location: &Location, options: &StorageOptions) -> Result<Self, Error> {
+        // The workspace builds OpenDAL without its auto-registration constructor, so the
+        // reqwest (rustls) HTTP transport must be installed before any S3 request. Idempotent.
+        opendal::install_default();
         let describe = location.to_string();
         let mut local_root = None;
         let (op, create_only) = match location {
@@ -137,10 +140,11 @@ impl Storage {
                 Operator::new(s3_builder(s3)?).map_err(|e| Error::from_opendal(&describe, e))?,
                 true,
             ),
+            // OpenDAL's memory service checks-and-inserts under one lock: create-only is atomic.
             Location::Memory => (
                 Operator::new(opendal::services::Memory::default())
                     .map_err(|e| Error::from_opendal(&describe, e))?,
-                false,
+                true,
             ),
         };
         // Timeout inside retry, as OpenDAL documents: a timed-out attempt is a temporary
@@ -237,7 +241,13 @@ impl Storage {
         Ok(())
     }
 
-    /// Writes an object only if it does not exist yet.
+    /// Writes an object only if it does not exist yet. Of several concurrent callers for one
+    /// path, exactly one succeeds: on a local file system by hard-linking a fully written
+    /// temp file into place, on S3 and memory by a conditional write (`If-None-Match: *`).
+    ///
+    /// A retried S3 write whose first attempt landed but whose answer was lost reports
+    /// [`ErrorKind::AlreadyExists`]; callers writing content-addressed objects can treat that
+    /// as success.
     ///
     /// # Errors
     /// [`ErrorKind::AlreadyExists`] when it exists; a storage error naming `path` otherwise.
