@@ -1,1 +1,13 @@
-//! lifeboat-sources (placeholder).
+//! Lifeboat's sources: what goes into a repository and how it comes back out.
+//!
+//! Main entry points: [`backup::backup`] (file trees, with metadata, skipping files unchanged
+//! since the parent snapshot), [`backup::backup_stream`] (stdin, e.g. `pg_dump | lifeboat
+//! backup --stdin`), [`restore::restore`] and [`restore::dump`].
+//! Never here: the repository format (lifeboat-repo) or anything that prints.
+
+pub mod backup;
+pub mod meta;
+pub mod progress;
+pub mod restore;
+
+pub use progress::Progress;

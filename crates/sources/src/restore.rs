@@ -1,0 +1,478 @@
+//! Restoring snapshots to a directory, and dumping one file to a writer.
+//!
+//! Lives here: [`restore`], [`dump`], their options and report. Never here: the repository
+//! format. Restore reads each pack once (whole, or by ranges when few of its blobs are
+//! needed) on several threads, writes blobs at their offsets, then applies metadata
+//! bottom-up so directory times survive. Damaged data never stops the rest: the files it
+//! affects are listed in the report, everything else is restored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use lifeboat_repo::format::{paths, Node, NodeKind};
+use lifeboat_repo::index::BlobLoc;
+use lifeboat_repo::repository::par_map;
+use lifeboat_repo::tree::{find_path, walk};
+use lifeboat_repo::{Error, Index, Repository, Result};
+use lifeboat_types::{BlobId, PackId};
+
+use crate::meta::apply_metadata;
+use crate::progress::Progress;
+
+/// How to restore.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Threads reading packs.
+    pub threads: usize,
+    /// Restore owners (needs root; ignored otherwise).
+    pub owners: bool,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            owners: rustix::process::geteuid().is_root(),
+        }
+    }
+}
+
+/// One path that could not be restored (fully).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RestoreError {
+    /// Path relative to the target.
+    pub path: String,
+    /// What went wrong (names the damaged repository file where there is one).
+    pub message: String,
+}
+
+/// What a restore did (`--json` schema: docs/json.md).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreReport {
+    /// Regular files restored.
+    pub files: u64,
+    /// Directories restored.
+    pub dirs: u64,
+    /// Other entries restored (links, pipes, devices).
+    pub others: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+    /// Paths that could not be restored fully.
+    pub errors: Vec<RestoreError>,
+}
+
+struct Entry {
+    path: PathBuf,
+    rel: String,
+    node: Node,
+}
+
+/// Restores `snapshot_tree` (or the subtree at `subpath`) into `target`.
+///
+/// # Errors
+/// Errors that prevent any restore (unreadable root, target not creatable). Damage to
+/// individual files is reported in [`RestoreReport::errors`].
+pub fn restore(
+    repo: &Repository,
+    index: &Index,
+    snapshot_tree: &BlobId,
+    subpath: &[u8],
+    snapshot_name: &str,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &Progress,
+) -> Result<RestoreReport> {
+    let io = |p: &Path, e: std::io::Error| Error::Io {
+        path: p.display().to_string(),
+        source: e,
+    };
+    std::fs::create_dir_all(target).map_err(|e| io(target, e))?;
+    let mut report = RestoreReport::default();
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut tree_errors: Vec<RestoreError> = Vec::new();
+
+    // 1. Collect entries.
+    let start = find_path(repo, index, snapshot_tree, subpath, snapshot_name)?;
+    let (root_tree, base): (Option<BlobId>, Vec<u8>) = match start {
+        None => (Some(*snapshot_tree), Vec::new()),
+        Some(node) => {
+            let name = node.name.clone();
+            let sub = if matches!(node.kind, NodeKind::Dir) { node.subtree } else { None };
+            entries.push(Entry {
+                path: target.join(OsStr::from_bytes(&name)),
+                rel: String::from_utf8_lossy(&name).into_owned(),
+                node,
+            });
+            (sub, name)
+        }
+    };
+    if let Some(root) = root_tree {
+        let mut visit = |rel: &[u8], node: &Node| -> Result<bool> {
+            let mut full = base.clone();
+            if !full.is_empty() {
+                full.push(b'/');
+            }
+            full.extend_from_slice(rel);
+            entries.push(Entry {
+                path: target.join(OsStr::from_bytes(&full)),
+                rel: String::from_utf8_lossy(&full).into_owned(),
+                node: node.clone(),
+            });
+            Ok(true)
+        };
+        walk_tolerant(repo, index, &root, &mut visit, &mut tree_errors, &base);
+    }
+    report.errors.extend(tree_errors);
+    for e in &entries {
+        if matches!(e.node.kind, NodeKind::File) {
+            Progress::add(&progress.files_total, 1);
+            Progress::add(&progress.bytes_total, e.node.size);
+        }
+    }
+
+    // 2. Directories, special files, empty and pre-sized files; hard links wait.
+    let mut links: Vec<(usize, usize)> = Vec::new();
+    let mut first_of_inode: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut failed: Vec<bool> = vec![false; entries.len()];
+    let mut plan: HashMap<PackId, Vec<(BlobId, BlobLoc, usize, u64)>> = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        let n = &e.node;
+        let res: std::io::Result<()> = match &n.kind {
+            NodeKind::Dir => match std::fs::create_dir(&e.path) {
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && e.path.is_dir() => Ok(()),
+                other => other,
+            },
+            NodeKind::Symlink { target: t } => {
+                remove_existing(&e.path);
+                std::os::unix::fs::symlink(OsStr::from_bytes(t), &e.path)
+            }
+            NodeKind::Fifo => {
+                remove_existing(&e.path);
+                rustix::fs::mknodat(rustix::fs::CWD, &e.path, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(n.mode), 0).map_err(Into::into)
+            }
+            NodeKind::CharDev { rdev } | NodeKind::BlockDev { rdev } => {
+                remove_existing(&e.path);
+                let ft = if matches!(n.kind, NodeKind::CharDev { .. }) {
+                    rustix::fs::FileType::CharacterDevice
+                } else {
+                    rustix::fs::FileType::BlockDevice
+                };
+                rustix::fs::mknodat(rustix::fs::CWD, &e.path, ft, rustix::fs::Mode::from_raw_mode(n.mode), *rdev).map_err(Into::into)
+            }
+            NodeKind::Socket => {
+                failed[i] = true; // sockets are recorded, not restored
+                continue;
+            }
+            NodeKind::File => {
+                if n.nlink > 1 && n.inode != 0 {
+                    if let Some(&first) = first_of_inode.get(&(n.dev, n.inode)) {
+                        links.push((i, first));
+                        continue;
+                    }
+                    first_of_inode.insert((n.dev, n.inode), i);
+                }
+                if let Some(err) = &n.error {
+                    report.errors.push(RestoreError {
+                        path: e.rel.clone(),
+                        message: format!("was not backed up completely: {err}"),
+                    });
+                }
+                // Files with several blobs, sparse or empty files are created here; a
+                // single-blob file is created by its only write.
+                let res = if n.content.len() != 1 || n.sparse {
+                    create_file(&e.path, n.size, n.sparse)
+                } else {
+                    Ok(())
+                };
+                let mut offset = 0u64;
+                let mut missing = None;
+                for b in &n.content {
+                    match index.get(b) {
+                        Some(loc) => {
+                            plan.entry(loc.pack).or_default().push((*b, loc, i, offset));
+                            offset += u64::from(loc.raw_len);
+                        }
+                        None => missing = Some(*b),
+                    }
+                }
+                if let Some(b) = missing {
+                    report.errors.push(RestoreError {
+                        path: e.rel.clone(),
+                        message: format!("data blob {} is in no index: the file is incomplete", b.short()),
+                    });
+                }
+                res
+            }
+        };
+        if let Err(err) = res {
+            failed[i] = true;
+            report.errors.push(RestoreError {
+                path: e.rel.clone(),
+                message: format!("cannot create: {err}"),
+            });
+        }
+    }
+
+    // 3. Contents, pack by pack.
+    let mut packs: Vec<(PackId, Vec<(BlobId, BlobLoc, usize, u64)>)> = plan.into_iter().collect();
+    packs.sort_by(|a, b| a.0.cmp(&b.0));
+    let errors: Mutex<BTreeMap<usize, String>> = Mutex::new(BTreeMap::new());
+    let written = std::sync::atomic::AtomicU64::new(0);
+    par_map(&packs, opts.threads, |(pack, blobs)| {
+        restore_pack(repo, &entries, pack, blobs, &errors, &written, progress);
+    });
+    report.bytes = written.into_inner();
+    for (i, msg) in errors.into_inner() {
+        failed[i] = true;
+        report.errors.push(RestoreError {
+            path: entries[i].rel.clone(),
+            message: msg,
+        });
+    }
+
+    // 4. Hard links.
+    for (i, first) in links {
+        remove_existing(&entries[i].path);
+        if let Err(err) = std::fs::hard_link(&entries[first].path, &entries[i].path) {
+            failed[i] = true;
+            report.errors.push(RestoreError {
+                path: entries[i].rel.clone(),
+                message: format!("cannot link to {}: {err}", entries[first].rel),
+            });
+        }
+    }
+
+    // 5. Metadata: files first, then directories deepest first.
+    let order: Vec<usize> = (0..entries.len()).filter(|i| !matches!(entries[*i].node.kind, NodeKind::Dir)).collect();
+    let meta_errs = par_map(&order, 2, |&i| {
+        let e = &entries[i];
+        if failed[i] {
+            return None;
+        }
+        apply_metadata(&e.path, &e.node, opts.owners).err().map(|err| (i, err))
+    });
+    let mut dirs: Vec<usize> = (0..entries.len()).filter(|i| matches!(entries[*i].node.kind, NodeKind::Dir)).collect();
+    dirs.sort_by_key(|i| std::cmp::Reverse(entries[*i].path.components().count()));
+    for (i, err) in meta_errs.into_iter().flatten() {
+        report.errors.push(RestoreError {
+            path: entries[i].rel.clone(),
+            message: format!("cannot set metadata: {err}"),
+        });
+    }
+    for i in dirs {
+        if let Err(err) = apply_metadata(&entries[i].path, &entries[i].node, opts.owners) {
+            report.errors.push(RestoreError {
+                path: entries[i].rel.clone(),
+                message: format!("cannot set metadata: {err}"),
+            });
+        }
+    }
+    for (i, e) in entries.iter().enumerate() {
+        if failed[i] {
+            continue;
+        }
+        match e.node.kind {
+            NodeKind::File => report.files += 1,
+            NodeKind::Dir => report.dirs += 1,
+            _ => report.others += 1,
+        }
+    }
+    report.errors.sort_by(|a, b| a.path.cmp(&b.path));
+    report.errors.dedup();
+    Ok(report)
+}
+
+fn walk_tolerant(
+    repo: &Repository,
+    index: &Index,
+    root: &BlobId,
+    visit: &mut dyn FnMut(&[u8], &Node) -> Result<bool>,
+    errors: &mut Vec<RestoreError>,
+    base: &[u8],
+) {
+    // Walk with error tolerance: an unreadable subtree is reported, its siblings restored.
+    let mut wrapped = |rel: &[u8], node: &Node| -> Result<bool> {
+        if let (NodeKind::Dir, Some(sub)) = (&node.kind, node.subtree) {
+            if let Err(e) = repo.read_tree(index, &sub) {
+                let mut full = base.to_vec();
+                if !full.is_empty() {
+                    full.push(b'/');
+                }
+                full.extend_from_slice(rel);
+                errors.push(RestoreError {
+                    path: String::from_utf8_lossy(&full).into_owned(),
+                    message: format!("directory contents lost: {e}"),
+                });
+                visit(rel, node)?;
+                return Ok(false);
+            }
+        }
+        visit(rel, node)
+    };
+    if let Err(e) = walk(repo, index, root, &mut wrapped) {
+        errors.push(RestoreError {
+            path: String::from_utf8_lossy(base).into_owned(),
+            message: format!("cannot read: {e}"),
+        });
+    }
+}
+
+fn remove_existing(path: &Path) {
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        if !md.is_dir() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn create_file(path: &Path, size: u64, sparse: bool) -> std::io::Result<()> {
+    remove_existing(path);
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    if sparse {
+        f.set_len(size)?;
+    }
+    Ok(())
+}
+
+fn restore_pack(
+    repo: &Repository,
+    entries: &[Entry],
+    pack: &PackId,
+    blobs: &[(BlobId, BlobLoc, usize, u64)],
+    errors: &Mutex<BTreeMap<usize, String>>,
+    written: &std::sync::atomic::AtomicU64,
+    progress: &Progress,
+) {
+    let path = paths::pack(pack);
+    let fail_all = |msg: String| {
+        let mut g = errors.lock();
+        for (_, _, i, _) in blobs {
+            g.entry(*i).or_insert_with(|| msg.clone());
+        }
+    };
+    // Read the whole pack when most of it is needed, else blob by blob.
+    let needed: u64 = blobs.iter().map(|b| u64::from(b.1.length)).sum();
+    let whole = match repo.storage().stat(&path) {
+        Ok(Some(size)) if needed * 2 >= size => match repo.storage().get(&path) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                fail_all(format!("cannot read {path}: {e}"));
+                return;
+            }
+        },
+        Ok(Some(_)) => None,
+        Ok(None) => {
+            fail_all(format!("{path} is missing"));
+            return;
+        }
+        Err(e) => {
+            fail_all(format!("cannot read {path}: {e}"));
+            return;
+        }
+    };
+    let mut open_files: HashMap<usize, File> = HashMap::new();
+    for (id, loc, i, offset) in blobs {
+        let e = &entries[*i];
+        if errors.lock().contains_key(i) {
+            continue;
+        }
+        let sealed = match &whole {
+            Some(b) => b
+                .get(loc.offset as usize..(loc.offset + loc.length) as usize)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| Error::damaged(&path, "truncated")),
+            None => repo
+                .storage()
+                .get_range(&path, u64::from(loc.offset), u64::from(loc.length))
+                .map_err(Error::from),
+        };
+        let plain = sealed.and_then(|mut s| repo.open_blob(&path, loc.kind, id, loc.raw_len, &mut s));
+        let plain = match plain {
+            Ok(p) => p,
+            Err(err) => {
+                errors.lock().insert(*i, format!("damaged data, file incomplete: {err}"));
+                continue;
+            }
+        };
+        let single = e.node.content.len() == 1 && !e.node.sparse;
+        let res = (|| -> std::io::Result<()> {
+            if single {
+                remove_existing(&e.path);
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                    .open(&e.path)?;
+                f.write_all(&plain)?;
+                return Ok(());
+            }
+            if e.node.sparse && plain.iter().all(|b| *b == 0) {
+                return Ok(()); // leave a hole
+            }
+            let f = match open_files.entry(*i) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(OpenOptions::new().write(true).open(&e.path)?)
+                }
+            };
+            f.write_all_at(&plain, *offset)
+        })();
+        match res {
+            Ok(()) => {
+                written.fetch_add(plain.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                Progress::add(&progress.bytes_done, plain.len() as u64);
+            }
+            Err(err) => {
+                errors.lock().insert(*i, format!("cannot write: {err}"));
+            }
+        }
+    }
+}
+
+/// Writes the contents of the file at `path` in the snapshot to `out`.
+///
+/// # Errors
+/// [`Error::PathNotFound`], [`Error::Invalid`] when the path is not a file, damage errors
+/// naming the pack, and write errors.
+pub fn dump(
+    repo: &Repository,
+    index: &Index,
+    snapshot_tree: &BlobId,
+    path: &[u8],
+    snapshot_name: &str,
+    out: &mut dyn Write,
+) -> Result<u64> {
+    let node = find_path(repo, index, snapshot_tree, path, snapshot_name)?.ok_or_else(|| {
+        Error::Invalid("dump needs a file path: SNAPSHOT:PATH".into())
+    })?;
+    if !matches!(node.kind, NodeKind::File) {
+        return Err(Error::Invalid(format!(
+            "{} is not a regular file; use `lifeboat restore` for directories",
+            String::from_utf8_lossy(path)
+        )));
+    }
+    let mut n = 0u64;
+    for b in &node.content {
+        let data = repo.read_blob(index, b)?;
+        out.write_all(&data).map_err(|e| Error::Io {
+            path: "stdout".into(),
+            source: e,
+        })?;
+        n += data.len() as u64;
+    }
+    Ok(n)
+}
