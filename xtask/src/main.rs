@@ -1,1 +1,407 @@
-fn main() {}
+//! `cargo xtask`: the project's own setup, test and CI tasks, in Rust with only std.
+//!
+//! Lives here: installing what tests, benches and fuzzing need on a Debian machine
+//! (idempotently), running the test suite with the right environment, and the CI sequence.
+//! Never here: product logic, or anything a test needs at run time (that is `testkit`).
+//!
+//! ```text
+//! cargo xtask setup [--bench] [--fuzz]   install what is missing
+//! cargo xtask test                       setup, then cargo test --workspace
+//! cargo xtask ci                         fmt --check, clippy -D warnings, test, fuzz smoke
+//! ```
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Instant;
+
+/// Garage release the tests run against (crates.io `garage`).
+const GARAGE_VERSION: &str = "2.5.0";
+/// Where machine-wide caches live (outside any clone, so CI builds Garage once per machine).
+const DEFAULT_CACHE: &str = "/var/cache/lifeboat";
+/// Environment variable through which `lifeboat-testkit` finds Garage.
+const GARAGE_BIN_ENV: &str = "LIFEBOAT_GARAGE_BIN";
+/// How long each fuzz target runs in `ci`.
+const FUZZ_SECONDS: u32 = 20;
+
+/// Debian packages for `setup --bench`.
+const BENCH_PACKAGES: &[&str] = &["time", "b3sum", "restic", "borgbackup"];
+/// Debian packages the test suite and its builds need.
+const TEST_PACKAGES: &[&str] = &["build-essential", "pkg-config", "ca-certificates"];
+/// Debian packages for building fuzz targets (libFuzzer is C++).
+const FUZZ_PACKAGES: &[&str] = &["build-essential"];
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let started = Instant::now();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => Setup::from_args(&args[1..]).and_then(|s| s.run()),
+        Some("test") => test(),
+        Some("ci") => ci(),
+        _ => Err(USAGE.to_string()),
+    };
+    match result {
+        Ok(()) => {
+            eprintln!("xtask: done in {:.0?}", started.elapsed());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const USAGE: &str = "usage: cargo xtask <setup [--bench] [--fuzz] | test | ci>
+  setup   install what is missing (apt packages, Garage into the machine cache)
+  test    setup, then cargo test --workspace
+  ci      cargo fmt --check, clippy -D warnings, test, then fuzz targets for 20 s each";
+
+/// The machine cache: `LIFEBOAT_CACHE` or `/var/cache/lifeboat`.
+fn cache_dir() -> PathBuf {
+    env::var_os("LIFEBOAT_CACHE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE))
+}
+
+/// The Garage binary tests use: `LIFEBOAT_GARAGE_BIN` or the one in the cache.
+fn garage_bin() -> PathBuf {
+    env::var_os(GARAGE_BIN_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("garage/bin/garage"))
+}
+
+fn cargo() -> Command {
+    Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Announces a step, runs it, and reports how long it took.
+fn step<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    eprintln!("\n==> {what}");
+    let t = Instant::now();
+    let r = f();
+    match &r {
+        Ok(_) => eprintln!("==> ok: {what} ({:.1?})", t.elapsed()),
+        Err(_) => eprintln!("==> FAILED: {what} ({:.1?})", t.elapsed()),
+    }
+    r
+}
+
+/// Runs a command to completion, inheriting stdio; fails on a non-zero exit.
+fn run(cmd: &mut Command) -> Result {
+    eprintln!("    $ {}", show(cmd));
+    let status = cmd
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot start {}: {e}", show(cmd)))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{}` failed with {status}", show(cmd)))
+    }
+}
+
+fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// What `setup` installs.
+#[derive(Default)]
+struct Setup {
+    bench: bool,
+    fuzz: bool,
+}
+
+impl Setup {
+    fn from_args(args: &[String]) -> Result<Self> {
+        let mut s = Setup::default();
+        for a in args {
+            match a.as_str() {
+                "--bench" => s.bench = true,
+                "--fuzz" => s.fuzz = true,
+                other => return Err(format!("unknown setup option {other:?}\n{USAGE}")),
+            }
+        }
+        Ok(s)
+    }
+
+    fn run(&self) -> Result {
+        self.apt()?;
+        step("Garage (S3 test server)", || {
+            match GarageInstall::start()? {
+                Some(install) => install.wait(),
+                None => Ok(()),
+            }
+        })?;
+        if self.fuzz {
+            step("cargo-fuzz", install_cargo_fuzz)?;
+        }
+        Ok(())
+    }
+
+    fn apt(&self) -> Result {
+        let mut wanted: Vec<&str> = TEST_PACKAGES.to_vec();
+        if self.bench {
+            wanted.extend(BENCH_PACKAGES);
+        }
+        if self.fuzz {
+            wanted.extend(FUZZ_PACKAGES);
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        step("Debian packages", || apt_install(&wanted))
+    }
+}
+
+/// Installs the packages of `wanted` that are not installed yet: one `apt-get update`,
+/// then one `apt-get install -y`. Does nothing when all are present.
+fn apt_install(wanted: &[&str]) -> Result {
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("    all present: {}", wanted.join(" "));
+        return Ok(());
+    }
+    eprintln!("    missing: {}", missing.join(" "));
+    let sudo = !is_root();
+    let apt = |args: &[&str]| {
+        let mut c = if sudo {
+            let mut c = Command::new("sudo");
+            c.arg("-n").arg("apt-get");
+            c
+        } else {
+            Command::new("apt-get")
+        };
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    run(&mut apt(&["update", "-q"]))?;
+    let mut install = apt(&["install", "-y", "-q", "--no-install-recommends"]);
+    install.args(&missing);
+    run(&mut install)
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A Garage build into the machine cache, possibly running in the background.
+struct GarageInstall {
+    child: Child,
+    started: Instant,
+    log: PathBuf,
+}
+
+impl GarageInstall {
+    /// Starts `cargo install garage` into the cache unless a working binary is there.
+    /// Returns `None` when nothing needs doing.
+    fn start() -> Result<Option<Self>> {
+        let bin = garage_bin();
+        if let Some(v) = garage_version(&bin) {
+            eprintln!("    present: {} ({v})", bin.display());
+            return Ok(None);
+        }
+        if env::var_os(GARAGE_BIN_ENV).is_some_and(|v| !v.is_empty()) {
+            return Err(format!(
+                "{GARAGE_BIN_ENV}={} does not run; unset it to let setup install Garage",
+                bin.display()
+            ));
+        }
+        let cache = cache_dir();
+        let root = cache.join("garage");
+        std::fs::create_dir_all(cache.join("logs"))
+            .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
+        let log = cache.join("logs/garage-install.log");
+        let out = std::fs::File::create(&log)
+            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+        let mut cmd = cargo();
+        cmd.args(["install", "--locked", "--version", GARAGE_VERSION, "--root"])
+            .arg(&root)
+            .arg("garage")
+            // Keep the build tree in the cache too, so an interrupted build resumes.
+            .env("CARGO_TARGET_DIR", cache.join("garage-build"))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        eprintln!(
+            "    building Garage {GARAGE_VERSION} (~12 min on 2 cores), log: {}\n    $ {}",
+            log.display(),
+            show(&cmd)
+        );
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start cargo install garage: {e}"))?;
+        Ok(Some(GarageInstall {
+            child,
+            started: Instant::now(),
+            log,
+        }))
+    }
+
+    fn wait(mut self) -> Result {
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| format!("waiting for cargo install garage: {e}"))?;
+        let secs = self.started.elapsed().as_secs();
+        if !status.success() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            return Err(format!(
+                "cargo install garage failed with {status} after {secs} s; log tail:\n{tail}"
+            ));
+        }
+        let bin = garage_bin();
+        let version = garage_version(&bin)
+            .ok_or_else(|| format!("{} was installed but does not run", bin.display()))?;
+        let note = format!("{version}\nbuilt in {secs} s\n");
+        let _ = std::fs::write(cache_dir().join("garage/VERSION"), note);
+        eprintln!("    built {version} in {secs} s");
+        Ok(())
+    }
+}
+
+/// `garage --version` of `bin`, if it runs.
+fn garage_version(bin: &Path) -> Option<String> {
+    let out = Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn install_cargo_fuzz() -> Result {
+    let works = cargo()
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if works {
+        eprintln!("    present: cargo-fuzz");
+        return Ok(());
+    }
+    run(cargo().args(["install", "--locked", "cargo-fuzz"]))
+}
+
+/// `cargo test --workspace` with Garage's path exported for the testkit.
+fn cargo_test() -> Result {
+    step("cargo test --workspace", || {
+        run(cargo()
+            .args(["test", "--workspace"])
+            .env(GARAGE_BIN_ENV, garage_bin()))
+    })
+}
+
+fn test() -> Result {
+    Setup::default().run()?;
+    cargo_test()
+}
+
+fn ci() -> Result {
+    let fuzz = Path::new("fuzz/Cargo.toml").is_file();
+    let setup = Setup { bench: false, fuzz };
+    setup.apt()?;
+    // Garage takes longest to build: start it first and let it overlap the lint builds.
+    let garage = step(
+        "Garage (S3 test server): start build if missing",
+        GarageInstall::start,
+    )?;
+    let lint = (|| {
+        step("cargo fmt --all --check", || {
+            run(cargo().args(["fmt", "--all", "--check"]))
+        })?;
+        step("cargo clippy --workspace --all-targets -D warnings", || {
+            run(cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        })
+    })();
+    let built = match garage {
+        Some(install) => step("Garage (S3 test server): wait for build", || install.wait()),
+        None => Ok(()),
+    };
+    lint?;
+    built?;
+    cargo_test()?;
+    if fuzz {
+        step("cargo-fuzz", install_cargo_fuzz)?;
+        fuzz_smoke()?;
+    } else {
+        eprintln!("\n==> no fuzz/Cargo.toml: skipping fuzz targets");
+    }
+    Ok(())
+}
+
+/// Builds every fuzz target and runs each for [`FUZZ_SECONDS`]. The machine has only a
+/// stable toolchain; `RUSTC_BOOTSTRAP=1` lets it accept the `-Z` sanitizer flags
+/// cargo-fuzz passes.
+fn fuzz_smoke() -> Result {
+    let fuzz = |c: &mut Command| {
+        c.env("RUSTC_BOOTSTRAP", "1");
+    };
+    step("cargo fuzz build", || {
+        let mut c = cargo();
+        c.args(["fuzz", "build"]);
+        fuzz(&mut c);
+        run(&mut c)
+    })?;
+    let out = cargo()
+        .args(["fuzz", "list"])
+        .output()
+        .map_err(|e| format!("cannot run cargo fuzz list: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo fuzz list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let targets = String::from_utf8_lossy(&out.stdout).into_owned();
+    for target in targets.lines().map(str::trim).filter(|t| !t.is_empty()) {
+        step(&format!("fuzz {target} for {FUZZ_SECONDS} s"), || {
+            let mut c = cargo();
+            c.args(["fuzz", "run", target, "--"])
+                .arg(format!("-max_total_time={FUZZ_SECONDS}"));
+            fuzz(&mut c);
+            run(&mut c)
+        })?;
+    }
+    Ok(())
+}

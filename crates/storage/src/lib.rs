@@ -18,7 +18,7 @@ mod s3;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use opendal::Operator;
@@ -100,6 +100,9 @@ struct Inner {
     describe: String,
     faults: Option<Arc<FaultPlan>>,
     create_only: bool,
+    /// Whether the backend refuses a create-only write over an existing object; known up
+    /// front for fs and memory, probed once for S3 (see [`Storage::create_is_atomic`]).
+    atomic_create: Arc<OnceLock<bool>>,
     /// The root directory when the storage is a local file system (see [`local`]).
     local_root: Option<PathBuf>,
 }
@@ -176,6 +179,13 @@ impl Storage {
                 rt: Arc::new(rt),
                 describe,
                 faults: None,
+                // Memory checks and inserts under one lock and local uses hard links; S3
+                // servers differ, so they are probed on first use.
+                atomic_create: Arc::new(if matches!(location, Location::S3(_)) {
+                    OnceLock::new()
+                } else {
+                    OnceLock::from(true)
+                }),
                 create_only,
                 local_root,
             }),
@@ -199,6 +209,7 @@ impl Storage {
                 describe: self.inner.describe.clone(),
                 faults: Some(plan),
                 create_only: self.inner.create_only,
+                atomic_create: Arc::clone(&self.inner.atomic_create),
                 local_root: self.inner.local_root.clone(),
             }),
         }
@@ -257,6 +268,11 @@ impl Storage {
             return local::put_new(root, path, &data);
         }
         if self.inner.create_only {
+            // Servers that ignore `If-None-Match` (Garage 2.x) would silently overwrite:
+            // check first there, which is right except for a concurrent creator.
+            if !self.create_is_atomic() && self.stat(path)?.is_some() {
+                return Err(Error::already_exists(path));
+            }
             self.fault(path)?;
             let op = &self.inner.op;
             return self
@@ -270,6 +286,59 @@ impl Storage {
             return Err(Error::already_exists(path));
         }
         self.put(path, data)
+    }
+
+    /// Whether [`Storage::put_new`] is atomic against concurrent creators of the same path.
+    ///
+    /// `true` for local file systems and memory, and for S3 servers that honour
+    /// `If-None-Match: *` on PUT (AWS S3, recent MinIO and Ceph). `false` for servers that
+    /// ignore it (Garage 2.x): there `put_new` checks before it writes, so it still refuses
+    /// an object that exists, but two concurrent creators may both succeed and the last
+    /// write wins. Anything that needs mutual exclusion (locks, leases) must not rely on
+    /// `put_new` when this is `false`.
+    ///
+    /// For S3 the first call probes the server once (two create-only writes and a delete
+    /// of `.tmp/create-probe-…` below the prefix) and remembers the answer; when the probe
+    /// cannot run (read-only credentials, network trouble) it answers `false` and probes
+    /// again next time.
+    pub fn create_is_atomic(&self) -> bool {
+        if let Some(known) = self.inner.atomic_create.get() {
+            return *known;
+        }
+        match self.probe_atomic_create() {
+            Some(answer) => *self.inner.atomic_create.get_or_init(|| answer),
+            None => false,
+        }
+    }
+
+    fn probe_atomic_create(&self) -> Option<bool> {
+        static PROBES: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let path = format!(
+            "{}/create-probe-{}-{nanos}-{}",
+            local::TMP_DIR,
+            std::process::id(),
+            PROBES.fetch_add(1, Ordering::Relaxed)
+        );
+        let op = &self.inner.op;
+        let write = |byte: u8| {
+            self.inner
+                .rt
+                .block_on(async { op.write_with(&path, vec![byte]).if_not_exists(true).await })
+        };
+        write(1).ok()?;
+        let second = write(2);
+        let _ = self.inner.rt.block_on(op.delete(&path));
+        match second {
+            Ok(_) => Some(false),
+            Err(e) => {
+                let e = Error::from_opendal(&path, e);
+                (e.kind() == ErrorKind::AlreadyExists).then_some(true)
+            }
+        }
     }
 
     /// Reads a whole object.
@@ -295,8 +364,19 @@ impl Storage {
         let buf = self
             .inner
             .rt
-            .block_on(async { op.read_with(path).range(offset..offset + len).await })
-            .map_err(|e| Error::from_opendal(path, e))?;
+            .block_on(async { op.read_with(path).range(offset..offset + len).await });
+        let buf = match buf {
+            Ok(buf) => buf,
+            // S3 answers a range that runs past the end with the bytes it has, and OpenDAL
+            // reports that as a short read; tell the caller the object is truncated.
+            Err(e) if e.kind() != opendal::ErrorKind::NotFound => match self.stat(path) {
+                Ok(Some(size)) if size < offset.saturating_add(len) => {
+                    return Err(Error::truncated(path, offset + len, size));
+                }
+                _ => return Err(Error::from_opendal(path, e)),
+            },
+            Err(e) => return Err(Error::from_opendal(path, e)),
+        };
         if (buf.len() as u64) < len {
             return Err(Error::truncated(
                 path,
@@ -333,7 +413,7 @@ impl Storage {
                 continue;
             }
             let path = e.path().trim_start_matches('/').to_string();
-            if self.inner.local_root.is_some() && local::is_temporary(&path) {
+            if local::is_temporary(&path) {
                 continue;
             }
             let size = e.metadata().content_length();
