@@ -2,6 +2,9 @@
 //! local file system and a real S3-compatible server (Garage, started by the testkit).
 //! A missing Garage binary fails the test with the install command; it is never skipped.
 
+// Tests may unwrap: a panic is the failure report (STYLE.md §7 allows it in tests).
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::sync::{Arc, Barrier};
 

@@ -2,6 +2,9 @@
 //! with an error naming the object; permanent ones fail at once; no error, `Debug` or
 //! `Display` ever shows a credential.
 
+// Tests may unwrap: a panic is the failure report (STYLE.md §7 allows it in tests).
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use lifeboat_storage::{ErrorKind, Location, S3Location, SecretString, Storage, StorageOptions};
