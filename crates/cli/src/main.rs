@@ -1,1 +1,132 @@
-fn main() {}
+//! The `lifeboat` command-line tool: parse arguments, call one library function, render the
+//! result as text or JSON, and exit with a code scripts can trust.
+//!
+//! Exit codes (docs/exit-codes.md): 0 ok; 1 the command ran and found damage (or a partial
+//! restore); 2 usage or configuration error (bad arguments, wrong password, no repository);
+//! 3 runtime failure (I/O, backend, lease, partial backup); 130 interrupted.
+//! Never here: repository logic, or any secret in output.
+
+mod cli;
+mod commands;
+mod output;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the command ran and found damage.
+pub const EXIT_DAMAGE: u8 = 1;
+/// Exit code: usage or configuration error.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: runtime failure.
+pub const EXIT_RUNTIME: u8 = 3;
+
+/// An error that carries its own exit code (and maybe a hint).
+#[derive(Debug)]
+pub struct Exit {
+    /// The exit code.
+    pub code: u8,
+    /// The message printed after `error: ` (empty for none).
+    pub message: String,
+    /// An optional `hint:` line.
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// Maps an error to an exit code by what it is.
+fn code_of(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(x) = cause.downcast_ref::<Exit>() {
+            return x.code;
+        }
+        if let Some(r) = cause.downcast_ref::<lifeboat_repo::Error>() {
+            if r.is_usage() {
+                return EXIT_USAGE;
+            }
+            if r.is_damage() {
+                return EXIT_DAMAGE;
+            }
+            if let lifeboat_repo::Error::Storage(s) = r {
+                if matches!(
+                    s.kind(),
+                    lifeboat_storage::ErrorKind::Config | lifeboat_storage::ErrorKind::PermissionDenied
+                ) {
+                    return EXIT_USAGE;
+                }
+            }
+            return EXIT_RUNTIME;
+        }
+        if let Some(s) = cause.downcast_ref::<lifeboat_storage::Error>() {
+            if s.kind() == lifeboat_storage::ErrorKind::Config {
+                return EXIT_USAGE;
+            }
+        }
+    }
+    EXIT_RUNTIME
+}
+
+fn hint_of(e: &anyhow::Error) -> Option<String> {
+    for cause in e.chain() {
+        if let Some(x) = cause.downcast_ref::<Exit>() {
+            return x.hint.clone();
+        }
+        if let Some(lifeboat_repo::Error::WrongPassword { .. }) = cause.downcast_ref() {
+            return Some(
+                "check LIFEBOAT_PASSWORD / --password-file; `lifeboat key list` shows the keys of a repository you can open".into(),
+            );
+        }
+    }
+    None
+}
+
+fn main() -> ExitCode {
+    let args = match cli::Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let filter = match args.global.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    match commands::run(args) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if output::is_broken_pipe(&e) {
+                return ExitCode::from(EXIT_OK);
+            }
+            let code = code_of(&e);
+            let msg = format!("{e:#}");
+            if !msg.is_empty() {
+                eprintln!("error: {msg}");
+            }
+            if let Some(h) = hint_of(&e) {
+                eprintln!("hint: {h}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}

@@ -263,7 +263,6 @@ pub fn backup(
     })?;
     let report = writer.finish()?;
     let errors = errors.into_inner();
-    summary.bytes_read = Progress::get(&progress.bytes_done);
     summary.blobs_added = report.blobs;
     summary.bytes_added = report.raw_bytes;
     summary.bytes_stored = report.stored_bytes;
@@ -514,6 +513,7 @@ fn build_trees(
                     error: Some("reader stopped".into()),
                 });
                 node.content = r.content;
+                totals.bytes_read += r.bytes;
                 if let Some(e) = r.error {
                     node.error = Some(e);
                 } else if r.bytes != node.size {

@@ -429,7 +429,11 @@ fn restore_pack(
                     v.insert(OpenOptions::new().write(true).open(&e.path)?)
                 }
             };
-            f.write_all_at(&plain, *offset)
+            if e.node.sparse {
+                write_sparse(f, &plain, *offset)
+            } else {
+                f.write_all_at(&plain, *offset)
+            }
         })();
         match res {
             Ok(()) => {
@@ -441,6 +445,29 @@ fn restore_pack(
             }
         }
     }
+}
+
+/// Writes `data` at `offset`, skipping 4 KiB blocks that are all zeros so they stay holes.
+fn write_sparse(f: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    const BLOCK: usize = 4096;
+    let mut start = 0usize;
+    while start < data.len() {
+        // Skip zero blocks.
+        while start < data.len() && data[start..(start + BLOCK).min(data.len())].iter().all(|b| *b == 0) {
+            start += BLOCK;
+        }
+        if start >= data.len() {
+            break;
+        }
+        let mut end = start;
+        while end < data.len() && !data[end..(end + BLOCK).min(data.len())].iter().all(|b| *b == 0) {
+            end += BLOCK;
+        }
+        let end = end.min(data.len());
+        f.write_all_at(&data[start..end], offset + start as u64)?;
+        start = end;
+    }
+    Ok(())
 }
 
 /// Writes the contents of the file at `path` in the snapshot to `out`.

@@ -1,0 +1,270 @@
+//! Command-line arguments (clap). Never here: behaviour.
+
+use std::path::PathBuf;
+
+use clap::{Args as ClapArgs, Parser, Subcommand};
+
+/// Lifeboat: disaster recovery for online shops. Deduplicated, encrypted, verifiable
+/// backups on local disk or S3.
+#[derive(Debug, Parser)]
+#[command(name = "lifeboat", version, about, max_term_width = 100)]
+pub struct Args {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: Global,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, ClapArgs)]
+pub struct Global {
+    /// Repository: a local path or s3://BUCKET/PREFIX (S3 settings from AWS_ENDPOINT_URL,
+    /// AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).
+    #[arg(short = 'r', long, env = "LIFEBOAT_REPOSITORY", global = true, hide_env_values = true)]
+    pub repo: Option<String>,
+    /// Read the password from this file (first line). Or set LIFEBOAT_PASSWORD.
+    #[arg(long, env = "LIFEBOAT_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing but errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Never draw progress bars.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+    /// More log output (-v, -vv).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a repository.
+    Init(InitCmd),
+    /// Back up files and directories (or a stream from stdin) into a new snapshot.
+    Backup(BackupCmd),
+    /// List snapshots.
+    Snapshots(SnapshotsCmd),
+    /// List the files of a snapshot: SNAPSHOT[:PATH].
+    Ls(LsCmd),
+    /// Show what changed between two snapshots.
+    Diff(DiffCmd),
+    /// Show repository statistics.
+    Stats(StatsCmd),
+    /// Restore a snapshot (or a path inside it) into a directory.
+    Restore(RestoreCmd),
+    /// Write one file of a snapshot to stdout: SNAPSHOT:PATH.
+    Dump(DumpCmd),
+    /// Verify the repository; with --read-data, every byte.
+    Check(CheckCmd),
+    /// Remove snapshots by a retention policy.
+    Forget(ForgetCmd),
+    /// Delete data no snapshot needs (safe beside running backups).
+    Prune(PruneCmd),
+    /// Copy snapshots to another repository (the DR copy), incrementally.
+    Copy(CopyCmd),
+    /// Manage the passwords (keys) of a repository.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Show the repository format version and migrate it to the current one.
+    Migrate(MigrateCmd),
+}
+
+/// `init`.
+#[derive(Debug, ClapArgs)]
+pub struct InitCmd {
+    /// Share blob ids and chunking with this repository, so `copy` can move data between
+    /// them (the source's password: --from-password-file or LIFEBOAT_FROM_PASSWORD,
+    /// default the same password).
+    #[arg(long, value_name = "URL")]
+    pub copy_params_from: Option<String>,
+    /// Password file of the --copy-params-from repository.
+    #[arg(long, env = "LIFEBOAT_FROM_PASSWORD_FILE")]
+    pub from_password_file: Option<PathBuf>,
+    /// Argon2id memory cost of the key (e.g. 64MiB). Lower only for tests.
+    #[arg(long, default_value = "64MiB")]
+    pub kdf_memory: String,
+    /// zstd compression level (0 = off).
+    #[arg(long, default_value_t = 1)]
+    pub compression: i32,
+    /// Target pack file size (e.g. 16MiB).
+    #[arg(long, default_value = "16MiB")]
+    pub pack_size: String,
+}
+
+/// `backup`.
+#[derive(Debug, ClapArgs)]
+pub struct BackupCmd {
+    /// Files and directories to back up; each becomes an entry of the snapshot's root.
+    #[arg(required_unless_present = "stdin")]
+    pub paths: Vec<PathBuf>,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Host name to record (default: this host).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Leave out paths matching this glob (repeatable), e.g. '*.tmp' or '/srv/shop/cache'.
+    #[arg(long = "exclude")]
+    pub excludes: Vec<String>,
+    /// Read the data from stdin (e.g. `pg_dump shop | lifeboat backup --stdin --stdin-filename shop.sql`).
+    #[arg(long, conflicts_with = "paths")]
+    pub stdin: bool,
+    /// File name of the stdin data in the snapshot.
+    #[arg(long, default_value = "stdin")]
+    pub stdin_filename: String,
+    /// Use this snapshot as parent instead of the newest with the same host and paths.
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// Read every file, even those unchanged since the parent snapshot.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `snapshots`.
+#[derive(Debug, ClapArgs)]
+pub struct SnapshotsCmd {
+    /// Only snapshots with this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Only snapshots of this host.
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+/// `ls`.
+#[derive(Debug, ClapArgs)]
+pub struct LsCmd {
+    /// SNAPSHOT[:PATH]; SNAPSHOT is an id, a unique prefix, or `latest`.
+    pub target: String,
+    /// Show mode, size and time.
+    #[arg(short, long)]
+    pub long: bool,
+}
+
+/// `diff`.
+#[derive(Debug, ClapArgs)]
+pub struct DiffCmd {
+    /// The older snapshot.
+    pub from: String,
+    /// The newer snapshot.
+    pub to: String,
+}
+
+/// `stats`.
+#[derive(Debug, ClapArgs)]
+pub struct StatsCmd {}
+
+/// `restore`.
+#[derive(Debug, ClapArgs)]
+pub struct RestoreCmd {
+    /// SNAPSHOT[:PATH].
+    pub target_snapshot: String,
+    /// Directory to restore into (created if missing).
+    #[arg(long, short = 't')]
+    pub target: PathBuf,
+}
+
+/// `dump`.
+#[derive(Debug, ClapArgs)]
+pub struct DumpCmd {
+    /// SNAPSHOT:PATH of a file.
+    pub target: String,
+}
+
+/// `check`.
+#[derive(Debug, ClapArgs)]
+pub struct CheckCmd {
+    /// Read and verify every pack.
+    #[arg(long)]
+    pub read_data: bool,
+    /// Read and verify a random N% of the packs (e.g. 10%).
+    #[arg(long, value_name = "N%")]
+    pub read_data_subset: Option<String>,
+}
+
+/// `forget`.
+#[derive(Debug, ClapArgs)]
+pub struct ForgetCmd {
+    /// Keep the N newest snapshots.
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the last N hours.
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// … days.
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: u32,
+    /// … weeks.
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// … months.
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// … years.
+    #[arg(long, default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Keep every snapshot with this tag (repeatable).
+    #[arg(long = "keep-tag")]
+    pub keep_tags: Vec<String>,
+    /// Show what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Prune afterwards.
+    #[arg(long)]
+    pub prune: bool,
+}
+
+/// `prune`.
+#[derive(Debug, ClapArgs)]
+pub struct PruneCmd {
+    /// Show what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `copy`.
+#[derive(Debug, ClapArgs)]
+pub struct CopyCmd {
+    /// Target repository (created, sharing blob ids, when it does not exist).
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// Password file of the target (or LIFEBOAT_TO_PASSWORD; default: the same password).
+    #[arg(long, env = "LIFEBOAT_TO_PASSWORD_FILE")]
+    pub to_password_file: Option<PathBuf>,
+    /// Snapshots to copy (default: all).
+    pub snapshots: Vec<String>,
+    /// Skip reading back each new pack from the target.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+/// `key`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Add a password (from --new-password-file or LIFEBOAT_NEW_PASSWORD).
+    Add {
+        /// File holding the new password.
+        #[arg(long, env = "LIFEBOAT_NEW_PASSWORD_FILE")]
+        new_password_file: Option<PathBuf>,
+        /// Argon2id memory cost.
+        #[arg(long, default_value = "64MiB")]
+        kdf_memory: String,
+    },
+    /// List the keys.
+    List,
+    /// Remove a key by id (or unique prefix).
+    Remove {
+        /// The key id.
+        id: String,
+    },
+}
+
+/// `migrate`.
+#[derive(Debug, ClapArgs)]
+pub struct MigrateCmd {}

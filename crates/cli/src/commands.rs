@@ -1,0 +1,966 @@
+//! Command handlers: resolve the repository and password, call the library, render.
+//! Never here: repository logic (lifeboat-repo, lifeboat-sources own it) or printing secrets.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use lifeboat_repo::check::{check, CheckOptions};
+use lifeboat_repo::copy::{copy, CopyOptions};
+use lifeboat_repo::format::{BlobKind, Node, NodeKind, Snapshot, SnapshotSummary};
+use lifeboat_repo::prune::{prune, PruneOptions, PruneReport};
+use lifeboat_repo::retention::{KeepPolicy, Verdict};
+use lifeboat_repo::tree::{find_path, walk};
+use lifeboat_repo::{InitOptions, KdfParams, Repository};
+use lifeboat_sources::backup::{backup, backup_stream, BackupOptions};
+use lifeboat_sources::restore::{dump, restore, RestoreOptions};
+use lifeboat_sources::Progress;
+use lifeboat_storage::{Location, Storage, StorageOptions};
+use lifeboat_types::{ByteSize, Secret, SnapshotId};
+
+use crate::cli::{Args, Command, Global, KeyCmd};
+use crate::output::{self, bytes, json, line};
+use crate::progress::Bar;
+use crate::{Exit, EXIT_DAMAGE, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
+
+fn usage(message: impl Into<String>, hint: Option<&str>) -> anyhow::Error {
+    anyhow::Error::new(Exit {
+        code: EXIT_USAGE,
+        message: message.into(),
+        hint: hint.map(str::to_string),
+    })
+}
+
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
+fn location(url: Option<&str>) -> Result<Location> {
+    let url = url.ok_or_else(|| {
+        usage(
+            "no repository given",
+            Some("pass --repo PATH (or s3://BUCKET/PREFIX), or set LIFEBOAT_REPOSITORY"),
+        )
+    })?;
+    Location::parse(url, &env).map_err(|e| usage(e.to_string(), None))
+}
+
+fn storage(url: Option<&str>) -> Result<Storage> {
+    let loc = location(url)?;
+    Storage::open(&loc, &StorageOptions::default())
+        .with_context(|| format!("open storage {loc}"))
+}
+
+fn read_password_file(path: &Path) -> Result<Secret<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        usage(
+            format!("cannot read password file {}: {e}", path.display()),
+            None,
+        )
+    })?;
+    let first = text.lines().next().unwrap_or("").to_string();
+    Ok(Secret::new(first))
+}
+
+fn password(file: Option<&Path>, env_name: &str, what: &str) -> Result<Secret<String>> {
+    if let Some(f) = file {
+        return read_password_file(f);
+    }
+    if let Some(p) = env(env_name) {
+        return Ok(Secret::new(p));
+    }
+    Err(usage(
+        format!("no password for {what}"),
+        Some(&format!("set {env_name} or pass a password file")),
+    ))
+}
+
+fn main_password(g: &Global) -> Result<Secret<String>> {
+    password(g.password_file.as_deref(), "LIFEBOAT_PASSWORD", "the repository")
+        .map_err(|_| {
+            usage(
+                "no password given",
+                Some("set LIFEBOAT_PASSWORD, or pass --password-file FILE (or LIFEBOAT_PASSWORD_FILE)"),
+            )
+        })
+}
+
+fn open(g: &Global) -> Result<Repository> {
+    let pw = main_password(g)?;
+    let st = storage(g.repo.as_deref())?;
+    let describe = st.describe().to_string();
+    Repository::open(st, pw.expose().as_bytes()).with_context(|| format!("open repository {describe}"))
+}
+
+fn kdf(memory: &str) -> Result<KdfParams> {
+    let m: ByteSize = memory
+        .parse()
+        .map_err(|e: lifeboat_types::ByteSizeError| usage(e.to_string(), None))?;
+    let kib = (m.0 / 1024).clamp(8, 4 << 20) as u32;
+    Ok(KdfParams {
+        m_cost: kib,
+        ..KdfParams::default()
+    })
+}
+
+fn progress_enabled(g: &Global) -> bool {
+    !(g.json || g.quiet || g.no_progress)
+}
+
+/// Splits `SNAP[:PATH]`.
+fn split_target(s: &str) -> (&str, &str) {
+    match s.split_once(':') {
+        Some((a, b)) => (a, b),
+        None => (s, ""),
+    }
+}
+
+/// Runs the command; returns the exit code.
+pub fn run(args: Args) -> Result<u8> {
+    let g = &args.global;
+    match args.command {
+        Command::Init(c) => {
+            let st = storage(g.repo.as_deref())?;
+            let pw = main_password(g)?;
+            let pack_size: ByteSize = c
+                .pack_size
+                .parse()
+                .map_err(|e: lifeboat_types::ByteSizeError| usage(e.to_string(), None))?;
+            let opts = InitOptions {
+                kdf: kdf(&c.kdf_memory)?,
+                compression: c.compression,
+                pack_size: pack_size.0.min(u64::from(u32::MAX)) as u32,
+                ..InitOptions::default()
+            };
+            let describe = st.describe().to_string();
+            let repo = match &c.copy_params_from {
+                Some(src_url) => {
+                    let src_pw = password(
+                        c.from_password_file.as_deref(),
+                        "LIFEBOAT_FROM_PASSWORD",
+                        "the --copy-params-from repository",
+                    )
+                    .unwrap_or_else(|_| pw.clone());
+                    let src = Repository::open(storage(Some(src_url))?, src_pw.expose().as_bytes())
+                        .with_context(|| format!("open repository {src_url}"))?;
+                    Repository::init_like(st, pw.expose().as_bytes(), &opts, &src)
+                }
+                None => Repository::init(st, pw.expose().as_bytes(), &opts),
+            }
+            .with_context(|| format!("create repository {describe}"))?;
+            if g.json {
+                json(&serde_json::json!({
+                    "repository": describe,
+                    "id": repo.config().id,
+                    "version": repo.config().version,
+                }))?;
+            } else if !g.quiet {
+                line(&format!(
+                    "created repository {} at {describe}\nkeep the password safe: without it the data cannot be read",
+                    &repo.config().id[..8]
+                ))?;
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Backup(c) => {
+            let repo = open(g)?;
+            let parent = match &c.parent {
+                Some(p) => Some(repo.find_snapshot(p)?.0),
+                None => None,
+            };
+            let opts = BackupOptions {
+                hostname: c.host.clone(),
+                tags: c.tags.clone(),
+                excludes: c.excludes.clone(),
+                parent,
+                force: c.force,
+                readers: 2,
+                ..BackupOptions::default()
+            };
+            let progress = Arc::new(Progress::default());
+            let report = {
+                let _bar = Bar::start(progress.clone(), "backup", progress_enabled(g));
+                if c.stdin {
+                    let stdin = std::io::stdin().lock();
+                    backup_stream(&repo, stdin, &c.stdin_filename, &opts, &progress)
+                } else {
+                    backup(&repo, &c.paths, &opts, &progress)
+                }
+            }
+            .context("backup")?;
+            if g.json {
+                json(&report)?;
+            } else if !g.quiet {
+                let s = &report.summary;
+                for e in &report.errors {
+                    eprintln!("warning: {}: {}", e.path, e.message);
+                }
+                line(&format!(
+                    "snapshot {} saved{}\n  files: {} ({} new or changed, {} unchanged), dirs: {}\n  data: {} in snapshot, {} read, {} added ({} stored after compression)\n  took {:.2}s",
+                    report.snapshot_id.short(),
+                    report
+                        .parent
+                        .map(|p| format!(" (parent {})", p.short()))
+                        .unwrap_or_default(),
+                    s.files,
+                    s.files_read,
+                    s.files_unchanged,
+                    s.dirs,
+                    bytes(s.bytes),
+                    bytes(s.bytes_read),
+                    bytes(s.bytes_added),
+                    bytes(s.bytes_stored),
+                    s.duration_s
+                ))?;
+            }
+            if report.errors.is_empty() {
+                Ok(EXIT_OK)
+            } else {
+                eprintln!(
+                    "error: snapshot {} is partial: {} entries could not be read (listed above)",
+                    report.snapshot_id.short(),
+                    report.errors.len()
+                );
+                Ok(EXIT_RUNTIME)
+            }
+        }
+        Command::Snapshots(c) => {
+            let repo = open(g)?;
+            let (snaps, bad) = repo.snapshots()?;
+            let snaps: Vec<_> = snaps
+                .into_iter()
+                .filter(|(_, s)| c.tag.as_ref().is_none_or(|t| s.tags.contains(t)))
+                .filter(|(_, s)| c.host.as_ref().is_none_or(|h| &s.hostname == h))
+                .collect();
+            for e in &bad {
+                eprintln!("warning: {e}");
+            }
+            if g.json {
+                let v: Vec<SnapshotJson> = snaps.iter().map(SnapshotJson::from).collect();
+                json(&v)?;
+            } else if !g.quiet {
+                line(&format!(
+                    "{:<8}  {:<19}  {:<12}  {:<10}  {:>10}  paths",
+                    "id", "time (UTC)", "host", "tags", "size"
+                ))?;
+                for (id, s) in &snaps {
+                    line(&format!(
+                        "{:<8}  {:<19}  {:<12}  {:<10}  {:>10}  {}{}",
+                        id.short(),
+                        output::time(&s.time),
+                        s.hostname,
+                        s.tags.join(","),
+                        bytes(s.summary.bytes),
+                        s.paths.join(" "),
+                        if s.partial { "  (partial)" } else { "" }
+                    ))?;
+                }
+                line(&format!("{} snapshots", snaps.len()))?;
+            }
+            Ok(if bad.is_empty() { EXIT_OK } else { EXIT_DAMAGE })
+        }
+        Command::Ls(c) => {
+            let repo = open(g)?;
+            let (spec, path) = split_target(&c.target);
+            let (sid, snap) = repo.find_snapshot(spec)?;
+            let index = repo.load_index()?;
+            let mut entries: Vec<LsEntry> = Vec::new();
+            let start = find_path(&repo, &index, &snap.tree, path.as_bytes(), &sid.short())?;
+            let base = path.trim_matches('/').to_string();
+            let mut push = |p: &[u8], n: &Node| {
+                let rel = String::from_utf8_lossy(p);
+                let full = if base.is_empty() {
+                    format!("/{rel}")
+                } else if rel.is_empty() {
+                    format!("/{base}")
+                } else {
+                    format!("/{base}/{rel}")
+                };
+                entries.push(LsEntry::new(full, n));
+            };
+            match start {
+                Some(n) if !matches!(n.kind, NodeKind::Dir) => push(b"", &n),
+                Some(n) => {
+                    push(b"", &n);
+                    if let Some(sub) = n.subtree {
+                        walk(&repo, &index, &sub, &mut |p, n| {
+                            push(p, n);
+                            Ok(true)
+                        })?;
+                    }
+                }
+                None => walk(&repo, &index, &snap.tree, &mut |p, n| {
+                    push(p, n);
+                    Ok(true)
+                })?,
+            }
+            if g.json {
+                json(&serde_json::json!({"snapshot": sid, "path": format!("/{base}"), "nodes": entries}))?;
+            } else if !g.quiet {
+                for e in &entries {
+                    if c.long {
+                        line(&format!(
+                            "{} {:>5} {:>5} {:>12} {}  {}{}",
+                            e.mode_string,
+                            e.uid,
+                            e.gid,
+                            e.size,
+                            output::time(&e.mtime),
+                            e.path,
+                            e.link_target.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default()
+                        ))?;
+                    } else {
+                        line(&e.path)?;
+                    }
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Diff(c) => {
+            let repo = open(g)?;
+            let (a_id, a) = repo.find_snapshot(&c.from)?;
+            let (b_id, b) = repo.find_snapshot(&c.to)?;
+            let index = repo.load_index()?;
+            let mut d = DiffReport {
+                from: a_id,
+                to: b_id,
+                ..DiffReport::default()
+            };
+            diff_trees(&repo, &index, Some(a.tree), Some(b.tree), "", &mut d)?;
+            if g.json {
+                json(&d)?;
+            } else if !g.quiet {
+                for p in &d.added {
+                    line(&format!("+    {p}"))?;
+                }
+                for p in &d.removed {
+                    line(&format!("-    {p}"))?;
+                }
+                for p in &d.modified {
+                    line(&format!("M    {p}"))?;
+                }
+                for p in &d.metadata {
+                    line(&format!("U    {p}"))?;
+                }
+                line(&format!(
+                    "{} added, {} removed, {} modified, {} metadata only",
+                    d.added.len(),
+                    d.removed.len(),
+                    d.modified.len(),
+                    d.metadata.len()
+                ))?;
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Stats(_) => {
+            let repo = open(g)?;
+            let (snaps, _) = repo.snapshots()?;
+            let index = repo.load_index()?;
+            let mut st = StatsReport {
+                snapshots: snaps.len(),
+                ..StatsReport::default()
+            };
+            for (_, loc) in index.blobs() {
+                match loc.kind {
+                    BlobKind::Data => st.data_blobs += 1,
+                    BlobKind::Tree => st.tree_blobs += 1,
+                }
+                st.raw_bytes += u64::from(loc.raw_len);
+                st.sealed_blob_bytes += u64::from(loc.length);
+            }
+            for (_, size) in index.packs() {
+                st.packs += 1;
+                st.stored_bytes += size;
+            }
+            st.logical_bytes = snaps.iter().map(|(_, s)| s.summary.bytes).sum();
+            st.compression_ratio = ratio(st.raw_bytes, st.sealed_blob_bytes);
+            st.dedup_ratio = ratio(st.logical_bytes, st.raw_bytes);
+            if g.json {
+                json(&st)?;
+            } else if !g.quiet {
+                line(&format!(
+                    "snapshots:          {}\npacks:              {}\nblobs:              {} data, {} tree\nstored:             {}\nunique data:        {} (compression ratio {:.2})\nlogical in snapshots: {} (dedup ratio {:.2})",
+                    st.snapshots,
+                    st.packs,
+                    st.data_blobs,
+                    st.tree_blobs,
+                    bytes(st.stored_bytes),
+                    bytes(st.raw_bytes),
+                    st.compression_ratio,
+                    bytes(st.logical_bytes),
+                    st.dedup_ratio
+                ))?;
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Restore(c) => {
+            let repo = open(g)?;
+            let (spec, path) = split_target(&c.target_snapshot);
+            let (sid, snap) = repo.find_snapshot(spec)?;
+            let _lease = lifeboat_repo::lease::Lease::acquire(
+                &repo,
+                lifeboat_repo::lease::LeaseKind::Read,
+                "restore",
+                lifeboat_repo::lease::DEFAULT_TTL,
+            )?;
+            let index = repo.load_index()?;
+            let progress = Arc::new(Progress::default());
+            let report = {
+                let _bar = Bar::start(progress.clone(), "restore", progress_enabled(g));
+                restore(
+                    &repo,
+                    &index,
+                    &snap.tree,
+                    path.as_bytes(),
+                    &sid.short(),
+                    &c.target,
+                    &RestoreOptions::default(),
+                    &progress,
+                )
+            }
+            .with_context(|| format!("restore snapshot {}", sid.short()))?;
+            if g.json {
+                json(&report)?;
+            } else if !g.quiet {
+                line(&format!(
+                    "restored snapshot {} to {}: {} files, {} dirs, {} other, {}",
+                    sid.short(),
+                    c.target.display(),
+                    report.files,
+                    report.dirs,
+                    report.others,
+                    bytes(report.bytes)
+                ))?;
+            }
+            if report.errors.is_empty() {
+                Ok(EXIT_OK)
+            } else {
+                if !g.json {
+                    for e in &report.errors {
+                        eprintln!("error: {}: {}", e.path, e.message);
+                    }
+                }
+                eprintln!(
+                    "error: {} path(s) could not be restored completely (listed above); everything else was restored",
+                    report.errors.len()
+                );
+                Ok(EXIT_DAMAGE)
+            }
+        }
+        Command::Dump(c) => {
+            let repo = open(g)?;
+            let (spec, path) = split_target(&c.target);
+            if path.is_empty() {
+                return Err(usage("dump needs SNAPSHOT:PATH of a file", None));
+            }
+            let (sid, snap) = repo.find_snapshot(spec)?;
+            let index = repo.load_index()?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            dump(&repo, &index, &snap.tree, path.as_bytes(), &sid.short(), &mut out)?;
+            out.flush()?;
+            Ok(EXIT_OK)
+        }
+        Command::Check(c) => {
+            let repo = open(g)?;
+            let subset = match &c.read_data_subset {
+                Some(s) => {
+                    let v: f64 = s.trim_end_matches('%').parse().map_err(|_| {
+                        usage(format!("--read-data-subset {s:?}: give a percentage like 10%"), None)
+                    })?;
+                    if !(0.0..=100.0).contains(&v) {
+                        return Err(usage("--read-data-subset must be between 0% and 100%", None));
+                    }
+                    Some(v)
+                }
+                None => None,
+            };
+            let _lease = lifeboat_repo::lease::Lease::acquire(
+                &repo,
+                lifeboat_repo::lease::LeaseKind::Read,
+                "check",
+                lifeboat_repo::lease::DEFAULT_TTL,
+            )?;
+            let report = check(
+                &repo,
+                &CheckOptions {
+                    read_data: c.read_data,
+                    read_data_subset: subset,
+                    threads: 2,
+                    no_record: false,
+                },
+            )?;
+            if g.json {
+                json(&report)?;
+            } else if !g.quiet {
+                for w in &report.warnings {
+                    eprintln!("warning: {}: {}", w.file, w.message);
+                }
+                for e in &report.errors {
+                    eprintln!("error: {}: {}", e.file, e.message);
+                }
+                line(&format!(
+                    "checked {} snapshots, {} trees, {} index files, {} packs, {} blobs{}",
+                    report.snapshots,
+                    report.trees,
+                    report.index_files,
+                    report.packs,
+                    report.blobs,
+                    if report.packs_read > 0 {
+                        format!("; read {} packs ({})", report.packs_read, bytes(report.bytes_read))
+                    } else {
+                        String::new()
+                    }
+                ))?;
+                if report.is_ok() {
+                    line("no errors found")?;
+                }
+            }
+            if report.is_ok() {
+                Ok(EXIT_OK)
+            } else {
+                if !g.json {
+                    eprintln!(
+                        "error: the repository is damaged: {} problem(s); later backups will store fresh copies of the affected data",
+                        report.errors.len()
+                    );
+                }
+                Ok(EXIT_DAMAGE)
+            }
+        }
+        Command::Forget(c) => {
+            let repo = open(g)?;
+            let policy = KeepPolicy {
+                last: c.keep_last,
+                hourly: c.keep_hourly,
+                daily: c.keep_daily,
+                weekly: c.keep_weekly,
+                monthly: c.keep_monthly,
+                yearly: c.keep_yearly,
+                tags: c.keep_tags.clone(),
+            };
+            if policy.is_empty() {
+                return Err(usage(
+                    "no retention policy given: this would remove every snapshot",
+                    Some("give at least one --keep-last/--keep-hourly/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly/--keep-tag"),
+                ));
+            }
+            let (snaps, _) = repo.snapshots()?;
+            let input: Vec<_> = snaps.iter().map(|(id, s)| (*id, s.time.clone(), s.tags.clone())).collect();
+            let verdicts = policy.apply(&input);
+            let remove: Vec<SnapshotId> = verdicts.iter().filter(|v| !v.keep).map(|v| v.id).collect();
+            if !c.dry_run {
+                for id in &remove {
+                    repo.delete_snapshot(id)?;
+                }
+            }
+            let prune_report = if c.prune && !c.dry_run {
+                Some(prune(&repo, &PruneOptions::default())?)
+            } else {
+                None
+            };
+            if g.json {
+                json(&ForgetReport {
+                    dry_run: c.dry_run,
+                    verdicts: verdicts.clone(),
+                    removed: remove.clone(),
+                    prune: prune_report.clone(),
+                })?;
+            } else if !g.quiet {
+                for v in &verdicts {
+                    line(&format!(
+                        "{} {}  {}  {}",
+                        if v.keep { "keep  " } else { "remove" },
+                        v.id.short(),
+                        output::time(&v.time),
+                        v.reasons.join(", ")
+                    ))?;
+                }
+                line(&format!(
+                    "{} {} snapshot(s), kept {}",
+                    if c.dry_run { "would remove" } else { "removed" },
+                    remove.len(),
+                    verdicts.len() - remove.len()
+                ))?;
+                if let Some(p) = &prune_report {
+                    print_prune(p)?;
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Prune(c) => {
+            let repo = open(g)?;
+            let report = prune(
+                &repo,
+                &PruneOptions {
+                    dry_run: c.dry_run,
+                    ..PruneOptions::default()
+                },
+            )?;
+            if g.json {
+                json(&report)?;
+            } else if !g.quiet {
+                print_prune(&report)?;
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Copy(c) => {
+            let src = open(g)?;
+            let pw = main_password(g)?;
+            let to_pw = password(c.to_password_file.as_deref(), "LIFEBOAT_TO_PASSWORD", "the target")
+                .unwrap_or(pw);
+            let dst_storage = storage(Some(&c.to))?;
+            let dst = match Repository::open(dst_storage.clone(), to_pw.expose().as_bytes()) {
+                Ok(r) => r,
+                Err(lifeboat_repo::Error::NotARepository { .. }) => {
+                    Repository::init_like(dst_storage, to_pw.expose().as_bytes(), &InitOptions::default(), &src)
+                        .with_context(|| format!("create target repository {}", c.to))?
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("open target repository {}", c.to))),
+            };
+            let (all, _) = src.snapshots()?;
+            let chosen: Vec<(SnapshotId, Snapshot)> = if c.snapshots.is_empty() {
+                all
+            } else {
+                let mut v = Vec::new();
+                for s in &c.snapshots {
+                    v.push(src.find_snapshot(s)?);
+                }
+                v
+            };
+            let quiet = g.quiet || g.json;
+            let report = copy(
+                &src,
+                &dst,
+                &chosen,
+                &CopyOptions {
+                    verify_upload: !c.no_verify,
+                    ..CopyOptions::default()
+                },
+                &|msg| {
+                    if !quiet {
+                        eprintln!("{msg}");
+                    }
+                },
+            )?;
+            if g.json {
+                json(&report)?;
+            } else if !g.quiet {
+                for cs in &report.copied {
+                    line(&format!(
+                        "copied snapshot {} -> {} ({} blobs, {})",
+                        cs.source.short(),
+                        cs.target.short(),
+                        cs.blobs,
+                        bytes(cs.bytes)
+                    ))?;
+                }
+                line(&format!(
+                    "{} copied, {} already present in {}",
+                    report.copied.len(),
+                    report.already_present.len(),
+                    c.to
+                ))?;
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Key(k) => {
+            let repo = open(g)?;
+            match k {
+                KeyCmd::Add {
+                    new_password_file,
+                    kdf_memory,
+                } => {
+                    let npw = password(new_password_file.as_deref(), "LIFEBOAT_NEW_PASSWORD", "the new key")?;
+                    if npw.expose().is_empty() {
+                        return Err(usage("the new password is empty", None));
+                    }
+                    let id = repo.add_key(npw.expose().as_bytes(), kdf(&kdf_memory)?)?;
+                    if g.json {
+                        json(&serde_json::json!({"added": id}))?;
+                    } else if !g.quiet {
+                        line(&format!("added key {}", id.short()))?;
+                    }
+                }
+                KeyCmd::List => {
+                    let keys = repo.list_keys()?;
+                    let current = repo.key_id();
+                    let rows: Vec<serde_json::Value> = keys
+                        .iter()
+                        .map(|(id, kf)| {
+                            serde_json::json!({
+                                "id": id,
+                                "current": *id == current,
+                                "created": kf.as_ref().map(|k| k.created.clone()),
+                                "hostname": kf.as_ref().map(|k| k.hostname.clone()),
+                                "username": kf.as_ref().map(|k| k.username.clone()),
+                            })
+                        })
+                        .collect();
+                    if g.json {
+                        json(&rows)?;
+                    } else if !g.quiet {
+                        for (id, kf) in &keys {
+                            line(&format!(
+                                "{} {}  {}  {}@{}",
+                                if *id == current { "*" } else { " " },
+                                id.short(),
+                                kf.as_ref().map(|k| output::time(&k.created)).unwrap_or_else(|| "(unreadable)".into()),
+                                kf.as_ref().map(|k| k.username.as_str()).unwrap_or("?"),
+                                kf.as_ref().map(|k| k.hostname.as_str()).unwrap_or("?"),
+                            ))?;
+                        }
+                    }
+                }
+                KeyCmd::Remove { id } => {
+                    let kid = repo.find_key(&id)?;
+                    repo.remove_key(&kid)?;
+                    if g.json {
+                        json(&serde_json::json!({"removed": kid}))?;
+                    } else if !g.quiet {
+                        line(&format!("removed key {}", kid.short()))?;
+                    }
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Migrate(_) => {
+            let repo = open(g)?;
+            let v = repo.config().version;
+            let current = lifeboat_repo::format::FORMAT_VERSION;
+            if g.json {
+                json(&serde_json::json!({"version": v, "current": current, "migrated": false}))?;
+            } else if !g.quiet {
+                line(&format!(
+                    "repository format version {v}; this lifeboat writes version {current}: nothing to migrate"
+                ))?;
+            }
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+fn print_prune(p: &PruneReport) -> Result<()> {
+    line(&format!(
+        "{}{} packs before; {} condemned ({} repacked), {} deleted, {} freed{}",
+        if p.dry_run { "dry run: " } else { "" },
+        p.packs_before,
+        p.packs_condemned,
+        p.packs_repacked,
+        p.packs_deleted,
+        bytes(p.bytes_freed),
+        if p.packs_resurrected > 0 {
+            format!(", {} kept because a new snapshot uses them", p.packs_resurrected)
+        } else {
+            String::new()
+        }
+    ))?;
+    for w in &p.waiting_on {
+        line(&format!("waiting: {w}; they are deleted by a later prune"))?;
+    }
+    Ok(())
+}
+
+/// `snapshots --json` element.
+#[derive(Serialize)]
+struct SnapshotJson<'a> {
+    id: SnapshotId,
+    short_id: String,
+    time: &'a str,
+    hostname: &'a str,
+    username: &'a str,
+    paths: &'a [String],
+    tags: &'a [String],
+    parent: Option<SnapshotId>,
+    original: Option<SnapshotId>,
+    partial: bool,
+    tree: lifeboat_types::BlobId,
+    summary: &'a SnapshotSummary,
+}
+
+impl<'a> From<&'a (SnapshotId, Snapshot)> for SnapshotJson<'a> {
+    fn from((id, s): &'a (SnapshotId, Snapshot)) -> Self {
+        SnapshotJson {
+            id: *id,
+            short_id: id.short(),
+            time: &s.time,
+            hostname: &s.hostname,
+            username: &s.username,
+            paths: &s.paths,
+            tags: &s.tags,
+            parent: s.parent,
+            original: s.original,
+            partial: s.partial,
+            tree: s.tree,
+            summary: &s.summary,
+        }
+    }
+}
+
+/// `ls --json` node.
+#[derive(Serialize)]
+struct LsEntry {
+    path: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    mode: u32,
+    #[serde(skip)]
+    mode_string: String,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link_target: Option<String>,
+}
+
+impl LsEntry {
+    fn new(path: String, n: &Node) -> Self {
+        let (kind, c) = match n.kind {
+            NodeKind::File => ("file", '-'),
+            NodeKind::Dir => ("dir", 'd'),
+            NodeKind::Symlink { .. } => ("symlink", 'l'),
+            NodeKind::Fifo => ("fifo", 'p'),
+            NodeKind::CharDev { .. } => ("chardev", 'c'),
+            NodeKind::BlockDev { .. } => ("blockdev", 'b'),
+            NodeKind::Socket => ("socket", 's'),
+        };
+        let mtime = jiff::Timestamp::new(n.mtime, n.mtime_ns as i32)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        LsEntry {
+            path,
+            kind,
+            mode: n.mode,
+            mode_string: output::mode_string(c, n.mode),
+            uid: n.uid,
+            gid: n.gid,
+            size: n.size,
+            mtime,
+            link_target: match &n.kind {
+                NodeKind::Symlink { target } => Some(String::from_utf8_lossy(target).into_owned()),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// `diff --json`.
+#[derive(Serialize, Default)]
+struct DiffReport {
+    from: SnapshotId,
+    to: SnapshotId,
+    added: Vec<String>,
+    removed: Vec<String>,
+    modified: Vec<String>,
+    metadata: Vec<String>,
+}
+
+fn diff_trees(
+    repo: &Repository,
+    index: &lifeboat_repo::Index,
+    a: Option<lifeboat_types::BlobId>,
+    b: Option<lifeboat_types::BlobId>,
+    prefix: &str,
+    d: &mut DiffReport,
+) -> Result<()> {
+    if a == b {
+        return Ok(());
+    }
+    let ta = match a {
+        Some(id) => repo.read_tree(index, &id)?.nodes,
+        None => Vec::new(),
+    };
+    let tb = match b {
+        Some(id) => repo.read_tree(index, &id)?.nodes,
+        None => Vec::new(),
+    };
+    let (mut i, mut j) = (0, 0);
+    while i < ta.len() || j < tb.len() {
+        let order = match (ta.get(i), tb.get(j)) {
+            (Some(x), Some(y)) => x.name.cmp(&y.name),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                let n = &ta[i];
+                let p = format!("{prefix}/{}", n.display_name());
+                d.removed.push(p.clone());
+                if n.subtree.is_some() {
+                    diff_trees(repo, index, n.subtree, None, &p, d)?;
+                }
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                let n = &tb[j];
+                let p = format!("{prefix}/{}", n.display_name());
+                d.added.push(p.clone());
+                if n.subtree.is_some() {
+                    diff_trees(repo, index, None, n.subtree, &p, d)?;
+                }
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                let (x, y) = (&ta[i], &tb[j]);
+                let p = format!("{prefix}/{}", x.display_name());
+                if x.kind != y.kind || x.content != y.content {
+                    if !(matches!(x.kind, NodeKind::Dir) && matches!(y.kind, NodeKind::Dir)) {
+                        d.modified.push(p.clone());
+                    }
+                } else if x.mode != y.mode
+                    || x.uid != y.uid
+                    || x.gid != y.gid
+                    || x.mtime != y.mtime
+                    || x.mtime_ns != y.mtime_ns
+                    || x.xattrs != y.xattrs
+                {
+                    if !matches!(x.kind, NodeKind::Dir) {
+                        d.metadata.push(p.clone());
+                    }
+                }
+                if x.subtree.is_some() || y.subtree.is_some() {
+                    diff_trees(repo, index, x.subtree, y.subtree, &p, d)?;
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `stats --json`.
+#[derive(Serialize, Default)]
+struct StatsReport {
+    snapshots: usize,
+    packs: u64,
+    data_blobs: u64,
+    tree_blobs: u64,
+    stored_bytes: u64,
+    raw_bytes: u64,
+    sealed_blob_bytes: u64,
+    logical_bytes: u64,
+    compression_ratio: f64,
+    dedup_ratio: f64,
+}
+
+/// `forget --json`.
+#[derive(Serialize)]
+struct ForgetReport {
+    dry_run: bool,
+    verdicts: Vec<Verdict>,
+    removed: Vec<SnapshotId>,
+    prune: Option<PruneReport>,
+}
