@@ -216,7 +216,10 @@ pub fn backup(
             let chunker = chunker;
             std::thread::Builder::new()
                 .name(format!("reader-{i}"))
-                .spawn_scoped(scope, move || reader_loop(repo, writer, &chunker, &rx, progress))
+                .spawn_scoped(scope, {
+                    let errors = &errors;
+                    move || reader_loop(repo, writer, &chunker, &rx, progress, errors)
+                })
                 .map_err(|e| Error::Io {
                     path: "thread".into(),
                     source: e,
@@ -423,6 +426,7 @@ fn reader_loop(
     chunker: &Chunker,
     jobs: &Receiver<FileJob>,
     progress: &Progress,
+    errors: &Mutex<Vec<EntryError>>,
 ) {
     let mut buf = Vec::new();
     for job in jobs {
@@ -433,11 +437,20 @@ fn reader_loop(
                 bytes,
                 error: None,
             },
-            Err(e) => FileResult {
-                content: Vec::new(),
-                bytes: 0,
-                error: Some(e.to_string()),
-            },
+            Err(e) => {
+                let message = format!("cannot read: {e}");
+                tracing::warn!("{}: {message}", job.path.display());
+                Progress::add(&progress.errors, 1);
+                errors.lock().push(EntryError {
+                    path: job.path.display().to_string(),
+                    message: message.clone(),
+                });
+                FileResult {
+                    content: Vec::new(),
+                    bytes: 0,
+                    error: Some(message),
+                }
+            }
         };
         Progress::add(&progress.files_done, 1);
         let _ = job.reply.send(result);
