@@ -22,7 +22,13 @@ pub struct Args {
 pub struct Global {
     /// Repository: a local path or s3://BUCKET/PREFIX (S3 settings from AWS_ENDPOINT_URL,
     /// AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).
-    #[arg(short = 'r', long, env = "LIFEBOAT_REPOSITORY", global = true, hide_env_values = true)]
+    #[arg(
+        short = 'r',
+        long,
+        env = "LIFEBOAT_REPOSITORY",
+        global = true,
+        hide_env_values = true
+    )]
     pub repo: Option<String>,
     /// Read the password from this file (first line). Or set LIFEBOAT_PASSWORD.
     #[arg(long, env = "LIFEBOAT_PASSWORD_FILE", global = true)]

@@ -50,8 +50,7 @@ fn location(url: Option<&str>) -> Result<Location> {
 
 fn storage(url: Option<&str>) -> Result<Storage> {
     let loc = location(url)?;
-    Storage::open(&loc, &StorageOptions::default())
-        .with_context(|| format!("open storage {loc}"))
+    Storage::open(&loc, &StorageOptions::default()).with_context(|| format!("open storage {loc}"))
 }
 
 fn read_password_file(path: &Path) -> Result<Secret<String>> {
@@ -79,20 +78,25 @@ fn password(file: Option<&Path>, env_name: &str, what: &str) -> Result<Secret<St
 }
 
 fn main_password(g: &Global) -> Result<Secret<String>> {
-    password(g.password_file.as_deref(), "LIFEBOAT_PASSWORD", "the repository")
-        .map_err(|_| {
-            usage(
-                "no password given",
-                Some("set LIFEBOAT_PASSWORD, or pass --password-file FILE (or LIFEBOAT_PASSWORD_FILE)"),
-            )
-        })
+    password(
+        g.password_file.as_deref(),
+        "LIFEBOAT_PASSWORD",
+        "the repository",
+    )
+    .map_err(|_| {
+        usage(
+            "no password given",
+            Some("set LIFEBOAT_PASSWORD, or pass --password-file FILE (or LIFEBOAT_PASSWORD_FILE)"),
+        )
+    })
 }
 
 fn open(g: &Global) -> Result<Repository> {
     let pw = main_password(g)?;
     let st = storage(g.repo.as_deref())?;
     let describe = st.describe().to_string();
-    Repository::open(st, pw.expose().as_bytes()).with_context(|| format!("open repository {describe}"))
+    Repository::open(st, pw.expose().as_bytes())
+        .with_context(|| format!("open repository {describe}"))
 }
 
 fn kdf(memory: &str) -> Result<KdfParams> {
@@ -298,7 +302,9 @@ pub fn run(args: Args) -> Result<u8> {
                 })?,
             }
             if g.json {
-                json(&serde_json::json!({"snapshot": sid, "path": format!("/{base}"), "nodes": entries}))?;
+                json(
+                    &serde_json::json!({"snapshot": sid, "path": format!("/{base}"), "nodes": entries}),
+                )?;
             } else if !g.quiet {
                 for e in &entries {
                     if c.long {
@@ -310,7 +316,10 @@ pub fn run(args: Args) -> Result<u8> {
                             e.size,
                             output::time(&e.mtime),
                             e.path,
-                            e.link_target.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default()
+                            e.link_target
+                                .as_ref()
+                                .map(|t| format!(" -> {t}"))
+                                .unwrap_or_default()
                         ))?;
                     } else {
                         line(&e.path)?;
@@ -413,9 +422,11 @@ pub fn run(args: Args) -> Result<u8> {
                 restore(
                     &repo,
                     &index,
-                    &snap.tree,
-                    path.as_bytes(),
-                    &sid.short(),
+                    lifeboat_sources::restore::Selection {
+                        tree: &snap.tree,
+                        subpath: path.as_bytes(),
+                        snapshot: &sid.short(),
+                    },
                     &c.target,
                     &RestoreOptions::default(),
                     &progress,
@@ -460,7 +471,14 @@ pub fn run(args: Args) -> Result<u8> {
             let index = repo.load_index()?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-            dump(&repo, &index, &snap.tree, path.as_bytes(), &sid.short(), &mut out)?;
+            dump(
+                &repo,
+                &index,
+                &snap.tree,
+                path.as_bytes(),
+                &sid.short(),
+                &mut out,
+            )?;
             out.flush()?;
             Ok(EXIT_OK)
         }
@@ -469,10 +487,16 @@ pub fn run(args: Args) -> Result<u8> {
             let subset = match &c.read_data_subset {
                 Some(s) => {
                     let v: f64 = s.trim_end_matches('%').parse().map_err(|_| {
-                        usage(format!("--read-data-subset {s:?}: give a percentage like 10%"), None)
+                        usage(
+                            format!("--read-data-subset {s:?}: give a percentage like 10%"),
+                            None,
+                        )
                     })?;
                     if !(0.0..=100.0).contains(&v) {
-                        return Err(usage("--read-data-subset must be between 0% and 100%", None));
+                        return Err(usage(
+                            "--read-data-subset must be between 0% and 100%",
+                            None,
+                        ));
                     }
                     Some(v)
                 }
@@ -510,7 +534,11 @@ pub fn run(args: Args) -> Result<u8> {
                     report.packs,
                     report.blobs,
                     if report.packs_read > 0 {
-                        format!("; read {} packs ({})", report.packs_read, bytes(report.bytes_read))
+                        format!(
+                            "; read {} packs ({})",
+                            report.packs_read,
+                            bytes(report.bytes_read)
+                        )
                     } else {
                         String::new()
                     }
@@ -549,9 +577,13 @@ pub fn run(args: Args) -> Result<u8> {
                 ));
             }
             let (snaps, _) = repo.snapshots()?;
-            let input: Vec<_> = snaps.iter().map(|(id, s)| (*id, s.time.clone(), s.tags.clone())).collect();
+            let input: Vec<_> = snaps
+                .iter()
+                .map(|(id, s)| (*id, s.time.clone(), s.tags.clone()))
+                .collect();
             let verdicts = policy.apply(&input);
-            let remove: Vec<SnapshotId> = verdicts.iter().filter(|v| !v.keep).map(|v| v.id).collect();
+            let remove: Vec<SnapshotId> =
+                verdicts.iter().filter(|v| !v.keep).map(|v| v.id).collect();
             if !c.dry_run {
                 for id in &remove {
                     repo.delete_snapshot(id)?;
@@ -610,16 +642,27 @@ pub fn run(args: Args) -> Result<u8> {
         Command::Copy(c) => {
             let src = open(g)?;
             let pw = main_password(g)?;
-            let to_pw = password(c.to_password_file.as_deref(), "LIFEBOAT_TO_PASSWORD", "the target")
-                .unwrap_or(pw);
+            let to_pw = password(
+                c.to_password_file.as_deref(),
+                "LIFEBOAT_TO_PASSWORD",
+                "the target",
+            )
+            .unwrap_or(pw);
             let dst_storage = storage(Some(&c.to))?;
             let dst = match Repository::open(dst_storage.clone(), to_pw.expose().as_bytes()) {
                 Ok(r) => r,
-                Err(lifeboat_repo::Error::NotARepository { .. }) => {
-                    Repository::init_like(dst_storage, to_pw.expose().as_bytes(), &InitOptions::default(), &src)
-                        .with_context(|| format!("create target repository {}", c.to))?
+                Err(lifeboat_repo::Error::NotARepository { .. }) => Repository::init_like(
+                    dst_storage,
+                    to_pw.expose().as_bytes(),
+                    &InitOptions::default(),
+                    &src,
+                )
+                .with_context(|| format!("create target repository {}", c.to))?,
+                Err(e) => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("open target repository {}", c.to))
+                    )
                 }
-                Err(e) => return Err(anyhow::Error::new(e).context(format!("open target repository {}", c.to))),
             };
             let (all, _) = src.snapshots()?;
             let chosen: Vec<(SnapshotId, Snapshot)> = if c.snapshots.is_empty() {
@@ -674,7 +717,11 @@ pub fn run(args: Args) -> Result<u8> {
                     new_password_file,
                     kdf_memory,
                 } => {
-                    let npw = password(new_password_file.as_deref(), "LIFEBOAT_NEW_PASSWORD", "the new key")?;
+                    let npw = password(
+                        new_password_file.as_deref(),
+                        "LIFEBOAT_NEW_PASSWORD",
+                        "the new key",
+                    )?;
                     if npw.expose().is_empty() {
                         return Err(usage("the new password is empty", None));
                     }
@@ -708,7 +755,9 @@ pub fn run(args: Args) -> Result<u8> {
                                 "{} {}  {}  {}@{}",
                                 if *id == current { "*" } else { " " },
                                 id.short(),
-                                kf.as_ref().map(|k| output::time(&k.created)).unwrap_or_else(|| "(unreadable)".into()),
+                                kf.as_ref()
+                                    .map(|k| output::time(&k.created))
+                                    .unwrap_or_else(|| "(unreadable)".into()),
                                 kf.as_ref().map(|k| k.username.as_str()).unwrap_or("?"),
                                 kf.as_ref().map(|k| k.hostname.as_str()).unwrap_or("?"),
                             ))?;
@@ -761,7 +810,10 @@ fn print_prune(p: &PruneReport) -> Result<()> {
         p.packs_deleted,
         bytes(p.bytes_freed),
         if p.packs_resurrected > 0 {
-            format!(", {} kept because a new snapshot uses them", p.packs_resurrected)
+            format!(
+                ", {} kept because a new snapshot uses them",
+                p.packs_resurrected
+            )
         } else {
             String::new()
         }
@@ -919,16 +971,15 @@ fn diff_trees(
                     if !(matches!(x.kind, NodeKind::Dir) && matches!(y.kind, NodeKind::Dir)) {
                         d.modified.push(p.clone());
                     }
-                } else if x.mode != y.mode
+                } else if (x.mode != y.mode
                     || x.uid != y.uid
                     || x.gid != y.gid
                     || x.mtime != y.mtime
                     || x.mtime_ns != y.mtime_ns
-                    || x.xattrs != y.xattrs
+                    || x.xattrs != y.xattrs)
+                    && !matches!(x.kind, NodeKind::Dir)
                 {
-                    if !matches!(x.kind, NodeKind::Dir) {
-                        d.metadata.push(p.clone());
-                    }
+                    d.metadata.push(p.clone());
                 }
                 if x.subtree.is_some() || y.subtree.is_some() {
                     diff_trees(repo, index, x.subtree, y.subtree, &p, d)?;

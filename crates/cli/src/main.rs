@@ -59,7 +59,8 @@ fn code_of(e: &anyhow::Error) -> u8 {
             if let lifeboat_repo::Error::Storage(s) = r {
                 if matches!(
                     s.kind(),
-                    lifeboat_storage::ErrorKind::Config | lifeboat_storage::ErrorKind::PermissionDenied
+                    lifeboat_storage::ErrorKind::Config
+                        | lifeboat_storage::ErrorKind::PermissionDenied
                 ) {
                     return EXIT_USAGE;
                 }

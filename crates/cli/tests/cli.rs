@@ -1,6 +1,8 @@
 //! End-to-end tests of the `lifeboat` command: what a user runs, what they get back, and the
 //! exit codes their scripts rely on.
 
+#![allow(clippy::unwrap_used)] // tests: a failed setup step should panic
+
 mod common;
 
 use std::ffi::OsStr;
@@ -26,8 +28,17 @@ fn rich_tree(root: &std::path::Path) {
     std::os::unix::fs::symlink("media/hero.jpg", p("shop/link")).unwrap();
     std::os::unix::fs::symlink("/does/not/exist", p("shop/dangling")).unwrap();
     std::fs::hard_link(p("shop/orders.json"), p("shop/orders-hardlink.json")).unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, &p("shop/fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o640), 0).unwrap();
-    let weird = root.join("shop").join(OsStr::from_bytes(b"caf\xe9-latin1.txt"));
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p("shop/fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o640),
+        0,
+    )
+    .unwrap();
+    let weird = root
+        .join("shop")
+        .join(OsStr::from_bytes(b"caf\xe9-latin1.txt"));
     std::fs::write(&weird, b"not utf-8 name").unwrap();
     // Sparse: 64 MiB with 4 KiB of data in the middle.
     let f = std::fs::File::create(p("shop/sparse.img")).unwrap();
@@ -37,25 +48,35 @@ fn rich_tree(root: &std::path::Path) {
     drop(f);
     // Special modes.
     std::fs::write(p("shop/setuid-tool"), b"#!/bin/sh\n").unwrap();
-    std::fs::set_permissions(p("shop/setuid-tool"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::fs::set_permissions(
+        p("shop/setuid-tool"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
     std::fs::create_dir(p("shop/shared")).unwrap();
     std::fs::set_permissions(p("shop/shared"), std::fs::Permissions::from_mode(0o3775)).unwrap();
     std::fs::set_permissions(p("shop/empty"), std::fs::Permissions::from_mode(0o1777)).unwrap();
     // xattr (tmpfs and ext4 support user.* xattrs).
     xattr::set(p("shop/orders.json"), "user.checksum", b"abc123").unwrap();
     // Nanosecond mtime.
-    let t = rustix::fs::Timespec { tv_sec: 1_600_000_000, tv_nsec: 123_456_789 };
+    let t = rustix::fs::Timespec {
+        tv_sec: 1_600_000_000,
+        tv_nsec: 123_456_789,
+    };
     rustix::fs::utimensat(
         rustix::fs::CWD,
-        &p("shop/orders.json"),
-        &rustix::fs::Timestamps { last_access: t, last_modification: t },
+        p("shop/orders.json"),
+        &rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
         rustix::fs::AtFlags::empty(),
     )
     .unwrap();
     if is_root() {
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &p("shop/null-dev"),
+            p("shop/null-dev"),
             rustix::fs::FileType::CharacterDevice,
             rustix::fs::Mode::from_raw_mode(0o600),
             rustix::fs::makedev(1, 3),
@@ -81,22 +102,37 @@ fn backup_and_restore_reproduce_every_kind_of_entry() {
 
     let md = |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap();
     // Hard links stay hard links.
-    assert_eq!(md(&b.join("orders.json")).ino(), md(&b.join("orders-hardlink.json")).ino());
+    assert_eq!(
+        md(&b.join("orders.json")).ino(),
+        md(&b.join("orders-hardlink.json")).ino()
+    );
     // Sparse stays sparse: 64 MiB logical, only a few blocks allocated.
     let s = md(&b.join("sparse.img"));
     assert_eq!(s.size(), 64 << 20);
-    assert!(s.blocks() * 512 < 1 << 20, "sparse file was filled: {} blocks", s.blocks());
+    assert!(
+        s.blocks() * 512 < 1 << 20,
+        "sparse file was filled: {} blocks",
+        s.blocks()
+    );
     // Nanosecond mtime, xattrs, special modes, FIFO.
     let o = md(&b.join("orders.json"));
     assert_eq!((o.mtime(), o.mtime_nsec()), (1_600_000_000, 123_456_789));
-    assert_eq!(xattr::get(b.join("orders.json"), "user.checksum").unwrap().as_deref(), Some(&b"abc123"[..]));
+    assert_eq!(
+        xattr::get(b.join("orders.json"), "user.checksum")
+            .unwrap()
+            .as_deref(),
+        Some(&b"abc123"[..])
+    );
     assert_eq!(md(&b.join("setuid-tool")).mode() & 0o7777, 0o4755);
     assert_eq!(md(&b.join("shared")).mode() & 0o7777, 0o3775);
     assert_eq!(md(&b.join("empty")).mode() & 0o7777, 0o1777);
     assert!(md(&b.join("empty/deeper")).is_dir());
     use std::os::unix::fs::FileTypeExt;
     assert!(md(&b.join("fifo")).file_type().is_fifo());
-    assert_eq!(std::fs::read_link(b.join("dangling")).unwrap().as_os_str(), "/does/not/exist");
+    assert_eq!(
+        std::fs::read_link(b.join("dangling")).unwrap().as_os_str(),
+        "/does/not/exist"
+    );
     assert!(b.join(OsStr::from_bytes(b"caf\xe9-latin1.txt")).exists());
     // Directory mtimes survive the restore of their contents.
     assert_eq!(md(&b.join("media")).mtime(), md(&a.join("media")).mtime());
@@ -139,7 +175,12 @@ fn unchanged_files_are_skipped_and_changes_are_found() {
     // Restoring the first snapshot by unique prefix still gives the old data.
     let prefix = &first["snapshot_id"].as_str().unwrap()[..10];
     let t = env.path("old");
-    env.ok(&["restore", &format!("{prefix}:data/a"), "--target", t.to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        &format!("{prefix}:data/a"),
+        "--target",
+        t.to_str().unwrap(),
+    ]);
     assert_eq!(std::fs::read(t.join("a/f3")).unwrap(), text(10_003, 3));
     assert!(t.join("a/f4").exists());
 }
@@ -151,7 +192,15 @@ fn stdin_backup_streams_and_dump_returns_the_bytes() {
     let dump_bytes = text(5_000_000, 9);
     let mut child = env
         .cmd()
-        .args(["backup", "--stdin", "--stdin-filename", "shop.sql", "--tag", "db", "--json"])
+        .args([
+            "backup",
+            "--stdin",
+            "--stdin-filename",
+            "shop.sql",
+            "--tag",
+            "db",
+            "--json",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -180,22 +229,50 @@ fn exit_codes_and_messages_are_what_scripts_expect() {
     // Init twice: usage error.
     assert_eq!(code(&env.run(&["init", "--kdf-memory", "1MiB"])), 2);
     // Wrong password: 2, no panic, no stack trace, no password echoed.
-    let o = env.cmd().env("LIFEBOAT_PASSWORD", "hunter2").arg("snapshots").output().unwrap();
+    let o = env
+        .cmd()
+        .env("LIFEBOAT_PASSWORD", "hunter2")
+        .arg("snapshots")
+        .output()
+        .unwrap();
     assert_eq!(code(&o), 2);
     let e = stderr(&o);
-    assert!(e.starts_with("error: ") && e.contains("wrong password"), "{e}");
-    assert!(!e.contains("panicked") && !e.contains("hunter2") && !e.contains("RUST_BACKTRACE"), "{e}");
+    assert!(
+        e.starts_with("error: ") && e.contains("wrong password"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("panicked") && !e.contains("hunter2") && !e.contains("RUST_BACKTRACE"),
+        "{e}"
+    );
     // No password at all.
-    let o = env.cmd().env_remove("LIFEBOAT_PASSWORD").arg("snapshots").output().unwrap();
+    let o = env
+        .cmd()
+        .env_remove("LIFEBOAT_PASSWORD")
+        .arg("snapshots")
+        .output()
+        .unwrap();
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("LIFEBOAT_PASSWORD"));
     // Bad arguments and bad values.
     assert_eq!(code(&env.run(&["backup", "--no-such-flag", "."])), 2);
-    assert_eq!(code(&env.run(&["forget"])), 2, "forget without a policy must refuse");
+    assert_eq!(
+        code(&env.run(&["forget"])),
+        2,
+        "forget without a policy must refuse"
+    );
     assert_eq!(code(&env.run(&["check", "--read-data-subset", "lots"])), 2);
-    assert_eq!(code(&env.run(&["restore", "nosuchsnap", "--target", "/tmp/x"])), 2);
+    assert_eq!(
+        code(&env.run(&["restore", "nosuchsnap", "--target", "/tmp/x"])),
+        2
+    );
     assert_eq!(code(&env.run(&["backup", "/definitely/not/here"])), 3);
-    let o = env.cmd().env("LIFEBOAT_REPOSITORY", "ftp://example/x").arg("snapshots").output().unwrap();
+    let o = env
+        .cmd()
+        .env("LIFEBOAT_REPOSITORY", "ftp://example/x")
+        .arg("snapshots")
+        .output()
+        .unwrap();
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("s3://BUCKET/PREFIX"));
     // A healthy check: 0.
@@ -222,7 +299,11 @@ fn unreadable_files_are_reported_skipped_and_make_the_snapshot_partial() {
     let t = env.path("t");
     let o = env.run(&["restore", "latest", "--target", t.to_str().unwrap()]);
     assert_eq!(code(&o), 1);
-    assert!(stderr(&o).contains("mem: was not backed up completely"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("mem: was not backed up completely"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(std::fs::read(t.join("src/ok.txt")).unwrap(), b"fine");
 }
 
@@ -232,7 +313,14 @@ fn keys_can_be_added_listed_and_removed() {
     env.init();
     let pwfile = env.path("ops-password");
     std::fs::write(&pwfile, "second secret\n").unwrap();
-    let added = env.json(&["key", "add", "--new-password-file", pwfile.to_str().unwrap(), "--kdf-memory", "1MiB"]);
+    let added = env.json(&[
+        "key",
+        "add",
+        "--new-password-file",
+        pwfile.to_str().unwrap(),
+        "--kdf-memory",
+        "1MiB",
+    ]);
     let new_id = added["added"].as_str().unwrap().to_string();
     let keys = env.json(&["key", "list"]);
     assert_eq!(keys.as_array().unwrap().len(), 2);
@@ -248,7 +336,13 @@ fn keys_can_be_added_listed_and_removed() {
     let o = env
         .cmd()
         .env_remove("LIFEBOAT_PASSWORD")
-        .args(["key", "remove", &new_id[..12], "--password-file", pwfile.to_str().unwrap()])
+        .args([
+            "key",
+            "remove",
+            &new_id[..12],
+            "--password-file",
+            pwfile.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert_eq!(code(&o), 2, "{}", stderr(&o));
@@ -259,7 +353,11 @@ fn keys_can_be_added_listed_and_removed() {
         .args(["snapshots", "--password-file", pwfile.to_str().unwrap()])
         .output()
         .unwrap();
-    assert_eq!(code(&o), 2, "removed password must no longer open the repository");
+    assert_eq!(
+        code(&o),
+        2,
+        "removed password must no longer open the repository"
+    );
 }
 
 #[test]
@@ -270,23 +368,52 @@ fn forget_keeps_what_the_policy_says_and_prune_frees_space() {
     std::fs::create_dir_all(&src).unwrap();
     for round in 0..4u64 {
         std::fs::write(src.join("data.bin"), noise(2_000_000, round)).unwrap();
-        env.ok(&["backup", src.to_str().unwrap(), "--tag", if round == 0 { "keep-forever" } else { "daily" }]);
+        env.ok(&[
+            "backup",
+            src.to_str().unwrap(),
+            "--tag",
+            if round == 0 { "keep-forever" } else { "daily" },
+        ]);
     }
-    let dry = env.json(&["forget", "--keep-last", "1", "--keep-tag", "keep-forever", "--dry-run"]);
+    let dry = env.json(&[
+        "forget",
+        "--keep-last",
+        "1",
+        "--keep-tag",
+        "keep-forever",
+        "--dry-run",
+    ]);
     assert_eq!(dry["removed"].as_array().unwrap().len(), 2);
-    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 4, "dry run removes nothing");
+    assert_eq!(
+        env.json(&["snapshots"]).as_array().unwrap().len(),
+        4,
+        "dry run removes nothing"
+    );
     let before = env.json(&["stats"])["stored_bytes"].as_u64().unwrap();
-    let v = env.json(&["forget", "--keep-last", "1", "--keep-tag", "keep-forever", "--prune"]);
+    let v = env.json(&[
+        "forget",
+        "--keep-last",
+        "1",
+        "--keep-tag",
+        "keep-forever",
+        "--prune",
+    ]);
     assert_eq!(v["removed"].as_array().unwrap().len(), 2);
     assert!(v["prune"]["packs_deleted"].as_u64().unwrap() > 0, "{v}");
     let after = env.json(&["stats"])["stored_bytes"].as_u64().unwrap();
-    assert!(after < before * 6 / 10, "prune freed too little: {before} -> {after}");
+    assert!(
+        after < before * 6 / 10,
+        "prune freed too little: {before} -> {after}"
+    );
     let snaps = env.json(&["snapshots"]);
     assert_eq!(snaps.as_array().unwrap().len(), 2);
     assert_eq!(code(&env.run(&["check", "--read-data"])), 0);
     let t = env.path("t");
     env.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
-    assert_eq!(std::fs::read(t.join("src/data.bin")).unwrap(), noise(2_000_000, 3));
+    assert_eq!(
+        std::fs::read(t.join("src/data.bin")).unwrap(),
+        noise(2_000_000, 3)
+    );
 }
 
 #[test]
@@ -311,7 +438,10 @@ fn copy_replicates_incrementally_and_verifies() {
     let third = env.json(&["copy", "--to", dr.to_str().unwrap()]);
     assert_eq!(third["copied"].as_array().unwrap().len(), 0);
     // The DR copy restores on its own.
-    let drenv = Env { dir: tempfile::tempdir().unwrap(), repo: dr.clone() };
+    let drenv = Env {
+        dir: tempfile::tempdir().unwrap(),
+        repo: dr.clone(),
+    };
     assert_eq!(code(&drenv.run(&["check", "--read-data"])), 0);
     let t = env.path("t");
     drenv.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
@@ -333,11 +463,26 @@ fn excludes_ls_stats_and_json_documents() {
     std::fs::write(src.join("index.html"), b"<html>").unwrap();
     std::fs::write(src.join("cache/page.tmp"), b"tmp").unwrap();
     std::fs::write(src.join("keep.tmp"), b"tmp").unwrap();
-    let o = env.run(&["backup", src.to_str().unwrap(), "--exclude", "*.tmp", "--exclude", "**/cache"]);
+    let o = env.run(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--exclude",
+        "*.tmp",
+        "--exclude",
+        "**/cache",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(!stderr(&o).contains("ETA"), "no progress bar when not on a terminal");
+    assert!(
+        !stderr(&o).contains("ETA"),
+        "no progress bar when not on a terminal"
+    );
     let ls = env.json(&["ls", "latest"]);
-    let paths: Vec<&str> = ls["nodes"].as_array().unwrap().iter().map(|n| n["path"].as_str().unwrap()).collect();
+    let paths: Vec<&str> = ls["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["path"].as_str().unwrap())
+        .collect();
     assert_eq!(paths, vec!["/site", "/site/index.html"]);
     let ls = env.json(&["ls", "latest:site/index.html"]);
     assert_eq!(ls["nodes"][0]["type"], "file");
@@ -348,8 +493,13 @@ fn excludes_ls_stats_and_json_documents() {
     let ck = env.json(&["check"]);
     assert_eq!(ck["errors"].as_array().unwrap().len(), 0);
     let snaps = env.json(&["snapshots"]);
-    for field in ["id", "short_id", "time", "hostname", "paths", "tags", "summary", "partial"] {
-        assert!(snaps[0].get(field).is_some(), "snapshots --json lacks {field}");
+    for field in [
+        "id", "short_id", "time", "hostname", "paths", "tags", "summary", "partial",
+    ] {
+        assert!(
+            snaps[0].get(field).is_some(),
+            "snapshots --json lacks {field}"
+        );
     }
     // A missing path inside a snapshot is a usage error naming the path.
     let o = env.run(&["ls", "latest:site/nope"]);
@@ -367,7 +517,13 @@ fn output_into_a_closed_pipe_is_not_an_error() {
         std::fs::write(src.join(format!("file-with-a-long-name-{i:05}")), b"x").unwrap();
     }
     env.ok(&["backup", src.to_str().unwrap()]);
-    let mut child = env.cmd().args(["ls", "latest"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = env
+        .cmd()
+        .args(["ls", "latest"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut out = child.stdout.take().unwrap();
     let mut first = [0u8; 16];
     std::io::Read::read_exact(&mut out, &mut first).unwrap();

@@ -105,7 +105,10 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
             PackId::from_hex(name).ok().map(|id| (id, e.size))
         })
         .collect();
-    let mut missing: Vec<_> = indexed.iter().filter(|(p, _)| !listed.contains_key(p)).collect();
+    let mut missing: Vec<_> = indexed
+        .iter()
+        .filter(|(p, _)| !listed.contains_key(p))
+        .collect();
     missing.sort();
     for (p, _) in missing {
         report.errors.push(Problem {
@@ -131,7 +134,8 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
     for p in orphans {
         report.warnings.push(Problem {
             file: paths::pack(p),
-            message: "not in any index: left by an interrupted or running backup; prune removes it".into(),
+            message: "not in any index: left by an interrupted or running backup; prune removes it"
+                .into(),
         });
     }
 
@@ -154,7 +158,12 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
         }
         let by_pack = entries_by_pack(&index);
         let results = par_map(&packs, opts.threads.max(1), |(p, size)| {
-            read_pack(repo, p, *size, by_pack.get(p).map(Vec::as_slice).unwrap_or(&[]))
+            read_pack(
+                repo,
+                p,
+                *size,
+                by_pack.get(p).map(Vec::as_slice).unwrap_or(&[]),
+            )
         });
         for ((p, size), res) in packs.iter().zip(results) {
             report.packs_read += 1;
@@ -222,11 +231,11 @@ fn walk_snapshots(
                 Ok(t) => t,
                 Err(e) => {
                     let mut p = problem_of(&e);
-                    p.message = format!(
-                        "snapshot {} directory /{path}: {}",
-                        sid.short(),
-                        p.message
-                    );
+                    if p.file.is_empty() {
+                        p.file = format!("snapshots/{sid}");
+                    }
+                    p.message =
+                        format!("snapshot {} directory /{path}: {}", sid.short(), p.message);
                     if let Some(loc) = index.get(&tid) {
                         damaged.insert(loc.pack);
                     }
@@ -262,7 +271,10 @@ fn walk_snapshots(
     }
 }
 
-fn entries_by_pack(index: &Index) -> HashMap<PackId, Vec<(BlobId, BlobKind, u32, u32, u32)>> {
+/// Blob id, kind, offset, sealed length, plaintext length.
+type Expected = (BlobId, BlobKind, u32, u32, u32);
+
+fn entries_by_pack(index: &Index) -> HashMap<PackId, Vec<Expected>> {
     let mut m: HashMap<PackId, Vec<_>> = HashMap::new();
     for (id, loc) in index.blobs() {
         m.entry(loc.pack)
@@ -277,10 +289,15 @@ fn read_pack(
     repo: &Repository,
     pack: &PackId,
     size: u64,
-    expected: &[(BlobId, BlobKind, u32, u32, u32)],
+    expected: &[Expected],
 ) -> std::result::Result<(), Vec<Problem>> {
     let path = paths::pack(pack);
-    let err = |m: String| vec![Problem { file: path.clone(), message: m }];
+    let err = |m: String| {
+        vec![Problem {
+            file: path.clone(),
+            message: m,
+        }]
+    };
     let bytes = match repo.storage().get(&path) {
         Ok(b) => b,
         Err(e) if e.is_not_found() => return Err(err("missing".into())),
@@ -315,7 +332,10 @@ fn read_pack(
             if !in_header.contains(&(*id, *off, *len)) {
                 return Err(Error::damaged(
                     &path,
-                    format!("the index places blob {} here but the header does not", id.short()),
+                    format!(
+                        "the index places blob {} here but the header does not",
+                        id.short()
+                    ),
                 ));
             }
         }
@@ -333,14 +353,20 @@ fn read_pack(
             continue;
         };
         let mut sealed = slice.to_vec();
-        if repo.open_blob(&path, *kind, id, *raw_len, &mut sealed).is_err() {
+        if repo
+            .open_blob(&path, *kind, id, *raw_len, &mut sealed)
+            .is_err()
+        {
             bad_blobs += 1;
         }
     }
     if bad_blobs > 0 {
         problems.push(Problem {
             file: path.clone(),
-            message: format!("{bad_blobs} of {} blobs fail authentication or do not match their ids", expected.len()),
+            message: format!(
+                "{bad_blobs} of {} blobs fail authentication or do not match their ids",
+                expected.len()
+            ),
         });
     }
     if problems.is_empty() {

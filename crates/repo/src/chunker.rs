@@ -138,9 +138,10 @@ mod tests {
     fn boundaries_do_not_depend_on_read_sizes_and_match_whole_input_cdc() {
         let c = Chunker::new(params());
         let d = data(500_000, 1);
-        let whole: Vec<Vec<u8>> = FastCDC::with_level_and_seed(&d, 2048, 8192, 32768, Normalization::Level1, 7)
-            .map(|ch| d[ch.offset..ch.offset + ch.length].to_vec())
-            .collect();
+        let whole: Vec<Vec<u8>> =
+            FastCDC::with_level_and_seed(&d, 2048, 8192, 32768, Normalization::Level1, 7)
+                .map(|ch| d[ch.offset..ch.offset + ch.length].to_vec())
+                .collect();
         for rs in [1000, 4096, 65536, 1 << 20] {
             assert_eq!(chunks(&c, &d, rs), whole, "read size {rs}");
         }

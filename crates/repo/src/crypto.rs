@@ -127,12 +127,7 @@ impl MasterKey {
 
     /// Compresses `data` with zstd at `level` when that pays (probing large inputs first),
     /// then seals it. `compressor` is reused across calls for speed.
-    pub fn seal_compressed(
-        &self,
-        aad: &[u8],
-        data: &[u8],
-        compressor: &mut Compressor,
-    ) -> Vec<u8> {
+    pub fn seal_compressed(&self, aad: &[u8], data: &[u8], compressor: &mut Compressor) -> Vec<u8> {
         match compressor.compress(data) {
             Some(z) => self.seal_encoded(aad, ENC_ZSTD, &z),
             None => self.seal_encoded(aad, ENC_STORED, data),
@@ -286,7 +281,11 @@ mod tests {
         let mut noise = vec![0u8; 200_000];
         SystemRandom::new().fill(&mut noise).unwrap();
         let sealed = k.seal_compressed(b"blob", &noise, &mut c);
-        assert_eq!(sealed.len(), noise.len() + SEAL_OVERHEAD, "noise stored as is");
+        assert_eq!(
+            sealed.len(),
+            noise.len() + SEAL_OVERHEAD,
+            "noise stored as is"
+        );
         assert_eq!(k.open(b"blob", &sealed).unwrap(), noise);
     }
 
@@ -301,7 +300,10 @@ mod tests {
         }
         assert_eq!(k.open(b"b", &sealed), Err(OpenError::Unauthentic));
         assert_eq!(key().open(b"a", &sealed), Err(OpenError::Unauthentic));
-        assert!(matches!(k.open(b"a", &sealed[..10]), Err(OpenError::TooShort(10))));
+        assert!(matches!(
+            k.open(b"a", &sealed[..10]),
+            Err(OpenError::TooShort(10))
+        ));
     }
 
     #[test]

@@ -241,10 +241,7 @@ pub const MAX_PACK_HEADER: usize = 16 << 20;
 ///
 /// # Errors
 /// [`DecodeError::Invalid`] describing the first inconsistency.
-pub fn validate_pack_header(
-    entries: &[PackEntry],
-    data_len: u64,
-) -> Result<(), DecodeError> {
+pub fn validate_pack_header(entries: &[PackEntry], data_len: u64) -> Result<(), DecodeError> {
     let mut end = 0u64;
     for (i, e) in entries.iter().enumerate() {
         let start = u64::from(e.offset);

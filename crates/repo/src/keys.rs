@@ -190,8 +190,7 @@ mod tests {
     fn hostile_key_files_are_refused() {
         assert!(KeyFile::decode(b"{").is_err());
         let m = KeyMaterial::random().unwrap();
-        let mut kf =
-            KeyFile::wrap(&m, b"p", KdfParams::insecure_for_tests(), "h", "u").unwrap();
+        let mut kf = KeyFile::wrap(&m, b"p", KdfParams::insecure_for_tests(), "h", "u").unwrap();
         kf.params.m_cost = u32::MAX;
         assert!(KeyFile::decode(&kf.encode()).is_err());
     }

@@ -127,7 +127,12 @@ struct Usage {
 }
 
 impl Usage {
-    fn add(&mut self, repo: &Repository, index: &Index, snaps: &[(SnapshotId, Snapshot)]) -> Result<()> {
+    fn add(
+        &mut self,
+        repo: &Repository,
+        index: &Index,
+        snaps: &[(SnapshotId, Snapshot)],
+    ) -> Result<()> {
         for (sid, s) in snaps {
             if !self.snapshots.insert(*sid) {
                 continue;
@@ -178,7 +183,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         if info.kind == LeaseKind::Prune && path != lease.path() && info.is_live(now) {
             return Err(Error::Leased {
                 what: format!("another prune is running ({})", info.describe()),
-                hint: "run prune again when it has finished; its lease expires by itself if it died".into(),
+                hint:
+                    "run prune again when it has finished; its lease expires by itself if it died"
+                        .into(),
             });
         }
     }
@@ -190,7 +197,10 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     // ---- mark ----------------------------------------------------------------------
     let damaged = repo.damaged_packs()?;
     let records = condemned_records(repo)?;
-    let already: HashSet<PackId> = records.iter().flat_map(|(_, c)| c.packs.iter().copied()).collect();
+    let already: HashSet<PackId> = records
+        .iter()
+        .flat_map(|(_, c)| c.packs.iter().copied())
+        .collect();
     let mut avoid = damaged.clone();
     avoid.extend(already.iter().copied());
     let (index, bad) = repo.load_index_with(&avoid)?;
@@ -327,7 +337,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         }
     }
     file.packs = by_pack.into_values().collect();
-    file.packs.sort_by(|a, b| a.id.cmp(&b.id));
+    file.packs.sort_by_key(|a| a.id);
     file.supersedes = index2.files().to_vec();
     let old_files = index2.files().to_vec();
     let new_id = if file.packs.is_empty() {

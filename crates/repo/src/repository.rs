@@ -8,7 +8,7 @@
 //! # Crash safety
 //! Every file is written whole under a name that is the BLAKE3 hash of its bytes, and never
 //! changed afterwards; `init` writes key files before the config, so a half-created
-//! repository has no config and is reported as "no repository" and can be initialised again.
+//! repository has no config: opening it reports the missing config, and `init` completes it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -22,8 +22,7 @@ use crate::crypto::{Compressor, KeyMaterial, MasterKey};
 use crate::error::{Error, Result};
 use crate::format::{
     aad, from_cbor, pack_header_range, paths, to_cbor, validate_pack_header, BlobKind,
-    ChunkerParams, IndexFile, PackHeader, RepoConfig, Snapshot, Tree, FORMAT_VERSION,
-    PACK_TRAILER,
+    ChunkerParams, IndexFile, PackHeader, RepoConfig, Snapshot, Tree, FORMAT_VERSION, PACK_TRAILER,
 };
 use crate::index::Index;
 use crate::keys::{KdfParams, KeyFile};
@@ -77,6 +76,9 @@ pub fn local_username() -> String {
     std::env::var("USER").unwrap_or_else(|_| "unknown".into())
 }
 
+/// Snapshots read (oldest first) and the errors of snapshot files that could not be read.
+pub type SnapshotList = (Vec<(SnapshotId, Snapshot)>, Vec<Error>);
+
 /// An open repository.
 #[derive(Clone)]
 pub struct Repository {
@@ -103,8 +105,10 @@ pub fn par_map<T: Sync, R: Send>(
         return items.iter().map(f).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<parking_lot::Mutex<Option<R>>> =
-        items.iter().map(|_| parking_lot::Mutex::new(None)).collect();
+    let results: Vec<parking_lot::Mutex<Option<R>>> = items
+        .iter()
+        .map(|_| parking_lot::Mutex::new(None))
+        .collect();
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
@@ -114,10 +118,7 @@ pub fn par_map<T: Sync, R: Send>(
             });
         }
     });
-    results
-        .into_iter()
-        .filter_map(|m| m.into_inner())
-        .collect()
+    results.into_iter().filter_map(|m| m.into_inner()).collect()
 }
 
 /// The name of a repository file: BLAKE3 of its bytes.
@@ -189,7 +190,13 @@ impl Repository {
             compression: opts.compression,
             pack_size: opts.pack_size.clamp(1 << 20, 512 << 20),
         };
-        let kf = KeyFile::wrap(&material, password, opts.kdf, &opts.hostname, &opts.username)?;
+        let kf = KeyFile::wrap(
+            &material,
+            password,
+            opts.kdf,
+            &opts.hostname,
+            &opts.username,
+        )?;
         let bytes = kf.encode();
         let key_id = KeyId(content_id(&bytes));
         storage.put(&paths::key(&key_id), bytes)?;
@@ -217,23 +224,44 @@ impl Repository {
     /// [`Error::Damaged`] for a damaged config, or storage errors.
     pub fn open(storage: Storage, password: &[u8]) -> Result<Self> {
         let describe = storage.describe().to_string();
+        let mut keys = storage.list(paths::KEYS)?;
         let config_bytes = match storage.get(paths::CONFIG) {
             Ok(b) => b,
+            Err(e) if e.is_not_found() && !keys.is_empty() => {
+                return Err(Error::damaged(
+                    paths::CONFIG,
+                    "missing: the repository has keys but no config (restore it from a copy of the repository)",
+                ))
+            }
             Err(e) if e.is_not_found() => return Err(Error::NotARepository { repo: describe }),
             Err(e) => return Err(e.into()),
         };
-        let mut keys = storage.list(paths::KEYS)?;
+        if keys.is_empty() {
+            return Err(Error::damaged(
+                paths::KEYS,
+                "no key files: the repository cannot be opened (restore keys/ from a copy of the repository)",
+            ));
+        }
         keys.sort_by(|a, b| a.path.cmp(&b.path));
         let mut tried = 0;
+        let mut damaged: Vec<(String, String)> = Vec::new();
         for entry in &keys {
             let Some(id) = id_from_path(&entry.path) else {
                 continue;
             };
             let bytes = storage.get(&entry.path)?;
+            if content_id(&bytes) != id {
+                damaged.push((
+                    entry.path.clone(),
+                    "contents do not match the file name (BLAKE3): bytes changed or truncated"
+                        .into(),
+                ));
+                continue;
+            }
             let kf = match KeyFile::decode(&bytes) {
                 Ok(kf) => kf,
                 Err(reason) => {
-                    tracing::warn!(key = %entry.path, %reason, "skipping unreadable key file");
+                    damaged.push((entry.path.clone(), reason));
                     continue;
                 }
             };
@@ -269,6 +297,14 @@ impl Repository {
                 config,
                 key_id: KeyId(id),
             });
+        }
+        if let Some((file, reason)) = damaged.into_iter().next() {
+            // A damaged key file may be the one this password opens: say so, not "wrong
+            // password".
+            return Err(Error::damaged(
+                file,
+                format!("{reason}; no intact key opens with this password (restore the key file from a copy, or open with another password and `lifeboat key add`)"),
+            ));
         }
         Err(Error::WrongPassword {
             repo: describe,
@@ -340,7 +376,7 @@ impl Repository {
             let kf = KeyFile::decode(&self.storage.get(&e.path)?).ok();
             out.push((KeyId(id), kf));
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by_key(|a| a.0);
         Ok(out)
     }
 
@@ -376,8 +412,12 @@ impl Repository {
             .collect();
         match m.as_slice() {
             [(k, _)] => Ok(*k),
-            [] => Err(Error::Invalid(format!("no key matches {spec:?}; see `lifeboat key list`"))),
-            _ => Err(Error::Invalid(format!("{spec:?} matches several keys; give more digits"))),
+            [] => Err(Error::Invalid(format!(
+                "no key matches {spec:?}; see `lifeboat key list`"
+            ))),
+            _ => Err(Error::Invalid(format!(
+                "{spec:?} matches several keys; give more digits"
+            ))),
         }
     }
 
@@ -457,7 +497,7 @@ impl Repository {
     ///
     /// # Errors
     /// Storage errors listing the directory.
-    pub fn snapshots(&self) -> Result<(Vec<(SnapshotId, Snapshot)>, Vec<Error>)> {
+    pub fn snapshots(&self) -> Result<SnapshotList> {
         let ids = self.snapshot_ids()?;
         let res = par_map(&ids, 8, |id| {
             self.read_file::<Snapshot>(&paths::snapshot(id), aad::SNAPSHOT, "snapshot")
@@ -483,9 +523,10 @@ impl Repository {
     pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
         if spec == "latest" {
             let (snaps, _) = self.snapshots()?;
-            return snaps.into_iter().next_back().ok_or(Error::SnapshotNotFound {
-                spec: spec.into(),
-            });
+            return snaps
+                .into_iter()
+                .next_back()
+                .ok_or(Error::SnapshotNotFound { spec: spec.into() });
         }
         let want = spec.to_ascii_lowercase();
         if want.is_empty() || !want.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -514,7 +555,11 @@ impl Repository {
     /// # Errors
     /// Storage errors.
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<SnapshotId> {
-        Ok(SnapshotId(self.write_file(paths::SNAPSHOTS, aad::SNAPSHOT, snap)?))
+        Ok(SnapshotId(self.write_file(
+            paths::SNAPSHOTS,
+            aad::SNAPSHOT,
+            snap,
+        )?))
     }
 
     /// Deletes a snapshot file.
@@ -607,18 +652,18 @@ impl Repository {
     pub fn read_blob(&self, index: &Index, id: &BlobId) -> Result<Vec<u8>> {
         let loc = index.get(id).ok_or(Error::BlobMissing { id: *id })?;
         let path = paths::pack(&loc.pack);
-        let mut sealed = match self.storage.get_range(
-            &path,
-            u64::from(loc.offset),
-            u64::from(loc.length),
-        ) {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => return Err(Error::PackMissing { pack: loc.pack }),
-            Err(e) if e.kind() == ErrorKind::Truncated => {
-                return Err(Error::damaged(&path, "truncated"))
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let mut sealed =
+            match self
+                .storage
+                .get_range(&path, u64::from(loc.offset), u64::from(loc.length))
+            {
+                Ok(b) => b,
+                Err(e) if e.is_not_found() => return Err(Error::PackMissing { pack: loc.pack }),
+                Err(e) if e.kind() == ErrorKind::Truncated => {
+                    return Err(Error::damaged(&path, "truncated"))
+                }
+                Err(e) => return Err(e.into()),
+            };
         self.open_blob(&path, loc.kind, id, loc.raw_len, &mut sealed)
     }
 
@@ -671,9 +716,9 @@ impl Repository {
         if size < PACK_TRAILER as u64 {
             return Err(Error::damaged(&path, "too short to be a pack"));
         }
-        let trailer = self
-            .storage
-            .get_range(&path, size - PACK_TRAILER as u64, PACK_TRAILER as u64)?;
+        let trailer =
+            self.storage
+                .get_range(&path, size - PACK_TRAILER as u64, PACK_TRAILER as u64)?;
         let (start, len) =
             pack_header_range(size, &trailer).map_err(|e| Error::damaged(&path, e.to_string()))?;
         let sealed = self.storage.get_range(&path, start, len)?;
@@ -684,7 +729,12 @@ impl Repository {
     ///
     /// # Errors
     /// [`Error::Damaged`] naming `path`.
-    pub fn decode_pack_header(&self, path: &str, sealed: &[u8], data_len: u64) -> Result<PackHeader> {
+    pub fn decode_pack_header(
+        &self,
+        path: &str,
+        sealed: &[u8],
+        data_len: u64,
+    ) -> Result<PackHeader> {
         let plain = self
             .key
             .open(aad::PACK_HEADER, sealed)

@@ -63,7 +63,13 @@ impl KeepPolicy {
         type Bucket = fn(&jiff::civil::DateTime) -> String;
         let buckets: [(&str, u32, Bucket); 5] = [
             ("hourly", self.hourly, |d| {
-                format!("{:04}-{:02}-{:02}T{:02}", d.year(), d.month(), d.day(), d.hour())
+                format!(
+                    "{:04}-{:02}-{:02}T{:02}",
+                    d.year(),
+                    d.month(),
+                    d.day(),
+                    d.hour()
+                )
             }),
             ("daily", self.daily, |d| {
                 format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
@@ -72,7 +78,9 @@ impl KeepPolicy {
                 let w = d.date().iso_week_date();
                 format!("{:04}-W{:02}", w.year(), w.week())
             }),
-            ("monthly", self.monthly, |d| format!("{:04}-{:02}", d.year(), d.month())),
+            ("monthly", self.monthly, |d| {
+                format!("{:04}-{:02}", d.year(), d.month())
+            }),
             ("yearly", self.yearly, |d| format!("{:04}", d.year())),
         ];
         let mut remaining: Vec<u32> = buckets.iter().map(|b| b.1).collect();
@@ -126,7 +134,10 @@ mod tests {
     }
 
     fn kept(v: &[Verdict]) -> Vec<String> {
-        v.iter().filter(|v| v.keep).map(|v| v.time.clone()).collect()
+        v.iter()
+            .filter(|v| v.keep)
+            .map(|v| v.time.clone())
+            .collect()
     }
 
     #[test]
@@ -138,14 +149,23 @@ mod tests {
             "2026-11-21T06:00:00Z",
             "2026-11-22T07:00:00Z",
         ]);
-        let p = KeepPolicy { last: 1, ..Default::default() };
+        let p = KeepPolicy {
+            last: 1,
+            ..Default::default()
+        };
         assert_eq!(kept(&p.apply(&s)), vec!["2026-11-22T07:00:00Z"]);
-        let p = KeepPolicy { daily: 2, ..Default::default() };
+        let p = KeepPolicy {
+            daily: 2,
+            ..Default::default()
+        };
         assert_eq!(
             kept(&p.apply(&s)),
             vec!["2026-11-22T07:00:00Z", "2026-11-21T06:00:00Z"]
         );
-        let p = KeepPolicy { daily: 10, ..Default::default() };
+        let p = KeepPolicy {
+            daily: 10,
+            ..Default::default()
+        };
         assert_eq!(kept(&p.apply(&s)).len(), 3, "one per day");
     }
 
@@ -183,6 +203,10 @@ mod tests {
     #[test]
     fn empty_policy_is_detected() {
         assert!(KeepPolicy::default().is_empty());
-        assert!(!KeepPolicy { last: 1, ..Default::default() }.is_empty());
+        assert!(!KeepPolicy {
+            last: 1,
+            ..Default::default()
+        }
+        .is_empty());
     }
 }

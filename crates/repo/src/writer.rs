@@ -249,7 +249,13 @@ impl BlobWriter {
     ///
     /// # Errors
     /// As [`BlobWriter::save`].
-    pub fn save_sealed(&self, kind: BlobKind, id: BlobId, raw_len: u32, sealed: Vec<u8>) -> Result<()> {
+    pub fn save_sealed(
+        &self,
+        kind: BlobKind,
+        id: BlobId,
+        raw_len: u32,
+        sealed: Vec<u8>,
+    ) -> Result<()> {
         self.send(Job::Sealed {
             kind,
             id,
@@ -266,7 +272,8 @@ impl BlobWriter {
         self.tx.take();
         for t in self.threads.drain(..) {
             if t.join().is_err() {
-                self.shared.fail(Error::Invalid("a writer thread panicked".into()));
+                self.shared
+                    .fail(Error::Invalid("a writer thread panicked".into()));
             }
         }
         if let Some(e) = self.shared.error.lock().take() {
@@ -293,7 +300,12 @@ impl Drop for BlobWriter {
     }
 }
 
-fn seal_loop(sh: &Shared, rx: &Receiver<Job>, tx: &Sender<Sealed>, comp: &mut crate::crypto::Compressor) {
+fn seal_loop(
+    sh: &Shared,
+    rx: &Receiver<Job>,
+    tx: &Sender<Sealed>,
+    comp: &mut crate::crypto::Compressor,
+) {
     let key = sh.repo.key();
     for job in rx {
         if sh.failed() {
@@ -322,7 +334,8 @@ fn seal_loop(sh: &Shared, rx: &Receiver<Job>, tx: &Sender<Sealed>, comp: &mut cr
             },
         };
         sh.blobs.fetch_add(1, Ordering::Relaxed);
-        sh.raw_bytes.fetch_add(u64::from(item.raw_len), Ordering::Relaxed);
+        sh.raw_bytes
+            .fetch_add(u64::from(item.raw_len), Ordering::Relaxed);
         if tx.send(item).is_err() {
             return;
         }

@@ -161,7 +161,9 @@ pub fn backup(
     let started = Instant::now();
     let started_at = jiff::Timestamp::now();
     if paths.is_empty() {
-        return Err(Error::Invalid("nothing to back up: give one or more paths".into()));
+        return Err(Error::Invalid(
+            "nothing to back up: give one or more paths".into(),
+        ));
     }
     let mut roots = Vec::new();
     let mut names: HashMap<Vec<u8>, PathBuf> = HashMap::new();
@@ -190,7 +192,12 @@ pub fn backup(
     let host = opts.hostname.clone().unwrap_or_else(local_hostname);
     let excludes = build_excludes(&opts.excludes)?;
 
-    let lease = Lease::acquire(repo, LeaseKind::Write, "backup", opts.lease_ttl.unwrap_or(DEFAULT_TTL))?;
+    let lease = Lease::acquire(
+        repo,
+        LeaseKind::Write,
+        "backup",
+        opts.lease_ttl.unwrap_or(DEFAULT_TTL),
+    )?;
     let parent = match opts.parent {
         Some(id) => Some(repo.find_snapshot(&id.to_hex())?),
         None => find_parent(repo, &host, &path_strings)?,
@@ -204,66 +211,65 @@ pub fn backup(
 
     let (ev_tx, ev_rx) = bounded::<Event>(4096);
     let (job_tx, job_rx) = bounded::<FileJob>(256);
-    let parent_root: Option<Tree> = match &parent {
-        Some((_, s)) => Some(repo.read_tree(&index, &s.tree).unwrap_or_default()),
-        None => None,
-    };
+    let parent_root: Option<Tree> = parent
+        .as_ref()
+        .map(|(_, s)| repo.read_tree(&index, &s.tree).unwrap_or_default());
 
-    let (root_id, mut summary) = std::thread::scope(|scope| -> Result<(BlobId, SnapshotSummary)> {
-        let writer = &writer;
-        for i in 0..opts.readers.max(1) {
-            let rx = job_rx.clone();
-            let chunker = chunker;
-            std::thread::Builder::new()
-                .name(format!("reader-{i}"))
-                .spawn_scoped(scope, {
-                    let errors = &errors;
-                    move || reader_loop(repo, writer, &chunker, &rx, progress, errors)
-                })
+    let (root_id, mut summary) =
+        std::thread::scope(|scope| -> Result<(BlobId, SnapshotSummary)> {
+            let writer = &writer;
+            for i in 0..opts.readers.max(1) {
+                let rx = job_rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("reader-{i}"))
+                    .spawn_scoped(scope, {
+                        let errors = &errors;
+                        move || reader_loop(repo, writer, &chunker, &rx, progress, errors)
+                    })
+                    .map_err(|e| Error::Io {
+                        path: "thread".into(),
+                        source: e,
+                    })?;
+            }
+            drop(job_rx);
+            let builder = std::thread::Builder::new()
+                .name("tree-builder".into())
+                .spawn_scoped(scope, move || build_trees(repo, writer, &ev_rx))
                 .map_err(|e| Error::Io {
                     path: "thread".into(),
                     source: e,
                 })?;
-        }
-        drop(job_rx);
-        let builder = std::thread::Builder::new()
-            .name("tree-builder".into())
-            .spawn_scoped(scope, move || build_trees(repo, writer, &ev_rx))
-            .map_err(|e| Error::Io {
-                path: "thread".into(),
-                source: e,
-            })?;
-        let ctx = Ctx {
-            repo,
-            index: &index,
-            excludes,
-            events: ev_tx,
-            jobs: job_tx,
-            progress,
-            errors: &errors,
-            force: opts.force,
-            summary: Mutex::new(SnapshotSummary::default()),
-        };
-        let walked = (|| -> Result<()> {
-            for (path, name, md) in &roots {
-                let pnode = parent_root
-                    .as_ref()
-                    .and_then(|t| t.nodes.iter().find(|n| &n.name == name));
-                walk_entry(&ctx, path, name, md.clone(), pnode)?;
-            }
-            Ok(())
-        })();
-        let summary = std::mem::take(&mut *ctx.summary.lock());
-        drop(ctx);
-        let built = builder
-            .join()
-            .map_err(|_| Error::Invalid("the tree builder panicked".into()))?;
-        walked?;
-        let (root, mut totals) = built?;
-        totals.files_unchanged = summary.files_unchanged;
-        totals.files_read = summary.files_read;
-        Ok((root, totals))
-    })?;
+            let ctx = Ctx {
+                repo,
+                index: &index,
+                excludes,
+                events: ev_tx,
+                jobs: job_tx,
+                progress,
+                errors: &errors,
+                force: opts.force,
+                summary: Mutex::new(SnapshotSummary::default()),
+            };
+            let walked = (|| -> Result<()> {
+                for (path, name, md) in &roots {
+                    let pnode = parent_root
+                        .as_ref()
+                        .and_then(|t| t.nodes.iter().find(|n| &n.name == name));
+                    walk_entry(&ctx, path, name, md.clone(), pnode)?;
+                }
+                Ok(())
+            })();
+            let summary = std::mem::take(&mut *ctx.summary.lock());
+            drop(ctx);
+            let built = builder
+                .join()
+                .map_err(|_| Error::Invalid("the tree builder panicked".into()))?;
+            walked?;
+            let (root, mut totals) = built?;
+            totals.files_unchanged = summary.files_unchanged;
+            totals.files_read = summary.files_read;
+            Ok((root, totals))
+        })?;
     let report = writer.finish()?;
     let errors = errors.into_inner();
     summary.blobs_added = report.blobs;
@@ -472,11 +478,12 @@ fn read_file(
     };
     let file = File::open(path).map_err(io)?;
     let mut content = Vec::new();
-    let total = store_stream(repo, writer, chunker, file, buf, &mut content, progress)
-        .map_err(|e| match e {
+    let total = store_stream(repo, writer, chunker, file, buf, &mut content, progress).map_err(
+        |e| match e {
             Error::Io { source, .. } => io(source),
             other => other,
-        })?;
+        },
+    )?;
     Ok((content, total))
 }
 
@@ -575,14 +582,27 @@ pub fn backup_stream<R: Read>(
             "--stdin-filename {filename:?} must be a plain file name"
         )));
     }
-    let lease = Lease::acquire(repo, LeaseKind::Write, "backup --stdin", opts.lease_ttl.unwrap_or(DEFAULT_TTL))?;
+    let lease = Lease::acquire(
+        repo,
+        LeaseKind::Write,
+        "backup --stdin",
+        opts.lease_ttl.unwrap_or(DEFAULT_TTL),
+    )?;
     let avoid = packs_to_avoid(repo)?;
     let (index, _) = repo.load_index_with(&avoid)?;
     let writer = BlobWriter::new(repo, Arc::new(index), &opts.writer)?;
     let chunker = Chunker::new(repo.config().chunker);
     let mut content = Vec::new();
     let mut buf = Vec::new();
-    let size = store_stream(repo, &writer, &chunker, input, &mut buf, &mut content, progress)?;
+    let size = store_stream(
+        repo,
+        &writer,
+        &chunker,
+        input,
+        &mut buf,
+        &mut content,
+        progress,
+    )?;
     let now = jiff::Timestamp::now();
     let node = Node {
         name: filename.as_bytes().to_vec(),

@@ -75,7 +75,21 @@ struct Entry {
     node: Node,
 }
 
-/// Restores `snapshot_tree` (or the subtree at `subpath`) into `target`.
+/// What to restore: a snapshot's root tree, optionally only the entry at `subpath`.
+#[derive(Debug, Clone, Copy)]
+pub struct Selection<'a> {
+    /// The snapshot's root tree.
+    pub tree: &'a BlobId,
+    /// Path inside the snapshot (`""` for everything).
+    pub subpath: &'a [u8],
+    /// The snapshot's name for messages (short id).
+    pub snapshot: &'a str,
+}
+
+/// Type of the restore plan: for each pack, the blobs to write (id, location, entry, offset).
+type Plan = Vec<(PackId, Vec<(BlobId, BlobLoc, usize, u64)>)>;
+
+/// Restores the selection into `target`.
 ///
 /// # Errors
 /// Errors that prevent any restore (unreadable root, target not creatable). Damage to
@@ -83,13 +97,12 @@ struct Entry {
 pub fn restore(
     repo: &Repository,
     index: &Index,
-    snapshot_tree: &BlobId,
-    subpath: &[u8],
-    snapshot_name: &str,
+    what: Selection<'_>,
     target: &Path,
     opts: &RestoreOptions,
     progress: &Progress,
 ) -> Result<RestoreReport> {
+    let (snapshot_tree, subpath, snapshot_name) = (what.tree, what.subpath, what.snapshot);
     let io = |p: &Path, e: std::io::Error| Error::Io {
         path: p.display().to_string(),
         source: e,
@@ -105,7 +118,11 @@ pub fn restore(
         None => (Some(*snapshot_tree), Vec::new()),
         Some(node) => {
             let name = node.name.clone();
-            let sub = if matches!(node.kind, NodeKind::Dir) { node.subtree } else { None };
+            let sub = if matches!(node.kind, NodeKind::Dir) {
+                node.subtree
+            } else {
+                None
+            };
             entries.push(Entry {
                 path: target.join(OsStr::from_bytes(&name)),
                 rel: String::from_utf8_lossy(&name).into_owned(),
@@ -147,7 +164,9 @@ pub fn restore(
         let n = &e.node;
         let res: std::io::Result<()> = match &n.kind {
             NodeKind::Dir => match std::fs::create_dir(&e.path) {
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && e.path.is_dir() => Ok(()),
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && e.path.is_dir() => {
+                    Ok(())
+                }
                 other => other,
             },
             NodeKind::Symlink { target: t } => {
@@ -156,7 +175,14 @@ pub fn restore(
             }
             NodeKind::Fifo => {
                 remove_existing(&e.path);
-                rustix::fs::mknodat(rustix::fs::CWD, &e.path, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(n.mode), 0).map_err(Into::into)
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &e.path,
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(n.mode),
+                    0,
+                )
+                .map_err(Into::into)
             }
             NodeKind::CharDev { rdev } | NodeKind::BlockDev { rdev } => {
                 remove_existing(&e.path);
@@ -165,7 +191,14 @@ pub fn restore(
                 } else {
                     rustix::fs::FileType::BlockDevice
                 };
-                rustix::fs::mknodat(rustix::fs::CWD, &e.path, ft, rustix::fs::Mode::from_raw_mode(n.mode), *rdev).map_err(Into::into)
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &e.path,
+                    ft,
+                    rustix::fs::Mode::from_raw_mode(n.mode),
+                    *rdev,
+                )
+                .map_err(Into::into)
             }
             NodeKind::Socket => {
                 failed[i] = true; // sockets are recorded, not restored
@@ -206,7 +239,10 @@ pub fn restore(
                 if let Some(b) = missing {
                     report.errors.push(RestoreError {
                         path: e.rel.clone(),
-                        message: format!("data blob {} is in no index: the file is incomplete", b.short()),
+                        message: format!(
+                            "data blob {} is in no index: the file is incomplete",
+                            b.short()
+                        ),
                     });
                 }
                 res
@@ -222,8 +258,8 @@ pub fn restore(
     }
 
     // 3. Contents, pack by pack.
-    let mut packs: Vec<(PackId, Vec<(BlobId, BlobLoc, usize, u64)>)> = plan.into_iter().collect();
-    packs.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut packs: Plan = plan.into_iter().collect();
+    packs.sort_by_key(|a| a.0);
     let errors: Mutex<BTreeMap<usize, String>> = Mutex::new(BTreeMap::new());
     let written = std::sync::atomic::AtomicU64::new(0);
     par_map(&packs, opts.threads, |(pack, blobs)| {
@@ -251,15 +287,21 @@ pub fn restore(
     }
 
     // 5. Metadata: files first, then directories deepest first.
-    let order: Vec<usize> = (0..entries.len()).filter(|i| !matches!(entries[*i].node.kind, NodeKind::Dir)).collect();
+    let order: Vec<usize> = (0..entries.len())
+        .filter(|i| !matches!(entries[*i].node.kind, NodeKind::Dir))
+        .collect();
     let meta_errs = par_map(&order, 2, |&i| {
         let e = &entries[i];
         if failed[i] {
             return None;
         }
-        apply_metadata(&e.path, &e.node, opts.owners).err().map(|err| (i, err))
+        apply_metadata(&e.path, &e.node, opts.owners)
+            .err()
+            .map(|err| (i, err))
     });
-    let mut dirs: Vec<usize> = (0..entries.len()).filter(|i| matches!(entries[*i].node.kind, NodeKind::Dir)).collect();
+    let mut dirs: Vec<usize> = (0..entries.len())
+        .filter(|i| matches!(entries[*i].node.kind, NodeKind::Dir))
+        .collect();
     dirs.sort_by_key(|i| std::cmp::Reverse(entries[*i].path.components().count()));
     for (i, err) in meta_errs.into_iter().flatten() {
         report.errors.push(RestoreError {
@@ -399,11 +441,14 @@ fn restore_pack(
                 .get_range(&path, u64::from(loc.offset), u64::from(loc.length))
                 .map_err(Error::from),
         };
-        let plain = sealed.and_then(|mut s| repo.open_blob(&path, loc.kind, id, loc.raw_len, &mut s));
+        let plain =
+            sealed.and_then(|mut s| repo.open_blob(&path, loc.kind, id, loc.raw_len, &mut s));
         let plain = match plain {
             Ok(p) => p,
             Err(err) => {
-                errors.lock().insert(*i, format!("damaged data, file incomplete: {err}"));
+                errors
+                    .lock()
+                    .insert(*i, format!("damaged data, file incomplete: {err}"));
                 continue;
             }
         };
@@ -453,14 +498,22 @@ fn write_sparse(f: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
     let mut start = 0usize;
     while start < data.len() {
         // Skip zero blocks.
-        while start < data.len() && data[start..(start + BLOCK).min(data.len())].iter().all(|b| *b == 0) {
+        while start < data.len()
+            && data[start..(start + BLOCK).min(data.len())]
+                .iter()
+                .all(|b| *b == 0)
+        {
             start += BLOCK;
         }
         if start >= data.len() {
             break;
         }
         let mut end = start;
-        while end < data.len() && !data[end..(end + BLOCK).min(data.len())].iter().all(|b| *b == 0) {
+        while end < data.len()
+            && !data[end..(end + BLOCK).min(data.len())]
+                .iter()
+                .all(|b| *b == 0)
+        {
             end += BLOCK;
         }
         let end = end.min(data.len());
@@ -483,9 +536,8 @@ pub fn dump(
     snapshot_name: &str,
     out: &mut dyn Write,
 ) -> Result<u64> {
-    let node = find_path(repo, index, snapshot_tree, path, snapshot_name)?.ok_or_else(|| {
-        Error::Invalid("dump needs a file path: SNAPSHOT:PATH".into())
-    })?;
+    let node = find_path(repo, index, snapshot_tree, path, snapshot_name)?
+        .ok_or_else(|| Error::Invalid("dump needs a file path: SNAPSHOT:PATH".into()))?;
     if !matches!(node.kind, NodeKind::File) {
         return Err(Error::Invalid(format!(
             "{} is not a regular file; use `lifeboat restore` for directories",

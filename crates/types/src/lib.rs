@@ -172,7 +172,9 @@ impl fmt::Display for ByteSize {
 
 /// Why a size could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{text:?} is not a size: use a number with an optional unit B, KiB, MiB, GiB (e.g. \"16MiB\")")]
+#[error(
+    "{text:?} is not a size: use a number with an optional unit B, KiB, MiB, GiB (e.g. \"16MiB\")"
+)]
 pub struct ByteSizeError {
     text: String,
 }
@@ -180,11 +182,11 @@ pub struct ByteSizeError {
 impl FromStr for ByteSize {
     type Err = ByteSizeError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ByteSizeError { text: s.to_string() };
+        let err = || ByteSizeError {
+            text: s.to_string(),
+        };
         let t = s.trim();
-        let split = t
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let n: u64 = num.parse().map_err(|_| err())?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {

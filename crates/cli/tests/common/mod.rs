@@ -1,6 +1,6 @@
 //! Helpers for the CLI end-to-end tests: a temp workspace, a `lifeboat` command builder with
 //! a cheap key-derivation cost, deterministic data, and tree comparison.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -78,12 +78,14 @@ pub fn noise(n: usize, seed: u64) -> Vec<u8> {
 
 /// Compressible text.
 pub fn text(n: usize, seed: u64) -> Vec<u8> {
-    let words = ["order", "paid", "shipped", "cart", "sku", "price", "customer", "refund"];
+    let words = [
+        "order", "paid", "shipped", "cart", "sku", "price", "customer", "refund",
+    ];
     let mut out = Vec::with_capacity(n + 16);
     let mut i = seed as usize;
     while out.len() < n {
         out.extend_from_slice(words[i % words.len()].as_bytes());
-        out.push(if i % 11 == 0 { b'\n' } else { b' ' });
+        out.push(if i.is_multiple_of(11) { b'\n' } else { b' ' });
         i = i.wrapping_mul(31).wrapping_add(7);
     }
     out.truncate(n);
@@ -104,7 +106,10 @@ pub struct Fingerprint {
 pub fn fingerprint(root: &Path) -> BTreeMap<PathBuf, Fingerprint> {
     let mut out = BTreeMap::new();
     fn go(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Fingerprint>) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         entries.sort();
         for p in entries {
             let md = std::fs::symlink_metadata(&p).unwrap();
@@ -143,9 +148,21 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     let (fa, fb) = (fingerprint(a), fingerprint(b));
     let ka: Vec<_> = fa.keys().collect();
     let kb: Vec<_> = fb.keys().collect();
-    assert_eq!(ka, kb, "different entries in {} and {}", a.display(), b.display());
+    assert_eq!(
+        ka,
+        kb,
+        "different entries in {} and {}",
+        a.display(),
+        b.display()
+    );
     for (k, v) in &fa {
-        assert!(v == &fb[k], "{} differs between {} and {}", k.display(), a.display(), b.display());
+        assert!(
+            v == &fb[k],
+            "{} differs between {} and {}",
+            k.display(),
+            a.display(),
+            b.display()
+        );
     }
 }
 
@@ -162,7 +179,9 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd {
             let p = e.unwrap().path();
             if p.is_dir() {
