@@ -79,6 +79,19 @@ pub enum Command {
     Key(KeyCmd),
     /// Show the repository format version and migrate it to the current one.
     Migrate(MigrateCmd),
+    /// The main job on embedded defaults: back up a directory into a local repository,
+    /// list snapshots, restore, and verify the restore bit for bit.
+    Demo(DemoCmd),
+}
+
+/// `demo`.
+#[derive(Debug, ClapArgs)]
+pub struct DemoCmd {
+    /// Directory to back up (default: a generated sample shop tree).
+    pub source: Option<PathBuf>,
+    /// Where the local repository lives (default: ./lifeboat-demo/repo, or --repo).
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
 }
 
 /// `init`.

@@ -776,6 +776,7 @@ pub fn run(args: Args) -> Result<u8> {
             }
             Ok(EXIT_OK)
         }
+        Command::Demo(c) => crate::demo::run(g, &c),
         Command::Migrate(_) => {
             let repo = open(g)?;
             let v = repo.config().version;

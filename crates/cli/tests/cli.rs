@@ -532,3 +532,22 @@ fn output_into_a_closed_pipe_is_not_an_error() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(!stderr(&o).contains("panicked"));
 }
+
+#[test]
+fn demo_runs_the_main_job_on_embedded_defaults_and_verifies_it() {
+    let env = Env::new();
+    let work = env.path("demo");
+    let o = env
+        .cmd()
+        .env_remove("LIFEBOAT_REPOSITORY")
+        .env_remove("LIFEBOAT_PASSWORD")
+        .args(["demo", "--workdir", work.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("files identical to the source"), "{out}");
+    assert!(out.contains("no errors"), "{out}");
+    assert!(work.join("repo/config").exists());
+    assert_same_tree(&work.join("sample-shop"), &work.join("restored/sample-shop"));
+}
