@@ -167,3 +167,38 @@ mod tests {
         assert_eq!(chunks(&c, b"abc", 10), vec![b"abc".to_vec()]);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn chunks_concatenate_to_the_input_within_size_bounds(len in 0usize..300_000, seed in any::<u64>(), read in 1usize..70_000) {
+            let p = ChunkerParams { min: 2048, avg: 8192, max: 32768, seed };
+            let c = Chunker::new(p);
+            let mut x = seed | 1;
+            let data: Vec<u8> = (0..len).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; (x >> 40) as u8 }).collect();
+            struct R<'a>(&'a [u8], usize);
+            impl std::io::Read for R<'_> {
+                fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+                    let n = self.1.min(out.len()).min(self.0.len());
+                    out[..n].copy_from_slice(&self.0[..n]);
+                    self.0 = &self.0[n..];
+                    Ok(n)
+                }
+            }
+            let mut chunks: Vec<Vec<u8>> = Vec::new();
+            let mut buf = Vec::new();
+            let n = c.chunk::<_, std::io::Error>(R(&data, read), &mut buf, |ch| { chunks.push(ch.to_vec()); Ok(()) }).unwrap();
+            prop_assert_eq!(n as usize, len);
+            for (i, ch) in chunks.iter().enumerate() {
+                prop_assert!(ch.len() <= 32768);
+                if i + 1 < chunks.len() { prop_assert!(ch.len() >= 2048); }
+            }
+            prop_assert_eq!(chunks.concat(), data);
+        }
+    }
+}

@@ -321,3 +321,21 @@ mod tests {
         assert!(s.contains("***"));
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn seal_open_roundtrips_any_bytes(data in proptest::collection::vec(any::<u8>(), 0..200_000), level in 0i32..4) {
+            let k = MasterKey::new(KeyMaterial::random().unwrap());
+            let mut c = Compressor::new(level).unwrap();
+            let sealed = k.seal_compressed(b"x", &data, &mut c);
+            prop_assert!(sealed.len() <= data.len() + SEAL_OVERHEAD, "never larger than stored");
+            prop_assert_eq!(k.open(b"x", &sealed).unwrap(), data);
+        }
+    }
+}
