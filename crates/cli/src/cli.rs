@@ -106,7 +106,7 @@ pub struct InitCmd {
     #[arg(long, env = "LIFEBOAT_FROM_PASSWORD_FILE")]
     pub from_password_file: Option<PathBuf>,
     /// Argon2id memory cost of the key (e.g. 64MiB). Lower only for tests.
-    #[arg(long, default_value = "64MiB")]
+    #[arg(long, default_value = "19MiB")]
     pub kdf_memory: String,
     /// zstd compression level (0 = off).
     #[arg(long, default_value_t = 1)]
@@ -272,7 +272,7 @@ pub enum KeyCmd {
         #[arg(long, env = "LIFEBOAT_NEW_PASSWORD_FILE")]
         new_password_file: Option<PathBuf>,
         /// Argon2id memory cost.
-        #[arg(long, default_value = "64MiB")]
+        #[arg(long, default_value = "19MiB")]
         kdf_memory: String,
     },
     /// List the keys.
