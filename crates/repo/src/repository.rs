@@ -48,7 +48,7 @@ impl Default for InitOptions {
     fn default() -> Self {
         InitOptions {
             kdf: KdfParams::default(),
-            compression: 1,
+            compression: 2,
             pack_size: 16 << 20,
             chunker: ChunkerParams {
                 min: 512 << 10,
