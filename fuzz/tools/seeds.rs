@@ -1,0 +1,165 @@
+//! Writes small valid encodings as seed corpora: `seeds corpus` (a bin built by `cargo fuzz build`)
+//! creates `corpus/<target>/seed-<n>` for every fuzz target (not committed; fuzz/run.sh
+//! runs this when a target's corpus directory is missing).
+
+use std::path::Path;
+
+use lifeboat_fuzz::{key, seal_raw, PASSWORD};
+use lifeboat_repo::crypto::{Compressor, KeyMaterial};
+use lifeboat_repo::format::{
+    aad, to_cbor, BlobKind, ChunkerParams, IndexFile, IndexPack, Node, NodeKind, PackEntry,
+    RepoConfig, Snapshot, SnapshotSummary, Tree, Xattr, FORMAT_VERSION,
+};
+use lifeboat_repo::keys::KeyFile;
+use lifeboat_repo::lease::LeaseInfo;
+use lifeboat_repo::prune::Condemned;
+use lifeboat_repo::KdfParams;
+use lifeboat_types::{BlobId, IndexId, PackId, SnapshotId};
+
+fn entries() -> Vec<PackEntry> {
+    vec![
+        PackEntry { kind: BlobKind::Data, id: BlobId([1; 32]), offset: 0, length: 40, raw_len: 11 },
+        PackEntry { kind: BlobKind::Tree, id: BlobId([2; 32]), offset: 40, length: 100, raw_len: 71 },
+    ]
+}
+
+fn node(name: &[u8], kind: NodeKind) -> Node {
+    Node {
+        name: name.to_vec(),
+        subtree: matches!(kind, NodeKind::Dir).then_some(BlobId([7; 32])),
+        kind,
+        mode: 0o4755,
+        uid: 1000,
+        gid: 1000,
+        mtime: 1_700_000_000,
+        mtime_ns: 123_456_789,
+        ctime: 1_700_000_001,
+        ctime_ns: 1,
+        inode: 42,
+        dev: 2049,
+        nlink: 1,
+        size: 3,
+        sparse: false,
+        content: vec![],
+        xattrs: vec![],
+        error: None,
+    }
+}
+
+fn tree() -> Tree {
+    let mut file = node(b"a\xff\xfe", NodeKind::File);
+    file.content = vec![BlobId([1; 32]), BlobId([3; 32])];
+    file.sparse = true;
+    file.xattrs = vec![Xattr { name: b"user.k".to_vec(), value: vec![0, 255] }];
+    let mut broken = node(b"broken", NodeKind::File);
+    broken.error = Some("permission denied".into());
+    Tree {
+        nodes: vec![
+            file,
+            node(b"b", NodeKind::Dir),
+            node(b"blk", NodeKind::BlockDev { rdev: 0x0801 }),
+            broken,
+            node(b"c", NodeKind::Symlink { target: b"../t\x80".to_vec() }),
+            node(b"chr", NodeKind::CharDev { rdev: 0x0103 }),
+            node(b"fifo", NodeKind::Fifo),
+            node(b"sock", NodeKind::Socket),
+        ],
+    }
+}
+
+fn snapshot() -> Snapshot {
+    Snapshot {
+        time: "2026-01-02T03:04:05.123456789Z".into(),
+        tree: BlobId([9; 32]),
+        paths: vec!["/home".into(), "/etc".into()],
+        hostname: "h".into(),
+        username: "u".into(),
+        tags: vec!["daily".into()],
+        parent: Some(SnapshotId([5; 32])),
+        partial: true,
+        original: None,
+        summary: SnapshotSummary { files: 3, started: "2026-01-02T03:04:05Z".into(), duration_s: 1.5, ..Default::default() },
+    }
+}
+
+fn config() -> RepoConfig {
+    RepoConfig {
+        version: FORMAT_VERSION,
+        id: "00".repeat(32),
+        chunker: ChunkerParams { min: 64, avg: 256, max: 1024, seed: 7 },
+        compression: 1,
+        pack_size: 16 << 20,
+    }
+}
+
+fn write(root: &Path, target: &str, seeds: Vec<Vec<u8>>) -> std::io::Result<()> {
+    let dir = root.join(target);
+    std::fs::create_dir_all(&dir)?;
+    for (i, s) in seeds.into_iter().enumerate() {
+        std::fs::write(dir.join(format!("seed-{i}")), s)?;
+    }
+    Ok(())
+}
+
+fn cat(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::env::args().nth(1).unwrap_or_else(|| "corpus".into());
+    let root = Path::new(&root);
+
+    let header = to_cbor(&entries());
+    write(root, "pack_header", vec![
+        cat(&[&140u64.to_le_bytes(), &(header.len() as u32).to_le_bytes(), &header]),
+        cat(&[&0u64.to_le_bytes(), &[0; 4], &to_cbor(&Vec::<PackEntry>::new())]),
+    ])?;
+
+    let index = IndexFile {
+        packs: vec![IndexPack { id: PackId([4; 32]), size: 200, blobs: entries() }],
+        supersedes: vec![IndexId([6; 32])],
+    };
+    write(root, "index_file", vec![to_cbor(&index), to_cbor(&IndexFile::default())])?;
+    write(root, "snapshot", vec![to_cbor(&snapshot())])?;
+    write(root, "tree", vec![to_cbor(&tree()), to_cbor(&Tree::default())])?;
+
+    let material = KeyMaterial { enc: [0xaa; 32], id: [0xbb; 32] };
+    let kf = KeyFile::wrap(&material, PASSWORD, KdfParams::insecure_for_tests(), "h", "u")?;
+    let other = KeyFile::wrap(&material, b"other", KdfParams::insecure_for_tests(), "h", "u")?;
+    write(root, "key_file", vec![kf.encode(), other.encode()])?;
+
+    let cfg = to_cbor(&config());
+    write(root, "repo_config", vec![cat(&[&(cfg.len() as u16).to_le_bytes(), &cfg, &[0x5a; 3000]])])?;
+
+    let k = key();
+    let mut c = Compressor::new(3)?;
+    let text = b"lifeboat ".repeat(50);
+    write(root, "open_sealed", vec![
+        cat(&[&[0], &k.seal_stored(aad::CONFIG, &cfg)]),
+        cat(&[&[1], &k.seal_compressed(aad::INDEX, &to_cbor(&index), &mut c)]),
+        cat(&[&[2], &k.seal_compressed(aad::SNAPSHOT, &text, &mut c)]),
+        cat(&[&[3], &k.seal_stored(aad::PACK_HEADER, &header)]),
+    ])?;
+    write(root, "seal_tamper", vec![
+        cat(&[&[0, 0, 5, 0, 0, 0, 0x80], b"payload"]),
+        cat(&[&[1, 1, 40, 0, 0, 0, 1], &text]),
+        cat(&[&[6, 3, 9, 1, 0, 0, 3], &text]),
+    ])?;
+    let z = zstd::bulk::compress(&text, 3)?;
+    write(root, "open_authentic", vec![
+        cat(&[&[0], b"stored"]),
+        cat(&[&[1], &z]),
+        cat(&[&[1], &z, &z]),
+        cat(&[&[1], &zstd::bulk::compress(&[0u8; 100_000], 3)?]),
+        seal_raw(b"x", b"\x01")[..1].to_vec(),
+    ])?;
+
+    // Built from JSON so that fields added later (optional ones) need no change here.
+    let lease: LeaseInfo = serde_json::from_str(
+        r#"{"kind":"write","operation":"backup","hostname":"h","pid":4242,"created":1.7e9,"refreshed":1700000200.5,"ttl_s":600.0}"#,
+    )?;
+    write(root, "lease", vec![serde_json::to_vec(&lease)?])?;
+    let rec = Condemned { created: 1.7e9, packs: vec![PackId([4; 32]), PackId([0xfe; 32])] };
+    write(root, "condemned", vec![serde_json::to_vec(&rec)?])?;
+    Ok(())
+}
