@@ -65,6 +65,9 @@ pub struct CopyReport {
     pub copied: Vec<CopiedSnapshot>,
     /// Snapshots the target already had.
     pub already_present: Vec<SnapshotId>,
+    /// Snapshots asked for that the source no longer has (forgotten since they were listed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gone: Vec<SnapshotId>,
 }
 
 /// Whether two repositories can copy between each other.
@@ -95,6 +98,9 @@ pub fn copy(
     }
     let _read = Lease::acquire(src, LeaseKind::Read, "copy (source)", DEFAULT_TTL)?;
     let write = Lease::acquire(dst, LeaseKind::Write, "copy (target)", DEFAULT_TTL)?;
+    // The caller listed `snapshots` before the read lease existed: one forgotten since may
+    // already have lost its packs to a prune. Those still listed now are protected.
+    let still_there: HashSet<SnapshotId> = src.snapshot_ids()?.into_iter().collect();
     let src_index = src.load_index()?;
     let (existing, _) = dst.snapshots()?;
     let present: HashSet<SnapshotId> = existing
@@ -104,6 +110,14 @@ pub fn copy(
         .collect();
     let mut report = CopyReport::default();
     for (sid, snap) in snapshots {
+        if !still_there.contains(sid) {
+            tracing::warn!(
+                "snapshot {} was forgotten in the source; not copied",
+                sid.short()
+            );
+            report.gone.push(*sid);
+            continue;
+        }
         if present.contains(sid) {
             report.already_present.push(*sid);
             continue;

@@ -9,6 +9,19 @@
 //! background thread, so a lease whose holder died simply expires after the TTL; on the
 //! holder's own host a lease whose process is gone is dead at once. Nobody ever has to
 //! remove a lease by hand.
+//!
+//! "The holder's own host" means the same kernel boot and the same pid namespace, not just
+//! the same host name: two containers may share a name but not their process tables. A pid
+//! that was reused by another process is recognised by its start time.
+//!
+//! # Fencing
+//! Others treat a lease as dead once it has not been refreshed for a TTL. A holder that
+//! stalled (SIGSTOP, swapping, a hung disk) for that long must therefore never commit, even
+//! if it refreshes the file again afterwards: the refresher marks the lease *lost* when it
+//! finds that its previous refresh is older than the TTL minus a margin, and
+//! [`Lease::check_valid`] fails from then on. Elapsed time is measured on both the
+//! monotonic clock (immune to clock steps) and the wall clock (which, unlike the monotonic
+//! clock, keeps running while the machine is suspended); the larger wins.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -51,6 +64,13 @@ pub struct LeaseInfo {
     pub refreshed: f64,
     /// Seconds after `refreshed` at which it expires.
     pub ttl_s: f64,
+    /// Identifies the process table `pid` belongs to (kernel boot id and pid namespace);
+    /// the pid is only checked by readers that share it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
+    /// Start time of the process (clock ticks since boot), to recognise a reused pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
 }
 
 /// Wall-clock seconds since the epoch.
@@ -60,15 +80,48 @@ pub fn now_s() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn pid_alive(pid: u32) -> bool {
-    std::path::Path::new("/proc").join(pid.to_string()).exists()
+/// This process table's identity: kernel boot id and pid namespace (`None` off Linux).
+fn local_host_id() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(format!("{}/{}", boot.trim(), ns.display()))
+}
+
+/// State and start time (field 3 and 22 of `/proc/<pid>/stat`), or `None` when there is
+/// no such process.
+fn proc_stat(pid: u32) -> Option<(char, Option<u64>)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start = fields.nth(18).and_then(|f| f.parse().ok());
+    Some((state, start))
+}
+
+/// Whether the process `pid` that started at `start` (when known) still runs here. A
+/// zombie (killed, not yet reaped) does not run.
+fn pid_alive(pid: u32, start: Option<u64>) -> bool {
+    match proc_stat(pid) {
+        None => false,
+        Some(('Z' | 'X', _)) => false,
+        Some((_, now_start)) => match (start, now_start) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        },
+    }
 }
 
 impl LeaseInfo {
-    /// Whether the lease still holds at `now`: refreshed within its TTL and, when held on
-    /// this host, its process still runs.
+    /// Whether the lease still holds at `now`: refreshed within its TTL and, when held in
+    /// this process table (same boot, same pid namespace), its process still runs.
     pub fn is_live(&self, now: f64) -> bool {
-        if self.hostname == local_hostname() && !pid_alive(self.pid) {
+        let same_table = match &self.host_id {
+            Some(h) => Some(h) == local_host_id().as_ref(),
+            // Written without a host id: trust the host name alone.
+            None => self.hostname == local_hostname(),
+        };
+        if same_table && !pid_alive(self.pid, self.pid_start) {
             return false;
         }
         self.refreshed + self.ttl_s > now
@@ -112,7 +165,8 @@ pub struct Lease {
     repo: Repository,
     path: String,
     info: Arc<Mutex<LeaseInfo>>,
-    last_ok: Arc<Mutex<Instant>>,
+    last_ok: Arc<Mutex<Stamp>>,
+    lost: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     wake: Option<crossbeam_channel::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -121,6 +175,33 @@ pub struct Lease {
 
 /// Default lease TTL.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
+
+/// When the lease file was last written successfully, on both clocks.
+#[derive(Debug, Clone, Copy)]
+struct Stamp {
+    mono: Instant,
+    wall: f64,
+}
+
+impl Stamp {
+    fn now() -> Stamp {
+        Stamp {
+            mono: Instant::now(),
+            wall: now_s(),
+        }
+    }
+
+    /// Time since the stamp: the larger of the monotonic and the wall-clock reading.
+    fn age(&self) -> Duration {
+        let wall = Duration::try_from_secs_f64(now_s() - self.wall).unwrap_or_default();
+        self.mono.elapsed().max(wall)
+    }
+}
+
+/// How long before the TTL a holder stops trusting its lease.
+fn margin(ttl: Duration) -> Duration {
+    ttl / 10
+}
 
 impl Lease {
     /// Takes a lease of `kind` for `operation`.
@@ -148,18 +229,24 @@ impl Lease {
             created: now,
             refreshed: now,
             ttl_s: ttl.as_secs_f64(),
+            host_id: local_host_id(),
+            pid_start: proc_stat(std::process::id()).and_then(|(_, start)| start),
         };
+        let written = Stamp::now();
         write_lease(repo, &path, &info)?;
         let info = Arc::new(Mutex::new(info));
-        let last_ok = Arc::new(Mutex::new(Instant::now()));
+        // The file became visible at some point after `written`: the conservative stamp.
+        let last_ok = Arc::new(Mutex::new(written));
+        let lost = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
         let thread = {
-            let (repo, path, info, last_ok, stop) = (
+            let (repo, path, info, last_ok, lost, stop) = (
                 repo.clone(),
                 path.clone(),
                 info.clone(),
                 last_ok.clone(),
+                lost.clone(),
                 stop.clone(),
             );
             let period = ttl / 3;
@@ -174,13 +261,21 @@ impl Lease {
                     {
                         return;
                     }
+                    // Too late: others may already have treated the lease as dead and acted
+                    // on it. Refreshing now would hide that; the holder must not commit.
+                    if last_ok.lock().age() + margin(ttl) >= ttl {
+                        lost.store(true, Ordering::SeqCst);
+                        tracing::warn!("lease {path} lapsed (not refreshed for a TTL); the operation will not commit");
+                        return;
+                    }
+                    let stamp = Stamp::now();
                     let snapshot = {
                         let mut i = info.lock();
-                        i.refreshed = now_s();
+                        i.refreshed = stamp.wall;
                         i.clone()
                     };
                     match write_lease(&repo, &path, &snapshot) {
-                        Ok(()) => *last_ok.lock() = Instant::now(),
+                        Ok(()) => *last_ok.lock() = stamp,
                         Err(e) => tracing::warn!("could not refresh lease {path}: {e}"),
                     }
                 })
@@ -194,6 +289,7 @@ impl Lease {
             path,
             info,
             last_ok,
+            lost,
             stop,
             wake: Some(wake_tx),
             thread: Some(thread),
@@ -211,14 +307,22 @@ impl Lease {
         self.info.lock().created
     }
 
+    /// The lease file's contents as last written.
+    pub fn info(&self) -> LeaseInfo {
+        self.info.lock().clone()
+    }
+
     /// Fencing: fails when the lease may have expired (its last successful refresh is older
-    /// than the TTL minus a safety margin). Call right before committing.
+    /// than the TTL minus a safety margin), or lapsed at any time before, even if it was
+    /// refreshed since. Call right before committing.
     ///
     /// # Errors
     /// [`Error::LeaseExpired`].
     pub fn check_valid(&self) -> Result<()> {
-        let margin = self.ttl / 10;
-        if self.last_ok.lock().elapsed() + margin >= self.ttl {
+        if self.lost.load(Ordering::SeqCst)
+            || self.last_ok.lock().age() + margin(self.ttl) >= self.ttl
+        {
+            self.lost.store(true, Ordering::SeqCst);
             return Err(Error::LeaseExpired {
                 operation: self.info.lock().operation.clone(),
             });
@@ -244,4 +348,89 @@ fn write_lease(repo: &Repository, path: &str, info: &LeaseInfo) -> Result<()> {
     let bytes = serde_json::to_vec(info).map_err(|e| Error::Invalid(e.to_string()))?;
     repo.storage().put(path, bytes)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KdfParams;
+    use crate::repository::InitOptions;
+
+    fn repo() -> Repository {
+        let storage = lifeboat_storage::Storage::memory().unwrap();
+        let opts = InitOptions {
+            kdf: KdfParams {
+                m_cost: 1024,
+                t_cost: 1,
+                p_cost: 1,
+            },
+            ..InitOptions::default()
+        };
+        Repository::init(storage, b"pw", &opts).unwrap()
+    }
+
+    #[test]
+    fn a_lease_of_this_process_is_live_and_released_on_drop() {
+        let repo = repo();
+        let lease = Lease::acquire(&repo, LeaseKind::Write, "backup", DEFAULT_TTL).unwrap();
+        let leases = list_leases(&repo).unwrap();
+        assert_eq!(leases.len(), 1);
+        assert!(leases[0].1.is_live(now_s()));
+        assert!(lease.check_valid().is_ok());
+        drop(lease);
+        assert!(list_leases(&repo).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_lease_of_a_dead_or_reused_pid_is_dead_at_once() {
+        let repo = repo();
+        let lease = Lease::acquire(&repo, LeaseKind::Write, "backup", DEFAULT_TTL).unwrap();
+        let mut info = lease.info();
+        assert!(info.is_live(now_s()));
+        // Same pid, another start time: the pid was reused.
+        info.pid_start = info.pid_start.map(|s| s + 1);
+        assert!(!info.is_live(now_s()));
+        // A pid that does not exist (above any pid_max).
+        let mut gone = lease.info();
+        gone.pid = u32::MAX - 1;
+        assert!(!gone.is_live(now_s()));
+        // Another process table (another container or machine): only the TTL counts.
+        gone.host_id = Some("elsewhere".into());
+        assert!(gone.is_live(now_s()));
+        assert!(!gone.is_live(now_s() + DEFAULT_TTL.as_secs_f64() + 1.0));
+    }
+
+    #[test]
+    fn a_lapsed_lease_never_validates_again_even_after_a_refresh() {
+        let repo = repo();
+        let ttl = Duration::from_millis(300);
+        let lease = Lease::acquire(&repo, LeaseKind::Write, "backup", ttl).unwrap();
+        assert!(lease.check_valid().is_ok());
+        // Pretend the process stalled for a whole TTL since the last refresh.
+        *lease.last_ok.lock() = Stamp {
+            mono: Instant::now() - ttl,
+            wall: now_s() - ttl.as_secs_f64(),
+        };
+        // The refresher (every TTL/3) notices and gives the lease up instead of reviving it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !lease.lost.load(Ordering::SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "the refresher never noticed the lapse"
+            );
+            std::thread::yield_now();
+        }
+        *lease.last_ok.lock() = Stamp::now();
+        assert!(matches!(
+            lease.check_valid(),
+            Err(Error::LeaseExpired { .. })
+        ));
+    }
+
+    #[test]
+    fn proc_stat_parses_this_process() {
+        let (state, start) = proc_stat(std::process::id()).unwrap();
+        assert!(state == 'R' || state == 'S');
+        assert!(start.is_some());
+    }
 }

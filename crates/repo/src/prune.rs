@@ -8,11 +8,24 @@
 //!    are *condemned*: their ids go into a record `condemned/<hash>` with its creation time.
 //!    Nothing is deleted. Writers that start after the record exists do not build on
 //!    condemned packs (they store fresh copies).
-//! 2. **Sweep** (the same run or a later one). A record is swept only when no live write or
-//!    read lease started before it (plus a clock-skew margin). Then the snapshots are read
-//!    *again*, and a condemned pack still needed by any of them (a backup that started before
-//!    the mark and used it) is kept. The rest: a new index without them is written, the old
-//!    index files are removed, then the packs, then the record.
+//! 2. **Sweep** (the same run or a later one). A record is swept only when no live write
+//!    lease started before it (plus a clock-skew margin) and no read lease is live at all
+//!    (readers do not avoid condemned packs, so one that started late may still read them).
+//!    Then the snapshots are read *again*, and a condemned pack still needed by any of them (a
+//!    backup that started before the mark and used it) is kept. The rest: a new index
+//!    without them is written, the old index files are removed, then the packs, then the
+//!    record.
+//!
+//! Why this is safe: a writer writes its lease and *then* lists the records; prune writes
+//! the record and *then* lists the leases. Whichever comes second sees the other's file:
+//! either the writer avoids the condemned packs, or prune waits for the writer. A record's
+//! `created` time must therefore not be much earlier than the moment it became visible; a
+//! record whose write took longer than half the skew margin is written again with a fresh
+//! time (see `write_record`).
+//!
+//! Only one prune runs at a time: prune writes its own lease, then lists the others. Of two
+//! that see each other, the younger (later `created`, then larger name) gives up at once;
+//! the older waits briefly for the younger to go and gives up if it does not.
 //!
 //! # Crash safety
 //! Each step leaves a usable repository: a crash after the new index leaves duplicate index
@@ -178,17 +191,7 @@ fn load_snapshots_strict(repo: &Repository) -> Result<Vec<(SnapshotId, Snapshot)
 /// unreadable (prune then deletes nothing); storage errors.
 pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let lease = Lease::acquire(repo, LeaseKind::Prune, "prune", opts.lease_ttl)?;
-    let now = now_s();
-    for (path, info) in list_leases(repo)? {
-        if info.kind == LeaseKind::Prune && path != lease.path() && info.is_live(now) {
-            return Err(Error::Leased {
-                what: format!("another prune is running ({})", info.describe()),
-                hint:
-                    "run prune again when it has finished; its lease expires by itself if it died"
-                        .into(),
-            });
-        }
-    }
+    exclude_other_prunes(repo, &lease)?;
     let mut report = PruneReport {
         dry_run: opts.dry_run,
         ..Default::default()
@@ -261,14 +264,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let mut records = records;
     if !condemn.is_empty() {
         condemn.sort();
-        let rec = Condemned {
-            created: now_s(),
-            packs: condemn,
-        };
-        let bytes = serde_json::to_vec(&rec).map_err(|e| Error::Invalid(e.to_string()))?;
-        let path = format!("{}/{}", paths::CONDEMNED, hex::encode(content_id(&bytes)));
-        repo.storage().put(&path, bytes)?;
-        records.push((path, rec));
+        records.push(write_record(repo, condemn, opts.skew)?);
     }
 
     // ---- sweep ---------------------------------------------------------------------
@@ -279,9 +275,12 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         let blockers: Vec<String> = leases
             .iter()
             .filter(|(_, l)| {
-                l.kind != LeaseKind::Prune
-                    && l.is_live(now)
-                    && l.created < rec.created + opts.skew.as_secs_f64()
+                l.is_live(now)
+                    && match l.kind {
+                        LeaseKind::Prune => false,
+                        LeaseKind::Read => true,
+                        LeaseKind::Write => l.created < rec.created + opts.skew.as_secs_f64(),
+                    }
             })
             .map(|(_, l)| l.describe())
             .collect();
@@ -314,42 +313,67 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     }
     let snaps2 = load_snapshots_strict(repo)?;
     usage.add(repo, &index2, &snaps2)?;
-    // A condemned pack is still needed when it holds the only copy of a used blob.
-    let mut needed: HashSet<PackId> = HashSet::new();
-    for (id, loc) in index2.blobs() {
-        if condemned_now.contains(&loc.pack) && usage.used.contains(&id) {
-            needed.insert(loc.pack);
+    // Every copy of every blob, from the index files just loaded.
+    let mut by_pack: HashMap<PackId, IndexPack> = HashMap::new();
+    let mut old_files = Vec::new();
+    for id in index2.files() {
+        let f: IndexFile =
+            match repo.read_file(&paths::index(id), crate::format::aad::INDEX, "index") {
+                Ok(f) => f,
+                Err(Error::Storage(e)) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+        old_files.push(*id);
+        for ip in f.packs {
+            by_pack.entry(ip.id).or_insert(ip);
         }
     }
+    // A condemned pack is still needed when it holds a used blob that has no copy in a
+    // pack that is neither condemned nor damaged.
+    let mut copies: HashMap<BlobId, (bool, Vec<PackId>)> = HashMap::new();
+    for ip in by_pack.values() {
+        for e in &ip.blobs {
+            if !usage.used.contains(&e.id) {
+                continue;
+            }
+            let c = copies.entry(e.id).or_default();
+            if condemned_now.contains(&ip.id) {
+                c.1.push(ip.id);
+            } else if !damaged.contains(&ip.id) {
+                c.0 = true;
+            }
+        }
+    }
+    let needed: HashSet<PackId> = copies
+        .into_values()
+        .filter(|(healthy, _)| !healthy)
+        .flat_map(|(_, packs)| packs)
+        .collect();
     let delete: HashSet<PackId> = condemned_now.difference(&needed).copied().collect();
     report.packs_resurrected = needed.len();
 
     lease.check_valid()?;
     // New index without the deleted packs, then drop the old index files.
-    let mut file = IndexFile::default();
-    let mut by_pack: HashMap<PackId, IndexPack> = HashMap::new();
-    for id in index2.files() {
-        let f: IndexFile = repo.read_file(&paths::index(id), crate::format::aad::INDEX, "index")?;
-        for ip in f.packs {
-            if !delete.contains(&ip.id) {
-                by_pack.entry(ip.id).or_insert(ip);
-            }
-        }
-    }
-    file.packs = by_pack.into_values().collect();
+    let mut file = IndexFile {
+        packs: by_pack
+            .into_values()
+            .filter(|ip| !delete.contains(&ip.id))
+            .collect(),
+        supersedes: old_files.clone(),
+    };
     file.packs.sort_by_key(|a| a.id);
-    file.supersedes = index2.files().to_vec();
-    let old_files = index2.files().to_vec();
     let new_id = if file.packs.is_empty() {
         None
     } else {
         Some(repo.save_index(&file)?)
     };
+    lease.check_valid()?;
     for id in old_files {
         if Some(id) != new_id {
             repo.storage().delete(&paths::index(&id))?;
         }
     }
+    lease.check_valid()?;
     for p in &delete {
         let path = paths::pack(p);
         if let Some(size) = repo.storage().stat(&path)? {
@@ -364,6 +388,90 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     }
     drop(lease);
     Ok(report)
+}
+
+/// How long the older of two prunes that see each other waits for the younger to go.
+const PRUNE_STANDOFF: Duration = Duration::from_secs(10);
+
+/// Makes sure no other prune runs (called with this prune's lease already written).
+///
+/// Two prunes that start together may each see the other's lease. The younger (later
+/// `created`, then larger name) refuses at once; the older waits up to [`PRUNE_STANDOFF`]
+/// for the younger to release its lease, re-listing, and refuses if it is still there (the
+/// younger did not see it and is running). Either way at most one prune goes on: the one
+/// that goes on saw no other live prune lease after writing its own.
+fn exclude_other_prunes(repo: &Repository, lease: &Lease) -> Result<()> {
+    let me = lease.info();
+    let my_key = (me.created, lease.path().to_string());
+    let deadline = std::time::Instant::now() + PRUNE_STANDOFF;
+    loop {
+        let now = now_s();
+        let others: Vec<(String, crate::lease::LeaseInfo)> = list_leases(repo)?
+            .into_iter()
+            .filter(|(path, info)| {
+                info.kind == LeaseKind::Prune && path != lease.path() && info.is_live(now)
+            })
+            .collect();
+        let Some((path, oldest)) = others
+            .iter()
+            .min_by(|a, b| a.1.created.total_cmp(&b.1.created).then(a.0.cmp(&b.0)))
+        else {
+            return Ok(());
+        };
+        if (oldest.created, path.clone()) < my_key || std::time::Instant::now() >= deadline {
+            return Err(Error::Leased {
+                what: format!("another prune is running ({})", oldest.describe()),
+                hint:
+                    "run prune again when it has finished; its lease expires by itself if it died"
+                        .into(),
+            });
+        }
+        // Only younger prunes: they give up by themselves; poll until they are gone.
+        let _ = crossbeam_channel::never::<()>().recv_timeout(Duration::from_millis(100));
+    }
+}
+
+/// Writes a condemned record for `packs`, and returns it with its path.
+///
+/// The sweep compares the record's `created` time with the start of write leases, so the
+/// record must become visible soon after that time: a writer that started after
+/// `created + skew` is assumed to have seen it. When the write took longer than half the
+/// skew margin (a slow or retried upload, a stalled process), the record is written again
+/// with a time taken after the first write had completed, and the first one removed; every
+/// writer that missed both started before the new time.
+fn write_record(
+    repo: &Repository,
+    packs: Vec<PackId>,
+    skew: Duration,
+) -> Result<(String, Condemned)> {
+    let put = |rec: &Condemned| -> Result<String> {
+        let bytes = serde_json::to_vec(rec).map_err(|e| Error::Invalid(e.to_string()))?;
+        let path = format!("{}/{}", paths::CONDEMNED, hex::encode(content_id(&bytes)));
+        repo.storage().put(&path, bytes)?;
+        Ok(path)
+    };
+    let started = std::time::Instant::now();
+    let rec = Condemned {
+        created: now_s(),
+        packs,
+    };
+    let path = put(&rec)?;
+    if started.elapsed() <= skew / 2 {
+        return Ok((path, rec));
+    }
+    tracing::warn!(
+        "writing the condemned record took {:?}; writing it again with a fresh time",
+        started.elapsed()
+    );
+    let again = Condemned {
+        created: now_s(),
+        packs: rec.packs,
+    };
+    let new_path = put(&again)?;
+    if new_path != path {
+        repo.storage().delete(&path)?;
+    }
+    Ok((new_path, again))
 }
 
 /// Copies the used blobs of `packs` into new packs (indexed before return).
