@@ -103,7 +103,7 @@ fn kdf(memory: &str) -> Result<KdfParams> {
     let m: ByteSize = memory
         .parse()
         .map_err(|e: lifeboat_types::ByteSizeError| usage(e.to_string(), None))?;
-    let kib = (m.0 / 1024).clamp(8, 4 << 20) as u32;
+    let kib = (m.0 / 1024).clamp(8, 1 << 20) as u32;
     Ok(KdfParams {
         m_cost: kib,
         ..KdfParams::default()

@@ -549,5 +549,8 @@ fn demo_runs_the_main_job_on_embedded_defaults_and_verifies_it() {
     assert!(out.contains("files identical to the source"), "{out}");
     assert!(out.contains("no errors"), "{out}");
     assert!(work.join("repo/config").exists());
-    assert_same_tree(&work.join("sample-shop"), &work.join("restored/sample-shop"));
+    assert_same_tree(
+        &work.join("sample-shop"),
+        &work.join("restored/sample-shop"),
+    );
 }

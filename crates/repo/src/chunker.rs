@@ -36,21 +36,64 @@ impl Chunker {
     /// The first error of `input` or `emit`.
     pub fn chunk<R: Read, E: From<std::io::Error>>(
         &self,
+        input: R,
+        buf: &mut Vec<u8>,
+        emit: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        self.chunk_sized(input, None, buf, emit)
+    }
+
+    /// Like [`Chunker::chunk`], with the expected input size (a file's size) so that small
+    /// inputs use a buffer of their own size instead of twice the maximum chunk size. The
+    /// hint only sizes the buffer: inputs of any actual length are chunked correctly.
+    ///
+    /// # Errors
+    /// The first error of `input` or `emit`.
+    pub fn chunk_sized<R: Read, E: From<std::io::Error>>(
+        &self,
         mut input: R,
+        size_hint: Option<u64>,
         buf: &mut Vec<u8>,
         mut emit: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<u64, E> {
         let max = self.params.max as usize;
-        let cap = 2 * max;
+        let full = 2 * max;
+        // A small input is read whole (plus one byte to see its end) into a small buffer;
+        // anything larger, or unknown, gets the full buffer, released afterwards.
+        let mut cap = match size_hint {
+            Some(n) if (n as usize) < max => (n as usize + 1).max(4096),
+            _ => full,
+        };
         if buf.len() < cap {
             buf.resize(cap, 0);
         }
+        let result = self.chunk_inner(&mut input, buf, &mut cap, full, &mut emit);
+        if buf.len() > max {
+            *buf = Vec::new(); // keep at most one small buffer per thread
+        }
+        result
+    }
+
+    fn chunk_inner<R: Read, E: From<std::io::Error>>(
+        &self,
+        input: &mut R,
+        buf: &mut Vec<u8>,
+        cap: &mut usize,
+        full: usize,
+        emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let max = self.params.max as usize;
         let mut len = 0usize;
         let mut total = 0u64;
         let mut eof = false;
         loop {
-            while !eof && len < cap {
-                match input.read(&mut buf[len..cap]) {
+            if !eof && len == *cap && *cap < full {
+                // The size hint was wrong (the file grew): switch to the full buffer.
+                *cap = full;
+                buf.resize(full, 0);
+            }
+            while !eof && len < *cap {
+                match input.read(&mut buf[len..*cap]) {
                     Ok(0) => eof = true,
                     Ok(n) => {
                         len += n;

@@ -76,9 +76,9 @@ pub struct KeyFile {
 
 /// Largest key file accepted (they are a few hundred bytes).
 const MAX_KEY_FILE: usize = 64 * 1024;
-/// Largest Argon2 memory cost accepted from a key file (4 GiB), so a hostile key file cannot
-/// make `open` exhaust memory.
-const MAX_M_COST: u32 = 4 * 1024 * 1024;
+/// Largest Argon2 memory cost accepted from a key file (1 GiB), so a hostile key file cannot
+/// make `open` exhaust memory or stall.
+const MAX_M_COST: u32 = 1024 * 1024;
 
 impl KeyFile {
     /// Wraps `material` with `password`.
@@ -125,7 +125,7 @@ impl KeyFile {
                 k.version, k.kdf
             ));
         }
-        if k.params.m_cost > MAX_M_COST || k.params.t_cost > 64 || k.params.p_cost > 64 {
+        if k.params.m_cost > MAX_M_COST || k.params.t_cost > 16 || k.params.p_cost > 16 {
             return Err("key derivation costs are out of range".into());
         }
         Ok(k)

@@ -53,7 +53,7 @@ impl Default for InitOptions {
             chunker: ChunkerParams {
                 min: 512 << 10,
                 avg: 1 << 20,
-                max: 8 << 20,
+                max: 4 << 20,
                 seed: 0,
             },
             hostname: local_hostname(),

@@ -187,7 +187,14 @@ impl BlobWriter {
                 Box::new(move || pack_loop(&sh, &seal_rx, &pack_tx, pack_size)),
             )?);
         }
-        for i in 0..opts.uploaders.max(1) {
+        // A local disk gains nothing from parallel writes of whole packs, and each one in
+        // flight holds a pack in memory; object stores hide latency with parallel uploads.
+        let uploaders = if repo.storage().describe().starts_with("s3://") {
+            opts.uploaders.max(1)
+        } else {
+            1
+        };
+        for i in 0..uploaders {
             let rx = pack_rx.clone();
             let sh = shared.clone();
             threads.push(spawn(

@@ -477,34 +477,51 @@ fn read_file(
         source: e,
     };
     let file = File::open(path).map_err(io)?;
+    let size = file.metadata().map(|m| m.len()).ok();
     let mut content = Vec::new();
-    let total = store_stream(repo, writer, chunker, file, buf, &mut content, progress).map_err(
-        |e| match e {
+    let sink = Sink {
+        repo,
+        writer,
+        chunker,
+        progress,
+    };
+    let total = sink
+        .store(file, size, buf, &mut content)
+        .map_err(|e| match e {
             Error::Io { source, .. } => io(source),
             other => other,
-        },
-    )?;
+        })?;
     Ok((content, total))
 }
 
-fn store_stream<R: Read>(
-    repo: &Repository,
-    writer: &BlobWriter,
-    chunker: &Chunker,
-    input: R,
-    buf: &mut Vec<u8>,
-    content: &mut Vec<BlobId>,
-    progress: &Progress,
-) -> Result<u64> {
-    chunker.chunk::<_, Error>(input, buf, |chunk| {
-        let id = repo.key().blob_id(chunk);
-        if writer.claim(&id) {
-            writer.save(BlobKind::Data, id, chunk.to_vec())?;
-        }
-        Progress::add(&progress.bytes_done, chunk.len() as u64);
-        content.push(id);
-        Ok(())
-    })
+/// Where file contents go: chunked, hashed, deduplicated into the write pipeline.
+struct Sink<'a> {
+    repo: &'a Repository,
+    writer: &'a BlobWriter,
+    chunker: &'a Chunker,
+    progress: &'a Progress,
+}
+
+impl Sink<'_> {
+    /// Stores one stream; appends its blob ids to `content` and returns its length.
+    fn store<R: Read>(
+        &self,
+        input: R,
+        size_hint: Option<u64>,
+        buf: &mut Vec<u8>,
+        content: &mut Vec<BlobId>,
+    ) -> Result<u64> {
+        self.chunker
+            .chunk_sized::<_, Error>(input, size_hint, buf, |chunk| {
+                let id = self.repo.key().blob_id(chunk);
+                if self.writer.claim(&id) {
+                    self.writer.save(BlobKind::Data, id, chunk.to_vec())?;
+                }
+                Progress::add(&self.progress.bytes_done, chunk.len() as u64);
+                content.push(id);
+                Ok(())
+            })
+    }
 }
 
 fn build_trees(
@@ -594,15 +611,13 @@ pub fn backup_stream<R: Read>(
     let chunker = Chunker::new(repo.config().chunker);
     let mut content = Vec::new();
     let mut buf = Vec::new();
-    let size = store_stream(
+    let sink = Sink {
         repo,
-        &writer,
-        &chunker,
-        input,
-        &mut buf,
-        &mut content,
+        writer: &writer,
+        chunker: &chunker,
         progress,
-    )?;
+    };
+    let size = sink.store(input, None, &mut buf, &mut content)?;
     let now = jiff::Timestamp::now();
     let node = Node {
         name: filename.as_bytes().to_vec(),
