@@ -540,14 +540,45 @@ fn walk(dir: &Path, prefix: String, out: &mut BTreeMap<String, ()>) {
     }
 }
 
-/// The delay for kill fraction `f` of a run time `t`.
-fn delay(f: f64, t: Duration) -> Duration {
-    t.mul_f64(f)
+/// Copies the directory `from` to `to` (files and directories only, as repositories hold).
+fn clone_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            clone_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
 }
 
-/// Updates the run-time estimate with a complete run.
-fn remeasure(t: &mut Duration, took: Duration) {
-    *t = (*t + took) / 2;
+impl World {
+    /// How long `cmd` takes in the present state: it runs to completion against a copy of
+    /// `repo` (the repository it changes); `cmd` gets the copy's path.
+    fn measure(&self, repo: &Path, cmd: impl Fn(&Path) -> Command, what: &str) -> Duration {
+        let copy = self.scratch.join("measure");
+        let _ = fs::remove_dir_all(&copy);
+        clone_dir(repo, &copy);
+        let start = Instant::now();
+        self.ok(&mut cmd(&copy), what);
+        let took = start.elapsed();
+        fs::remove_dir_all(&copy).unwrap();
+        took
+    }
+
+    /// Kills `cmd` (against `repo`) at fraction `f` of its run time measured just before.
+    fn kill_measured(
+        &mut self,
+        f: f64,
+        repo: &Path,
+        cmd: impl Fn(&Path) -> Command,
+        what: &str,
+    ) -> (Ran, Duration) {
+        let t = self.measure(repo, &cmd, what);
+        let d = t.mul_f64(f);
+        (self.run_and_kill(&mut cmd(repo), what, d), d)
+    }
 }
 
 #[test]
@@ -555,10 +586,7 @@ fn backup_killed_at_random_points_loses_nothing() {
     let started = Instant::now();
     let mut w = World::new("backup kills");
     let n = kills_wanted(20);
-    // Measure: a first complete backup of the whole tree, then one of a day's changes.
     w.backup();
-    w.mutate();
-    let (_, mut t) = w.backup();
     let mut fractions = w.fractions(n);
     let mut attempts = 0;
     while let Some(f) = fractions.pop() {
@@ -570,9 +598,17 @@ fn backup_killed_at_random_points_loses_nothing() {
         w.mutate();
         let before = w.snapshots(&w.repo);
         let pending = w.tree.clone();
-        let d = delay(f, t);
-        let data = w.data.clone();
-        let ran = w.run_and_kill(lifeboat(&w.repo).arg("backup").arg(&data), "backup", d);
+        let (repo, data) = (w.repo.clone(), w.data.clone());
+        let (ran, d) = w.kill_measured(
+            f,
+            &repo,
+            |r| {
+                let mut c = lifeboat(r);
+                c.arg("backup").arg(&data);
+                c
+            },
+            "backup",
+        );
         let after = w.snapshots(&w.repo);
         for id in before.keys() {
             assert!(
@@ -585,9 +621,8 @@ fn backup_killed_at_random_points_loses_nothing() {
             .filter(|id| !before.contains_key(*id))
             .collect();
         match ran {
-            Ran::Finished(took) => {
+            Ran::Finished(_) => {
                 assert_eq!(new.len(), 1, "a finished backup makes one snapshot");
-                remeasure(&mut t, took);
                 fractions.push(w.rng.random_range(0.01..0.97));
             }
             Ran::Killed => {
@@ -606,8 +641,7 @@ fn backup_killed_at_random_points_loses_nothing() {
         let when = format!("after a backup killed at {:.0}% ({d:?})", f * 100.0);
         w.check(&w.repo, &when);
         w.verify_all(&w.repo, &when);
-        let (_, took) = w.backup();
-        remeasure(&mut t, took);
+        w.backup();
         w.forget(&w.repo, 2, true);
         w.collect_store();
     }
@@ -621,39 +655,38 @@ fn backup_killed_at_random_points_loses_nothing() {
 fn prune_killed_at_random_points_loses_nothing() {
     let started = Instant::now();
     let mut w = World::new("prune kills");
-    let n = kills_wanted(15);
+    let n = kills_wanted(20);
     w.backup();
-    // Garbage for prune: newer snapshots, the older ones forgotten (without pruning).
-    let garbage = |w: &mut World| {
-        for _ in 0..2 {
-            w.mutate();
-            w.backup();
-        }
-        w.forget(&w.repo.clone(), 1, false);
-    };
-    garbage(&mut w);
-    let start = Instant::now();
-    w.ok(lifeboat(&w.repo).arg("prune"), "prune");
-    let mut t = start.elapsed();
     let mut fractions = w.fractions(n);
     let mut attempts = 0;
     while let Some(f) = fractions.pop() {
         attempts += 1;
         assert!(attempts <= 3 * n, "prunes keep finishing before their kill");
-        garbage(&mut w);
+        // Garbage for prune: newer snapshots, the older ones forgotten (without pruning).
+        for _ in 0..2 {
+            w.mutate();
+            w.backup();
+        }
+        w.forget(&w.repo, 1, false);
         let before = w.snapshots(&w.repo);
-        let d = delay(f, t);
-        let ran = w.run_and_kill(lifeboat(&w.repo).arg("prune"), "prune", d);
+        let repo = w.repo.clone();
+        let (ran, d) = w.kill_measured(
+            f,
+            &repo,
+            |r| {
+                let mut c = lifeboat(r);
+                c.arg("prune");
+                c
+            },
+            "prune",
+        );
         assert_eq!(
             w.snapshots(&w.repo),
             before,
             "prune must never add or remove snapshots"
         );
         match ran {
-            Ran::Finished(took) => {
-                remeasure(&mut t, took);
-                fractions.push(w.rng.random_range(0.01..0.97));
-            }
+            Ran::Finished(_) => fractions.push(w.rng.random_range(0.01..0.97)),
             Ran::Killed => w.kills.push((f, d)),
         }
         let when = format!("after a prune killed at {:.0}% ({d:?})", f * 100.0);
@@ -692,12 +725,6 @@ fn copy_killed_at_random_points_never_shows_a_snapshot_with_missing_data() {
     let to = dr.to_string_lossy().into_owned();
     w.backup();
     w.ok(lifeboat(&repo).args(["copy", "--to", &to]), "copy");
-    // Measure: the copy of one day's changes.
-    w.mutate();
-    w.backup();
-    let start = Instant::now();
-    w.ok(lifeboat(&repo).args(["copy", "--to", &to]), "copy");
-    let mut t = start.elapsed();
     let mut fractions = w.fractions(n);
     let mut attempts = 0;
     while let Some(f) = fractions.pop() {
@@ -710,13 +737,18 @@ fn copy_killed_at_random_points_never_shows_a_snapshot_with_missing_data() {
         }
         let before_src = w.snapshots(&repo);
         let before_dr = w.snapshots(&dr);
-        let d = delay(f, t);
-        let ran = w.run_and_kill(lifeboat(&repo).args(["copy", "--to", &to]), "copy", d);
+        let (ran, d) = w.kill_measured(
+            f,
+            &dr,
+            |target| {
+                let mut c = lifeboat(&repo);
+                c.args(["copy", "--to"]).arg(target);
+                c
+            },
+            "copy",
+        );
         match ran {
-            Ran::Finished(took) => {
-                remeasure(&mut t, took);
-                fractions.push(w.rng.random_range(0.01..0.97));
-            }
+            Ran::Finished(_) => fractions.push(w.rng.random_range(0.01..0.97)),
             Ran::Killed => w.kills.push((f, d)),
         }
         assert_eq!(w.snapshots(&repo), before_src, "copy changed its source");
