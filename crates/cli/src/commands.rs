@@ -99,6 +99,17 @@ fn open(g: &Global) -> Result<Repository> {
         .with_context(|| format!("open repository {describe}"))
 }
 
+/// A read lease: a running prune will not delete packs this command reads. Taken before
+/// the snapshot is looked up, so a snapshot found stays readable.
+fn read_lease(repo: &Repository, what: &str) -> Result<lifeboat_repo::lease::Lease> {
+    Ok(lifeboat_repo::lease::Lease::acquire(
+        repo,
+        lifeboat_repo::lease::LeaseKind::Read,
+        what,
+        lifeboat_repo::lease::DEFAULT_TTL,
+    )?)
+}
+
 fn kdf(memory: &str) -> Result<KdfParams> {
     let m: ByteSize = memory
         .parse()
@@ -269,6 +280,7 @@ pub fn run(args: Args) -> Result<u8> {
         Command::Ls(c) => {
             let repo = open(g)?;
             let (spec, path) = split_target(&c.target);
+            let _lease = read_lease(&repo, "ls")?;
             let (sid, snap) = repo.find_snapshot(spec)?;
             let index = repo.load_index()?;
             let mut entries: Vec<LsEntry> = Vec::new();
@@ -330,6 +342,7 @@ pub fn run(args: Args) -> Result<u8> {
         }
         Command::Diff(c) => {
             let repo = open(g)?;
+            let _lease = read_lease(&repo, "diff")?;
             let (a_id, a) = repo.find_snapshot(&c.from)?;
             let (b_id, b) = repo.find_snapshot(&c.to)?;
             let index = repo.load_index()?;
@@ -408,13 +421,8 @@ pub fn run(args: Args) -> Result<u8> {
         Command::Restore(c) => {
             let repo = open(g)?;
             let (spec, path) = split_target(&c.target_snapshot);
+            let _lease = read_lease(&repo, "restore")?;
             let (sid, snap) = repo.find_snapshot(spec)?;
-            let _lease = lifeboat_repo::lease::Lease::acquire(
-                &repo,
-                lifeboat_repo::lease::LeaseKind::Read,
-                "restore",
-                lifeboat_repo::lease::DEFAULT_TTL,
-            )?;
             let index = repo.load_index()?;
             let progress = Arc::new(Progress::default());
             let report = {
@@ -467,6 +475,7 @@ pub fn run(args: Args) -> Result<u8> {
             if path.is_empty() {
                 return Err(usage("dump needs SNAPSHOT:PATH of a file", None));
             }
+            let _lease = read_lease(&repo, "dump")?;
             let (sid, snap) = repo.find_snapshot(spec)?;
             let index = repo.load_index()?;
             let stdout = std::io::stdout();
@@ -502,12 +511,7 @@ pub fn run(args: Args) -> Result<u8> {
                 }
                 None => None,
             };
-            let _lease = lifeboat_repo::lease::Lease::acquire(
-                &repo,
-                lifeboat_repo::lease::LeaseKind::Read,
-                "check",
-                lifeboat_repo::lease::DEFAULT_TTL,
-            )?;
+            let _lease = read_lease(&repo, "check")?;
             let report = check(
                 &repo,
                 &CheckOptions {

@@ -554,3 +554,19 @@ fn demo_runs_the_main_job_on_embedded_defaults_and_verifies_it() {
         &work.join("restored/sample-shop"),
     );
 }
+
+#[test]
+fn an_interrupted_init_can_be_completed_and_opens_reliably() {
+    // Regression (found by the crash tests): a key left by an init that died before writing
+    // the config made `open` report a damaged config when it was tried first.
+    let env = Env::new();
+    env.init();
+    std::fs::remove_file(env.repo.join("config")).unwrap();
+    let o = env.run(&["snapshots"]);
+    assert_eq!(code(&o), 1, "a missing config is damage: {}", stderr(&o));
+    assert!(stderr(&o).contains("config"));
+    env.init();
+    for _ in 0..5 {
+        env.ok(&["snapshots"]);
+    }
+}

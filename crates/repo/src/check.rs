@@ -105,12 +105,25 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
             PackId::from_hex(name).ok().map(|id| (id, e.size))
         })
         .collect();
+    // Packs condemned by prune may disappear while we look: a running sweep deletes them
+    // after rewriting the index. Their absence is not damage.
+    let condemned: HashSet<PackId> = crate::prune::condemned_records(repo)?
+        .into_iter()
+        .flat_map(|(_, c)| c.packs)
+        .collect();
     let mut missing: Vec<_> = indexed
         .iter()
         .filter(|(p, _)| !listed.contains_key(p))
         .collect();
     missing.sort();
     for (p, _) in missing {
+        if condemned.contains(p) {
+            report.warnings.push(Problem {
+                file: paths::pack(p),
+                message: "condemned by prune and being deleted".into(),
+            });
+            continue;
+        }
         report.errors.push(Problem {
             file: paths::pack(p),
             message: "missing: the index names this pack but it does not exist".into(),
@@ -168,6 +181,13 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
         for ((p, size), res) in packs.iter().zip(results) {
             report.packs_read += 1;
             report.bytes_read += size;
+            if condemned.contains(p) && repo.storage().stat(&paths::pack(p))?.is_none() {
+                report.warnings.push(Problem {
+                    file: paths::pack(p),
+                    message: "condemned by prune and deleted while being read".into(),
+                });
+                continue;
+            }
             if let Err(problems) = res {
                 damaged.insert(*p);
                 report.errors.extend(problems);

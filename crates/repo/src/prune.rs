@@ -206,13 +206,16 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         .collect();
     let mut avoid = damaged.clone();
     avoid.extend(already.iter().copied());
+    // Snapshots before the index: a snapshot is written after the index files it needs, so
+    // every snapshot listed here has its blobs in the index loaded next (a backup committing
+    // in between would otherwise look like a snapshot with missing trees).
+    let snaps = load_snapshots_strict(repo)?;
     let (index, bad) = repo.load_index_with(&avoid)?;
     if let Some(e) = bad.into_iter().next() {
         return Err(Error::Invalid(format!(
             "an index file is unreadable ({e}); nothing was deleted. Run `lifeboat check`"
         )));
     }
-    let snaps = load_snapshots_strict(repo)?;
     let mut usage = Usage::default();
     usage.add(repo, &index, &snaps)?;
 
@@ -305,13 +308,13 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         .collect();
     let mut avoid2 = damaged.clone();
     avoid2.extend(condemned_now.iter().copied());
+    let snaps2 = load_snapshots_strict(repo)?; // before the index, as above
     let (index2, bad) = repo.load_index_with(&avoid2)?;
     if let Some(e) = bad.into_iter().next() {
         return Err(Error::Invalid(format!(
             "an index file is unreadable ({e}); nothing was deleted. Run `lifeboat check`"
         )));
     }
-    let snaps2 = load_snapshots_strict(repo)?;
     usage.add(repo, &index2, &snaps2)?;
     // Every copy of every blob, from the index files just loaded.
     let mut by_pack: HashMap<PackId, IndexPack> = HashMap::new();

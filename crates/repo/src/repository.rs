@@ -245,6 +245,7 @@ impl Repository {
         keys.sort_by(|a, b| a.path.cmp(&b.path));
         let mut tried = 0;
         let mut damaged: Vec<(String, String)> = Vec::new();
+        let mut config_error: Option<String> = None;
         for entry in &keys {
             let Some(id) = id_from_path(&entry.path) else {
                 continue;
@@ -275,9 +276,15 @@ impl Repository {
                 }
             };
             let key = MasterKey::new(material);
-            let plain = key
-                .open(aad::CONFIG, &config_bytes)
-                .map_err(|e| Error::damaged(paths::CONFIG, e.to_string()))?;
+            let plain = match key.open(aad::CONFIG, &config_bytes) {
+                Ok(p) => p,
+                Err(e) => {
+                    // A key left by an interrupted `init` (or the config is damaged): try the
+                    // other keys before saying so.
+                    config_error = Some(e.to_string());
+                    continue;
+                }
+            };
             let config: RepoConfig = from_cbor("config", &plain)
                 .map_err(|e| Error::damaged(paths::CONFIG, e.to_string()))?;
             if config.version > FORMAT_VERSION {
@@ -297,6 +304,12 @@ impl Repository {
                 config,
                 key_id: KeyId(id),
             });
+        }
+        if let Some(reason) = config_error {
+            return Err(Error::damaged(
+                paths::CONFIG,
+                format!("{reason}: a key opens with this password but the config does not (restore the config from a copy of the repository)"),
+            ));
         }
         if let Some((file, reason)) = damaged.into_iter().next() {
             // A damaged key file may be the one this password opens: say so, not "wrong
@@ -621,13 +634,14 @@ impl Repository {
         Ok((index, bad))
     }
 
-    /// Loads the index for reading (restore, ls, dump): every copy counts, damaged packs
-    /// last. Damaged index files are skipped with a warning.
+    /// Loads the index for reading (restore, ls, dump): every copy counts, damaged and
+    /// condemned packs last. Damaged index files are skipped with a warning.
     ///
     /// # Errors
     /// Storage errors.
     pub fn load_index(&self) -> Result<Index> {
-        let avoid = self.damaged_packs()?;
+        // Condemned packs may be deleted by a running prune: prefer other copies.
+        let avoid = crate::prune::packs_to_avoid(self)?;
         let (index, bad) = self.load_index_with(&avoid)?;
         for e in bad {
             tracing::warn!("{e}");

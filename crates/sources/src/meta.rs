@@ -126,3 +126,38 @@ pub fn apply_metadata(path: &Path, node: &Node, numeric_owner_ok: bool) -> std::
     )?;
     Ok(())
 }
+
+/// Applies owner, mode, xattrs and times of a regular-file `node` through its open file
+/// (no path lookups). Owner changes that are not permitted are skipped silently.
+pub fn apply_metadata_fd(
+    f: &std::fs::File,
+    node: &Node,
+    numeric_owner_ok: bool,
+) -> std::io::Result<()> {
+    if numeric_owner_ok {
+        match rustix::fs::fchown(
+            f,
+            Some(rustix::fs::Uid::from_raw(node.uid)),
+            Some(rustix::fs::Gid::from_raw(node.gid)),
+        ) {
+            Ok(()) | Err(rustix::io::Errno::PERM) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rustix::fs::fchmod(f, rustix::fs::Mode::from_raw_mode(node.mode & 0o7777))?;
+    for x in &node.xattrs {
+        xattr::FileExt::set_xattr(f, OsStr::from_bytes(&x.name), &x.value)?;
+    }
+    let ts = rustix::fs::Timespec {
+        tv_sec: node.mtime,
+        tv_nsec: i64::from(node.mtime_ns) as _,
+    };
+    rustix::fs::futimens(
+        f,
+        &Timestamps {
+            last_access: ts,
+            last_modification: ts,
+        },
+    )?;
+    Ok(())
+}

@@ -24,7 +24,7 @@ use lifeboat_repo::tree::{find_path, walk};
 use lifeboat_repo::{Error, Index, Repository, Result};
 use lifeboat_types::{BlobId, PackId};
 
-use crate::meta::apply_metadata;
+use crate::meta::{apply_metadata, apply_metadata_fd};
 use crate::progress::Progress;
 
 /// How to restore.
@@ -262,8 +262,20 @@ pub fn restore(
     packs.sort_by_key(|a| a.0);
     let errors: Mutex<BTreeMap<usize, String>> = Mutex::new(BTreeMap::new());
     let written = std::sync::atomic::AtomicU64::new(0);
+    let meta_done: Vec<std::sync::atomic::AtomicBool> = (0..entries.len())
+        .map(|_| std::sync::atomic::AtomicBool::new(false))
+        .collect();
+    let ctx = PackCtx {
+        repo,
+        entries: &entries,
+        errors: &errors,
+        written: &written,
+        progress,
+        meta_done: &meta_done,
+        owners: opts.owners,
+    };
     par_map(&packs, opts.threads, |(pack, blobs)| {
-        restore_pack(repo, &entries, pack, blobs, &errors, &written, progress);
+        restore_pack(&ctx, pack, blobs);
     });
     report.bytes = written.into_inner();
     for (i, msg) in errors.into_inner() {
@@ -292,7 +304,7 @@ pub fn restore(
         .collect();
     let meta_errs = par_map(&order, 2, |&i| {
         let e = &entries[i];
-        if failed[i] {
+        if failed[i] || meta_done[i].load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
         apply_metadata(&e.path, &e.node, opts.owners)
@@ -389,15 +401,27 @@ fn create_file(path: &Path, size: u64, sparse: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-fn restore_pack(
-    repo: &Repository,
-    entries: &[Entry],
-    pack: &PackId,
-    blobs: &[(BlobId, BlobLoc, usize, u64)],
-    errors: &Mutex<BTreeMap<usize, String>>,
-    written: &std::sync::atomic::AtomicU64,
-    progress: &Progress,
-) {
+/// What the pack workers share.
+struct PackCtx<'a> {
+    repo: &'a Repository,
+    entries: &'a [Entry],
+    errors: &'a Mutex<BTreeMap<usize, String>>,
+    written: &'a std::sync::atomic::AtomicU64,
+    progress: &'a Progress,
+    /// Entries whose metadata was applied through their open file already.
+    meta_done: &'a [std::sync::atomic::AtomicBool],
+    owners: bool,
+}
+
+fn restore_pack(ctx: &PackCtx<'_>, pack: &PackId, blobs: &[(BlobId, BlobLoc, usize, u64)]) {
+    let PackCtx {
+        repo,
+        entries,
+        errors,
+        written,
+        progress,
+        ..
+    } = *ctx;
     let path = paths::pack(pack);
     let fail_all = |msg: String| {
         let mut g = errors.lock();
@@ -455,14 +479,27 @@ fn restore_pack(
         let single = e.node.content.len() == 1 && !e.node.sparse;
         let res = (|| -> std::io::Result<()> {
             if single {
-                remove_existing(&e.path);
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                    .open(&e.path)?;
+                let open = || {
+                    OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                        .open(&e.path)
+                };
+                // Something else in the way (a symlink, a FIFO): remove it and retry.
+                let mut f = match open() {
+                    Ok(f) => f,
+                    Err(_) => {
+                        remove_existing(&e.path);
+                        open()?
+                    }
+                };
                 f.write_all(&plain)?;
+                // Metadata through the open file: saves three path lookups per file.
+                if apply_metadata_fd(&f, &e.node, ctx.owners).is_ok() {
+                    ctx.meta_done[*i].store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 return Ok(());
             }
             if e.node.sparse && plain.iter().all(|b| *b == 0) {
