@@ -220,3 +220,33 @@ fn restore_of_damaged_data_names_the_files_restores_the_rest_and_backup_heals() 
     env.ok(&["restore", "latest", "--target", t3.to_str().unwrap()]);
     assert_same_tree(&src, &t3.join("src"));
 }
+
+#[test]
+fn a_backup_after_a_pack_was_deleted_or_truncated_stores_the_data_again_without_a_check() {
+    for what in ["delete", "truncate"] {
+        let (env, src) = populated();
+        let packs: Vec<PathBuf> = repo_files(&env.repo)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("/data/"))
+            .collect();
+        let big = packs
+            .iter()
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .unwrap();
+        if what == "delete" {
+            std::fs::remove_file(big).unwrap();
+        } else {
+            let f = std::fs::OpenOptions::new().write(true).open(big).unwrap();
+            f.set_len(1000).unwrap();
+        }
+        // No check in between: backup itself notices the pack is gone or short.
+        let v = env.json(&["backup", src.to_str().unwrap(), "--force"]);
+        assert!(
+            v["summary"]["blobs_added"].as_u64().unwrap() > 0,
+            "{what}: {v}"
+        );
+        let t = env.path("t");
+        env.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+        assert_same_tree(&src, &t.join("src"));
+    }
+}

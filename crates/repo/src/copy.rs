@@ -23,7 +23,6 @@ use crate::error::{Error, Result};
 use crate::format::{paths, BlobKind, NodeKind, Snapshot};
 use crate::index::Index;
 use crate::lease::{Lease, LeaseKind, DEFAULT_TTL};
-use crate::prune::packs_to_avoid;
 use crate::repository::{content_id, Repository};
 use crate::writer::{BlobWriter, WriterOptions};
 
@@ -123,8 +122,7 @@ pub fn copy(
             continue;
         }
         progress(&format!("copying snapshot {}", sid.short()));
-        let avoid = packs_to_avoid(dst)?;
-        let (dst_index, _) = dst.load_index_with(&avoid)?;
+        let dst_index = dst.load_index_for_write()?;
         let writer = BlobWriter::new(dst, Arc::new(dst_index), &opts.writer)?;
         let mut blobs = 0u64;
         let mut stack = vec![snap.tree];

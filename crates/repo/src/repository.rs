@@ -634,19 +634,52 @@ impl Repository {
         Ok((index, bad))
     }
 
-    /// Loads the index for reading (restore, ls, dump): every copy counts, damaged and
-    /// condemned packs last. Damaged index files are skipped with a warning.
+    /// Loads the index for reading (restore, ls, dump): like
+    /// [`Repository::load_index_for_write`], so that where a blob has several copies the
+    /// one in an intact pack is read.
     ///
     /// # Errors
     /// Storage errors.
     pub fn load_index(&self) -> Result<Index> {
-        // Condemned packs may be deleted by a running prune: prefer other copies.
-        let avoid = crate::prune::packs_to_avoid(self)?;
-        let (index, bad) = self.load_index_with(&avoid)?;
-        for e in bad {
+        self.load_index_for_write()
+    }
+
+    /// Loads the index for writers (backup, copy into this repository): blobs in damaged or
+    /// condemned packs, and in packs that are missing or whose size differs from what the
+    /// index says (deleted or truncated since), count as absent, so new snapshots store fresh
+    /// copies instead of building on them. Costs one listing of `data/`.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn load_index_for_write(&self) -> Result<Index> {
+        let mut avoid = crate::prune::packs_to_avoid(self)?;
+        let (index, bad_files) = self.load_index_with(&avoid)?;
+        for e in bad_files {
             tracing::warn!("{e}");
         }
-        Ok(index)
+        let listed: std::collections::HashMap<PackId, u64> = self
+            .storage
+            .list(paths::DATA)?
+            .into_iter()
+            .filter_map(|e| id_from_path(&e.path).map(|id| (PackId(id), e.size)))
+            .collect();
+        let bad: Vec<PackId> = index
+            .packs()
+            .filter(|(p, size)| listed.get(p) != Some(size))
+            .map(|(p, _)| p)
+            .filter(|p| !avoid.contains(p))
+            .collect();
+        if bad.is_empty() {
+            return Ok(index);
+        }
+        for p in &bad {
+            tracing::warn!(
+                "{} is missing or has the wrong size: data it held will be stored again (run `lifeboat check`)",
+                paths::pack(p)
+            );
+        }
+        avoid.extend(bad);
+        Ok(self.load_index_with(&avoid)?.0)
     }
 
     /// Writes an index file.

@@ -29,7 +29,6 @@ use serde::Serialize;
 
 use lifeboat_repo::format::{BlobKind, Node, NodeKind, Snapshot, SnapshotSummary, Tree};
 use lifeboat_repo::lease::{Lease, LeaseKind, DEFAULT_TTL};
-use lifeboat_repo::prune::packs_to_avoid;
 use lifeboat_repo::repository::{local_hostname, local_username};
 use lifeboat_repo::tree::save_tree;
 use lifeboat_repo::{BlobWriter, Chunker, Error, Index, Repository, Result, WriterOptions};
@@ -202,8 +201,7 @@ pub fn backup(
         Some(id) => Some(repo.find_snapshot(&id.to_hex())?),
         None => find_parent(repo, &host, &path_strings)?,
     };
-    let avoid = packs_to_avoid(repo)?;
-    let (index, _) = repo.load_index_with(&avoid)?;
+    let index = repo.load_index_for_write()?;
     let index = Arc::new(index);
     let writer = BlobWriter::new(repo, index.clone(), &opts.writer)?;
     let errors = Mutex::new(Vec::new());
@@ -605,8 +603,7 @@ pub fn backup_stream<R: Read>(
         "backup --stdin",
         opts.lease_ttl.unwrap_or(DEFAULT_TTL),
     )?;
-    let avoid = packs_to_avoid(repo)?;
-    let (index, _) = repo.load_index_with(&avoid)?;
+    let index = repo.load_index_for_write()?;
     let writer = BlobWriter::new(repo, Arc::new(index), &opts.writer)?;
     let chunker = Chunker::new(repo.config().chunker);
     let mut content = Vec::new();
