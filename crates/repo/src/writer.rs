@@ -26,7 +26,7 @@ use lifeboat_types::{BlobId, IndexId, PackId};
 use crate::error::{Error, Result};
 use crate::format::{aad, paths, to_cbor, BlobKind, IndexFile, IndexPack, PackEntry};
 use crate::index::Index;
-use crate::repository::{content_id, Repository};
+use crate::repository::Repository;
 
 /// Knobs of the write pipeline.
 #[derive(Debug, Clone)]
@@ -88,7 +88,8 @@ struct Sealed {
 
 struct Pack {
     id: PackId,
-    bytes: Vec<u8>,
+    staged: lifeboat_storage::Staged,
+    size: u64,
     entries: Vec<PackEntry>,
 }
 
@@ -157,7 +158,14 @@ impl BlobWriter {
         let threads_n = opts.threads.max(1);
         let (job_tx, job_rx) = bounded::<Job>(threads_n * 2);
         let (seal_tx, seal_rx) = bounded::<Sealed>(threads_n);
-        let (pack_tx, pack_rx) = bounded::<Pack>(0);
+        // Packs staged on disk cost no memory while they wait: let two queue up so an fsync
+        // never stalls the packer. Buffered packs (object stores) are handed over directly.
+        let queue = if repo.storage().stages_on_disk() {
+            2
+        } else {
+            0
+        };
+        let (pack_tx, pack_rx) = bounded::<Pack>(queue);
         let mut threads = Vec::new();
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -350,52 +358,92 @@ fn seal_loop(
 }
 
 fn pack_loop(sh: &Shared, rx: &Receiver<Sealed>, tx: &Sender<Pack>, pack_size: usize) {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut entries: Vec<PackEntry> = Vec::new();
-    let finish = |buf: &mut Vec<u8>, entries: &mut Vec<PackEntry>| -> Option<Pack> {
-        if entries.is_empty() {
-            return None;
+    struct Open {
+        staged: lifeboat_storage::Staged,
+        hasher: blake3::Hasher,
+        len: usize,
+        entries: Vec<PackEntry>,
+    }
+    let storage = sh.repo.storage();
+    let start = |sh: &Shared| -> Option<Open> {
+        match storage.stage(pack_size + 64 * 1024) {
+            Ok(staged) => Some(Open {
+                staged,
+                hasher: blake3::Hasher::new(),
+                len: 0,
+                entries: Vec::new(),
+            }),
+            Err(e) => {
+                sh.fail(e.into());
+                None
+            }
         }
+    };
+    let append = |p: &mut Open, bytes: &[u8]| -> Result<()> {
+        p.staged.write(bytes)?;
+        p.hasher.update(bytes);
+        p.len += bytes.len();
+        Ok(())
+    };
+    let finish = |mut p: Open| -> Result<Pack> {
         let header = sh
             .repo
             .key()
-            .seal_stored(crate::format::aad::PACK_HEADER, &to_cbor(&*entries));
-        buf.reserve_exact(header.len() + 4);
-        buf.extend_from_slice(&header);
-        buf.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        let bytes = std::mem::take(buf);
-        Some(Pack {
-            id: PackId(content_id(&bytes)),
-            bytes,
-            entries: std::mem::take(entries),
+            .seal_stored(crate::format::aad::PACK_HEADER, &to_cbor(&p.entries));
+        append(&mut p, &header)?;
+        append(&mut p, &(header.len() as u32).to_le_bytes())?;
+        Ok(Pack {
+            id: PackId(*p.hasher.finalize().as_bytes()),
+            staged: p.staged,
+            size: p.len as u64,
+            entries: p.entries,
         })
     };
+    let mut open: Option<Open> = None;
     for item in rx {
         if sh.failed() {
             continue;
         }
-        if !entries.is_empty() && buf.len() + item.sealed.len() > pack_size {
-            if let Some(p) = finish(&mut buf, &mut entries) {
-                if tx.send(p).is_err() {
-                    return;
+        if let Some(p) =
+            open.take_if(|p| !p.entries.is_empty() && p.len + item.sealed.len() > pack_size)
+        {
+            match finish(p) {
+                Ok(pack) => {
+                    if tx.send(pack).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    sh.fail(e);
+                    continue;
                 }
             }
         }
-        if buf.capacity() == 0 {
-            buf.reserve_exact(pack_size.max(item.sealed.len()) + 64 * 1024);
+        if open.is_none() {
+            open = start(sh);
         }
-        entries.push(PackEntry {
+        let Some(p) = open.as_mut() else { continue };
+        let entry = PackEntry {
             kind: item.kind,
             id: item.id,
-            offset: buf.len() as u32,
+            offset: p.len as u32,
             length: item.sealed.len() as u32,
             raw_len: item.raw_len,
-        });
-        buf.extend_from_slice(&item.sealed);
+        };
+        if let Err(e) = append(p, &item.sealed) {
+            sh.fail(e);
+            continue;
+        }
+        p.entries.push(entry);
     }
     if !sh.failed() {
-        if let Some(p) = finish(&mut buf, &mut entries) {
-            let _ = tx.send(p);
+        if let Some(p) = open.take().filter(|p| !p.entries.is_empty()) {
+            match finish(p) {
+                Ok(pack) => {
+                    let _ = tx.send(pack);
+                }
+                Err(e) => sh.fail(e),
+            }
         }
     }
 }
@@ -405,8 +453,12 @@ fn upload_loop(sh: &Shared, rx: &Receiver<Pack>) {
         if sh.failed() {
             continue;
         }
-        let size = pack.bytes.len() as u64;
-        if let Err(e) = sh.repo.storage().put(&paths::pack(&pack.id), pack.bytes) {
+        let size = pack.size;
+        if let Err(e) = sh
+            .repo
+            .storage()
+            .publish(pack.staged, &paths::pack(&pack.id))
+        {
             sh.fail(e.into());
             continue;
         }

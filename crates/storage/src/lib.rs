@@ -87,6 +87,36 @@ impl FaultPlan {
     }
 }
 
+/// An object being written piece by piece (see [`Storage::stage`]).
+pub struct Staged(StagedInner);
+
+enum StagedInner {
+    File(local::StagedFile),
+    Buffer(Vec<u8>),
+}
+
+impl Staged {
+    /// Appends bytes.
+    ///
+    /// # Errors
+    /// When the temp file cannot be written (disk full, say).
+    pub fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        match &mut self.0 {
+            StagedInner::File(f) => f.write(data),
+            StagedInner::Buffer(b) => {
+                b.extend_from_slice(data);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Staged")
+    }
+}
+
 /// A connection to the place where a repository lives. Cheap to clone; safe to share across
 /// threads.
 #[derive(Clone)]
@@ -240,6 +270,10 @@ impl Storage {
     /// A storage error naming `path`.
     pub fn put(&self, path: &str, data: Vec<u8>) -> Result<(), Error> {
         self.fault(path)?;
+        self.put_unfaulted(path, data)
+    }
+
+    fn put_unfaulted(&self, path: &str, data: Vec<u8>) -> Result<(), Error> {
         let op = &self.inner.op;
         self.inner
             .rt
@@ -250,6 +284,39 @@ impl Storage {
             local::sync_parent(root, path)?;
         }
         Ok(())
+    }
+
+    /// Starts an object that is written piece by piece and published whole with
+    /// [`Storage::publish`]. On a local file system the pieces go straight to a temp file
+    /// (no memory held); elsewhere they are buffered (`size_hint` bytes reserved) and
+    /// uploaded at publish.
+    ///
+    /// # Errors
+    /// When the temp file cannot be created.
+    pub fn stage(&self, size_hint: usize) -> Result<Staged, Error> {
+        Ok(Staged(match &self.inner.local_root {
+            Some(root) => StagedInner::File(local::StagedFile::create(root)?),
+            None => StagedInner::Buffer(Vec::with_capacity(size_hint)),
+        }))
+    }
+
+    /// Whether staged objects live in temp files (a local file system) rather than memory.
+    pub fn stages_on_disk(&self) -> bool {
+        self.inner.local_root.is_some()
+    }
+
+    /// Publishes a staged object under `path`, atomically and durably, as [`Storage::put`]
+    /// does. Dropping a `Staged` without publishing it removes its temp file.
+    ///
+    /// # Errors
+    /// A storage error naming `path`.
+    pub fn publish(&self, staged: Staged, path: &str) -> Result<(), Error> {
+        self.fault(path)?;
+        match (staged.0, &self.inner.local_root) {
+            (StagedInner::File(f), Some(root)) => f.publish(root, path),
+            (StagedInner::Buffer(b), _) => self.put_unfaulted(path, b),
+            (StagedInner::File(_), None) => Err(Error::config(path, "staged on another storage")),
+        }
     }
 
     /// Writes an object only if it does not exist yet. Of several concurrent callers for one

@@ -97,3 +97,54 @@ pub(crate) fn put_new(root: &Path, path: &str, data: &[u8]) -> Result<(), Error>
     result?;
     sync_dirs(root, &target, created_dirs, path)
 }
+
+/// A temp file under `<root>/.tmp` that becomes an object when published.
+pub(crate) struct StagedFile {
+    file: File,
+    tmp: PathBuf,
+}
+
+impl StagedFile {
+    pub(crate) fn create(root: &Path) -> Result<Self, Error> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let tmp = root.join(TMP_DIR).join(format!(
+            "stage-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io(".tmp", e))?;
+        Ok(StagedFile { file, tmp })
+    }
+
+    pub(crate) fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.file.write_all(data).map_err(|e| Error::io(".tmp", e))
+    }
+
+    /// Fsyncs the file, renames it to `path` and fsyncs the directories that changed.
+    pub(crate) fn publish(self, root: &Path, path: &str) -> Result<(), Error> {
+        let target = object_path(root, path)?;
+        let parent = target.parent().unwrap_or(root);
+        let created_dirs = !parent.exists();
+        let result = (|| {
+            fs::create_dir_all(parent).map_err(|e| Error::io(path, e))?;
+            self.file.sync_all().map_err(|e| Error::io(path, e))?;
+            fs::rename(&self.tmp, &target).map_err(|e| Error::io(path, e))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+        result?;
+        sync_dirs(root, &target, created_dirs, path)
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        // After publish the temp name no longer exists; otherwise it is ours to remove.
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
