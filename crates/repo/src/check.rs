@@ -96,15 +96,7 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
     report.packs = indexed.len();
 
     // Packs on storage against the index.
-    let listed: HashMap<PackId, u64> = repo
-        .storage()
-        .list(paths::DATA)?
-        .into_iter()
-        .filter_map(|e| {
-            let name = e.path.rsplit('/').next()?;
-            PackId::from_hex(name).ok().map(|id| (id, e.size))
-        })
-        .collect();
+    let listed: HashMap<PackId, u64> = repo.list_packs()?;
     // Packs condemned by prune may disappear while we look: a running sweep deletes them
     // after rewriting the index. Their absence is not damage.
     let condemned: HashSet<PackId> = crate::prune::condemned_records(repo)?

@@ -219,15 +219,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let mut usage = Usage::default();
     usage.add(repo, &index, &snaps)?;
 
-    let listed: HashMap<PackId, u64> = repo
-        .storage()
-        .list(paths::DATA)?
-        .into_iter()
-        .filter_map(|e| {
-            let name = e.path.rsplit('/').next()?;
-            PackId::from_hex(name).ok().map(|id| (id, e.size))
-        })
-        .collect();
+    let listed: HashMap<PackId, u64> = repo.list_packs()?;
     report.packs_before = listed.len();
 
     // Bytes each pack holds for used blobs (counting a blob only at its chosen location).

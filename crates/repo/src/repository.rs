@@ -644,6 +644,19 @@ impl Repository {
         self.load_index_for_write()
     }
 
+    /// Every pack file in storage, with its size.
+    ///
+    /// # Errors
+    /// Storage errors listing `data/`.
+    pub fn list_packs(&self) -> Result<std::collections::HashMap<PackId, u64>> {
+        Ok(self
+            .storage
+            .list(paths::DATA)?
+            .into_iter()
+            .filter_map(|e| id_from_path(&e.path).map(|id| (PackId(id), e.size)))
+            .collect())
+    }
+
     /// Loads the index for writers (backup, copy into this repository): blobs in damaged or
     /// condemned packs, and in packs that are missing or whose size differs from what the
     /// index says (deleted or truncated since), count as absent, so new snapshots store fresh
@@ -657,12 +670,7 @@ impl Repository {
         for e in bad_files {
             tracing::warn!("{e}");
         }
-        let listed: std::collections::HashMap<PackId, u64> = self
-            .storage
-            .list(paths::DATA)?
-            .into_iter()
-            .filter_map(|e| id_from_path(&e.path).map(|id| (PackId(id), e.size)))
-            .collect();
+        let listed = self.list_packs()?;
         let bad: Vec<PackId> = index
             .packs()
             .filter(|(p, size)| listed.get(p) != Some(size))
