@@ -298,7 +298,7 @@ fn prune_beside_a_long_backup_never_deletes_what_it_uses() {
     let (long, shared, small) = (f.path("long"), f.path("long/a-shared"), f.path("small"));
     fill(&shared, &mut f.rng, 20, 200_000, 600_000);
     f.backup(&shared);
-    fill(&long.join("b-new"), &mut f.rng, 48, 500_000, 1_500_000);
+    fill(&long.join("b-new"), &mut f.rng, 160, 500_000, 1_500_000);
     let mut backup = f.start_backup(&long, &["--tag", "long"]);
     let (mut rounds, mut waited) = (0, 0);
     while backup.try_wait().unwrap().is_none() {
