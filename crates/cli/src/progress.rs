@@ -29,7 +29,7 @@ impl Bar {
             .spawn(move || {
                 let pb = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
                 let style = ProgressStyle::with_template(
-                    "{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+                    "{prefix} [{bar:20}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> ");

@@ -570,3 +570,34 @@ fn an_interrupted_init_can_be_completed_and_opens_reliably() {
         env.ok(&["snapshots"]);
     }
 }
+
+#[test]
+fn a_terminal_gets_a_progress_bar_with_bytes_rate_eta_and_files() {
+    // `script` (util-linux) runs the command on a pseudo-terminal.
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..20u64 {
+        std::fs::write(src.join(format!("f{i}")), noise(3_000_000, i)).unwrap();
+    }
+    let cmd = format!(
+        "{} backup {}",
+        env!("CARGO_BIN_EXE_lifeboat"),
+        src.display()
+    );
+    let mut c = std::process::Command::new("script");
+    c.env("LIFEBOAT_REPOSITORY", &env.repo)
+        .env("LIFEBOAT_PASSWORD", "correct horse battery staple")
+        .args(["-qec", &cmd, "/dev/null"]);
+    let o = c
+        .output()
+        .expect("script (util-linux) runs the command on a pseudo-terminal");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let screen = String::from_utf8_lossy(&o.stdout);
+    assert!(screen.contains("backup ["), "no bar drawn: {screen}");
+    assert!(
+        screen.contains("ETA") && screen.contains("files") && screen.contains("/s"),
+        "{screen}"
+    );
+}
