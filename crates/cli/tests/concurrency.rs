@@ -429,3 +429,70 @@ fn two_prunes_at_once_one_refuses() {
     let last = f.snapshot_ids().pop().unwrap();
     f.assert_restores(&last, &data);
 }
+
+/// Deterministic form of the test above: the test itself holds a `backup --stdin` open in
+/// the middle of its stream, so prunes certainly run while it is mid-way with packs no index
+/// names yet; they must condemn them but not delete them, and the backup must restore.
+#[test]
+fn prune_beside_a_stdin_backup_held_open_deletes_nothing_it_wrote() {
+    use std::io::Write;
+    let mut f = Fixture::new(11);
+    let small = f.path("small");
+    fill(&small, &mut f.rng, 3, 1_000, 50_000);
+    f.backup(&small);
+    let mut data = vec![0u8; 14_000_000];
+    f.rng.fill_bytes(&mut data);
+    let base = count_packs(&f.repo);
+    let mut child = lifeboat(&f.repo)
+        .args([
+            "backup",
+            "--stdin",
+            "--stdin-filename",
+            "dump.bin",
+            "--json",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    // More than the chunker's buffer (2 x 4 MiB), so chunks and packs flow before the end.
+    stdin.write_all(&data[..11_000_000]).unwrap();
+    wait_until("the stdin backup's lease and first packs", || {
+        assert_running(&mut child, "the stdin backup");
+        leases_of(&f.repo, pid).contains(&"write".to_string()) && count_packs(&f.repo) > base
+    });
+    let mid_packs = count_packs(&f.repo);
+    for _ in 0..3 {
+        let v = json(
+            lifeboat(&f.repo).args(["forget", "--keep-last", "1", "--prune"]),
+            "forget --prune",
+        );
+        assert!(
+            !v["prune"]["waiting_on"].as_array().unwrap().is_empty(),
+            "prune must wait for the open backup: {v}"
+        );
+        assert!(
+            count_packs(&f.repo) >= mid_packs,
+            "prune deleted packs of the open backup"
+        );
+    }
+    stdin.write_all(&data[11_000_000..]).unwrap();
+    drop(stdin);
+    let done = finish(child, "the stdin backup");
+    let id = done["snapshot_id"].as_str().unwrap();
+    // The next prune may sweep now; the backup's packs are used and must stay.
+    ok(lifeboat(&f.repo).arg("prune"), "prune");
+    f.check();
+    let out = lifeboat(&f.repo)
+        .args(["dump", &format!("{id}:dump.bin")])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stdout == data,
+        "the stdin backup does not restore bit-identically"
+    );
+}
