@@ -95,13 +95,20 @@ fn hint_of(e: &anyhow::Error) -> Option<String> {
 /// of the largest buffer freed (a 16 MiB pack), after which freed pack and chunk buffers stay
 /// in per-thread heaps: restore peaked at 108 MB instead of 91 MB, backup at 94 MB instead of
 /// 80 MB (docs/decisions/0007-allocator.md).
+/// The mmap threshold set by [`tune_allocator`].
+#[cfg(target_env = "gnu")]
+const MMAP_THRESHOLD: i32 = 1 << 20;
+
 #[cfg(target_env = "gnu")]
 #[allow(unsafe_code)]
 fn tune_allocator() {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
+        return; // the user chose a threshold for glibc; keep it
+    }
     // SAFETY: mallopt only changes allocator parameters; it is called once, first thing in
     // main, before any other thread exists, with a documented option and a valid value.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }
 

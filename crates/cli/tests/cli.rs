@@ -601,3 +601,25 @@ fn a_terminal_gets_a_progress_bar_with_bytes_rate_eta_and_files() {
         "{screen}"
     );
 }
+
+#[test]
+fn identical_files_share_blobs_and_all_restore() {
+    // One blob used by several files (and twice in one file) is decrypted once per pack.
+    let env = Env::new();
+    env.init();
+    let src = env.path("dups");
+    std::fs::create_dir_all(&src).unwrap();
+    let small = text(30_000, 5);
+    let big = noise(3_000_000, 6);
+    for i in 0..5 {
+        std::fs::write(src.join(format!("copy{i}.json")), &small).unwrap();
+        std::fs::write(src.join(format!("image{i}.jpg")), &big).unwrap();
+    }
+    let mut twice = big.clone();
+    twice.extend_from_slice(&big);
+    std::fs::write(src.join("twice.bin"), &twice).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let t = env.path("t");
+    env.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    assert_same_tree(&src, &t.join("dups"));
+}

@@ -747,6 +747,32 @@ impl Repository {
         Ok(plain)
     }
 
+    /// Like [`Repository::open_blob`], in place: `sealed` is overwritten and the plaintext
+    /// goes into `out` (reused).
+    ///
+    /// # Errors
+    /// [`Error::Damaged`] naming `path` and the blob.
+    pub fn open_blob_to(
+        &self,
+        path: &str,
+        kind: BlobKind,
+        id: &BlobId,
+        raw_len: u32,
+        sealed: &mut [u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        self.key
+            .open_to(&aad::blob(kind, id), sealed, out)
+            .map_err(|e| Error::damaged(path, format!("blob {}: {e}", id.short())))?;
+        if out.len() != raw_len as usize || self.key.blob_id(out) != *id {
+            return Err(Error::damaged(
+                path,
+                format!("blob {} does not match its id", id.short()),
+            ));
+        }
+        Ok(())
+    }
+
     /// Reads and decodes a tree blob.
     ///
     /// # Errors

@@ -414,6 +414,34 @@ struct PackCtx<'a> {
 }
 
 fn restore_pack(ctx: &PackCtx<'_>, pack: &PackId, blobs: &[(BlobId, BlobLoc, usize, u64)]) {
+    let errors = ctx.errors;
+    let path = paths::pack(pack);
+    let fail_all = |msg: String| {
+        let mut g = errors.lock();
+        for (_, _, i, _) in blobs {
+            g.entry(*i).or_insert_with(|| msg.clone());
+        }
+    };
+    thread_local! {
+        static PACK_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        static PLAIN_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    // Buffers reused across packs and blobs: no allocation (and no page faults) per blob.
+    let mut whole = PACK_BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let mut plain = PLAIN_BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    restore_pack_with(ctx, blobs, &path, &fail_all, &mut whole, &mut plain);
+    PACK_BUF.with(|b| *b.borrow_mut() = whole);
+    PLAIN_BUF.with(|b| *b.borrow_mut() = plain);
+}
+
+fn restore_pack_with(
+    ctx: &PackCtx<'_>,
+    blobs: &[(BlobId, BlobLoc, usize, u64)],
+    path: &str,
+    fail_all: &dyn Fn(String),
+    whole: &mut Vec<u8>,
+    plain: &mut Vec<u8>,
+) {
     let PackCtx {
         repo,
         entries,
@@ -422,24 +450,17 @@ fn restore_pack(ctx: &PackCtx<'_>, pack: &PackId, blobs: &[(BlobId, BlobLoc, usi
         progress,
         ..
     } = *ctx;
-    let path = paths::pack(pack);
-    let fail_all = |msg: String| {
-        let mut g = errors.lock();
-        for (_, _, i, _) in blobs {
-            g.entry(*i).or_insert_with(|| msg.clone());
-        }
-    };
     // Read the whole pack when most of it is needed, else blob by blob.
     let needed: u64 = blobs.iter().map(|b| u64::from(b.1.length)).sum();
-    let whole = match repo.storage().stat(&path) {
-        Ok(Some(size)) if needed * 2 >= size => match repo.storage().get(&path) {
-            Ok(b) => Some(b),
+    let have_whole = match repo.storage().stat(path) {
+        Ok(Some(size)) if needed * 2 >= size => match repo.storage().get_into(path, whole) {
+            Ok(()) => true,
             Err(e) => {
                 fail_all(format!("cannot read {path}: {e}"));
                 return;
             }
         },
-        Ok(Some(_)) => None,
+        Ok(Some(_)) => false,
         Ok(None) => {
             fail_all(format!("{path} is missing"));
             return;
@@ -449,33 +470,42 @@ fn restore_pack(ctx: &PackCtx<'_>, pack: &PackId, blobs: &[(BlobId, BlobLoc, usi
             return;
         }
     };
+    // In file order; a blob used by several files is opened once (decryption is in place).
+    let mut order: Vec<&(BlobId, BlobLoc, usize, u64)> = blobs.iter().collect();
+    order.sort_by_key(|b| b.1.offset);
+    let mut opened: Option<BlobId> = None;
     let mut open_files: HashMap<usize, File> = HashMap::new();
-    for (id, loc, i, offset) in blobs {
+    for (id, loc, i, offset) in order {
         let e = &entries[*i];
         if errors.lock().contains_key(i) {
             continue;
         }
-        let sealed = match &whole {
-            Some(b) => b
-                .get(loc.offset as usize..(loc.offset + loc.length) as usize)
-                .map(<[u8]>::to_vec)
-                .ok_or_else(|| Error::damaged(&path, "truncated")),
-            None => repo
-                .storage()
-                .get_range(&path, u64::from(loc.offset), u64::from(loc.length))
-                .map_err(Error::from),
-        };
-        let plain =
-            sealed.and_then(|mut s| repo.open_blob(&path, loc.kind, id, loc.raw_len, &mut s));
-        let plain = match plain {
-            Ok(p) => p,
-            Err(err) => {
+        if opened != Some(*id) {
+            opened = None;
+            let res = if have_whole {
+                match whole.get_mut(loc.offset as usize..(loc.offset + loc.length) as usize) {
+                    Some(sealed) => {
+                        repo.open_blob_to(path, loc.kind, id, loc.raw_len, sealed, plain)
+                    }
+                    None => Err(Error::damaged(path, "truncated")),
+                }
+            } else {
+                repo.storage()
+                    .get_range(path, u64::from(loc.offset), u64::from(loc.length))
+                    .map_err(Error::from)
+                    .and_then(|mut s| {
+                        repo.open_blob_to(path, loc.kind, id, loc.raw_len, &mut s, plain)
+                    })
+            };
+            if let Err(err) = res {
                 errors
                     .lock()
                     .insert(*i, format!("damaged data, file incomplete: {err}"));
                 continue;
             }
-        };
+            opened = Some(*id);
+        }
+        let plain: &[u8] = plain;
         let single = e.node.content.len() == 1 && !e.node.sparse;
         let res = (|| -> std::io::Result<()> {
             if single {
@@ -495,7 +525,7 @@ fn restore_pack(ctx: &PackCtx<'_>, pack: &PackId, blobs: &[(BlobId, BlobLoc, usi
                         open()?
                     }
                 };
-                f.write_all(&plain)?;
+                f.write_all(plain)?;
                 // Metadata through the open file: saves three path lookups per file.
                 if apply_metadata_fd(&f, &e.node, ctx.owners).is_ok() {
                     ctx.meta_done[*i].store(true, std::sync::atomic::Ordering::Relaxed);
@@ -512,9 +542,9 @@ fn restore_pack(ctx: &PackCtx<'_>, pack: &PackId, blobs: &[(BlobId, BlobLoc, usi
                 }
             };
             if e.node.sparse {
-                write_sparse(f, &plain, *offset)
+                write_sparse(f, plain, *offset)
             } else {
-                f.write_all_at(&plain, *offset)
+                f.write_all_at(plain, *offset)
             }
         })();
         match res {

@@ -421,6 +421,28 @@ impl Storage {
             .map_err(|e| Error::from_opendal(path, e))
     }
 
+    /// Reads a whole object into `buf` (cleared first), reusing its allocation: on a local
+    /// file system straight from the file, elsewhere through a temporary buffer.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] when it does not exist; a storage error naming `path`.
+    pub fn get_into(&self, path: &str, buf: &mut Vec<u8>) -> Result<(), Error> {
+        buf.clear();
+        if let Some(root) = &self.inner.local_root {
+            use std::io::Read;
+            let p = local::object_path(root, path)?;
+            let mut f = std::fs::File::open(&p).map_err(|e| Error::io(path, e))?;
+            if let Ok(md) = f.metadata() {
+                buf.reserve(md.len() as usize);
+            }
+            f.read_to_end(buf).map_err(|e| Error::io(path, e))?;
+            return Ok(());
+        }
+        let data = self.get(path)?;
+        buf.extend_from_slice(&data);
+        Ok(())
+    }
+
     /// Reads `len` bytes at `offset` of an object.
     ///
     /// # Errors

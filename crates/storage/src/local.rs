@@ -24,7 +24,7 @@ pub(crate) fn is_temporary(path: &str) -> bool {
 }
 
 /// Resolves an object path below `root`, refusing anything that could escape it.
-fn object_path(root: &Path, path: &str) -> Result<PathBuf, Error> {
+pub(crate) fn object_path(root: &Path, path: &str) -> Result<PathBuf, Error> {
     let rel = Path::new(path.trim_start_matches('/'));
     let ok = !path.is_empty()
         && !path.ends_with('/')
