@@ -250,3 +250,21 @@ fn a_backup_after_a_pack_was_deleted_or_truncated_stores_the_data_again_without_
         assert_same_tree(&src, &t.join("src"));
     }
 }
+
+#[test]
+fn prune_refuses_with_exit_1_when_a_snapshot_is_damaged_and_deletes_nothing() {
+    let (env, _src) = populated();
+    env.ok(&["forget", "--keep-last", "1"]);
+    let snap = repo_files(&env.repo)
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("/snapshots/"))
+        .unwrap();
+    let mut b = std::fs::read(&snap).unwrap();
+    b[30] ^= 4;
+    std::fs::write(&snap, b).unwrap();
+    let before = repo_files(&env.repo).len();
+    let o = env.run(&["prune"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("nothing was deleted"), "{}", stderr(&o));
+    assert_eq!(repo_files(&env.repo).len(), before, "prune deleted files");
+}

@@ -157,10 +157,10 @@ impl Usage {
                 }
                 self.used.insert(t);
                 let tree = repo.read_tree(index, &t).map_err(|e| {
-                    Error::Invalid(format!(
-                        "prune needs every tree of every snapshot and snapshot {} has an unreadable one ({e}); nothing was deleted. Run `lifeboat check`",
-                        sid.short()
-                    ))
+                    Error::damaged(
+                        format!("snapshots/{sid}"),
+                        format!("prune needs every tree of every snapshot and this one has an unreadable one ({e}); nothing was deleted. Run `lifeboat check`"),
+                    )
                 })?;
                 for n in &tree.nodes {
                     if let (NodeKind::Dir, Some(sub)) = (&n.kind, n.subtree) {
@@ -177,9 +177,10 @@ impl Usage {
 fn load_snapshots_strict(repo: &Repository) -> Result<Vec<(SnapshotId, Snapshot)>> {
     let (snaps, bad) = repo.snapshots()?;
     if let Some(e) = bad.into_iter().next() {
-        return Err(Error::Invalid(format!(
-            "prune needs every snapshot and one is unreadable ({e}); nothing was deleted. Run `lifeboat check`"
-        )));
+        return Err(Error::damaged(
+            "snapshots/",
+            format!("prune needs every snapshot and one is unreadable ({e}); nothing was deleted. Run `lifeboat check`"),
+        ));
     }
     Ok(snaps)
 }
@@ -212,9 +213,10 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let snaps = load_snapshots_strict(repo)?;
     let (index, bad) = repo.load_index_with(&avoid)?;
     if let Some(e) = bad.into_iter().next() {
-        return Err(Error::Invalid(format!(
-            "an index file is unreadable ({e}); nothing was deleted. Run `lifeboat check`"
-        )));
+        return Err(Error::damaged(
+            "index/",
+            format!("an index file is unreadable ({e}); nothing was deleted. Run `lifeboat check`"),
+        ));
     }
     let mut usage = Usage::default();
     usage.add(repo, &index, &snaps)?;
@@ -303,9 +305,10 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let snaps2 = load_snapshots_strict(repo)?; // before the index, as above
     let (index2, bad) = repo.load_index_with(&avoid2)?;
     if let Some(e) = bad.into_iter().next() {
-        return Err(Error::Invalid(format!(
-            "an index file is unreadable ({e}); nothing was deleted. Run `lifeboat check`"
-        )));
+        return Err(Error::damaged(
+            "index/",
+            format!("an index file is unreadable ({e}); nothing was deleted. Run `lifeboat check`"),
+        ));
     }
     usage.add(repo, &index2, &snaps2)?;
     // Every copy of every blob, from the index files just loaded.
