@@ -268,3 +268,24 @@ fn prune_refuses_with_exit_1_when_a_snapshot_is_damaged_and_deletes_nothing() {
     assert!(stderr(&o).contains("nothing was deleted"), "{}", stderr(&o));
     assert_eq!(repo_files(&env.repo).len(), before, "prune deleted files");
 }
+
+#[test]
+fn prune_removes_temp_files_killed_writers_left_but_not_fresh_ones() {
+    let (env, _src) = populated();
+    let tmp = env.repo.join(".tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let old = tmp.join("stage-999999-0");
+    let fresh = tmp.join("stage-999999-1");
+    std::fs::write(&old, vec![0u8; 1000]).unwrap();
+    std::fs::write(&fresh, vec![0u8; 1000]).unwrap();
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(two_days_ago)
+        .unwrap();
+    let v = env.json(&["prune"]);
+    assert_eq!(v["temp_files_removed"], 1, "{v}");
+    assert!(!old.exists() && fresh.exists());
+}

@@ -89,6 +89,8 @@ pub struct PruneReport {
     pub waiting_on: Vec<String>,
     /// Whether this was a dry run.
     pub dry_run: bool,
+    /// Stale temp files (left by killed writers) removed from a local repository.
+    pub temp_files_removed: usize,
 }
 
 /// A condemned-pack record (JSON, named by the BLAKE3 of its bytes).
@@ -197,6 +199,12 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         dry_run: opts.dry_run,
         ..Default::default()
     };
+    if !opts.dry_run {
+        // Temp files of writers killed mid-pack; a day is far beyond any live writer's pack.
+        report.temp_files_removed = repo
+            .storage()
+            .remove_stale_temp(Duration::from_secs(24 * 3600));
+    }
 
     // ---- mark ----------------------------------------------------------------------
     let damaged = repo.damaged_packs()?;

@@ -300,6 +300,15 @@ impl Storage {
         }))
     }
 
+    /// Removes temp files older than `max_age` that killed writers left in a local
+    /// repository's `.tmp/` (object stores keep none). Returns how many were removed.
+    pub fn remove_stale_temp(&self, max_age: Duration) -> usize {
+        match &self.inner.local_root {
+            Some(root) => local::remove_stale_temp(root, max_age),
+            None => 0,
+        }
+    }
+
     /// Whether staged objects live in temp files (a local file system) rather than memory.
     pub fn stages_on_disk(&self) -> bool {
         self.inner.local_root.is_some()

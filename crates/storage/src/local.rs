@@ -148,3 +148,26 @@ impl Drop for StagedFile {
         let _ = fs::remove_file(&self.tmp);
     }
 }
+
+/// Removes temp files under `<root>/.tmp` last modified more than `max_age` ago: what
+/// processes killed mid-write left behind. Younger ones may belong to running writers.
+/// Returns how many were removed.
+pub(crate) fn remove_stale_temp(root: &Path, max_age: std::time::Duration) -> usize {
+    let Ok(dir) = fs::read_dir(root.join(TMP_DIR)) else {
+        return 0;
+    };
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for entry in dir.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > max_age);
+        if old && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
