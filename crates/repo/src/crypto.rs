@@ -126,21 +126,37 @@ impl MasterKey {
     /// Compresses `data` with zstd at `level` when that pays (probing large inputs first),
     /// then seals it. `compressor` is reused across calls for speed.
     pub fn seal_compressed(&self, aad: &[u8], data: &[u8], compressor: &mut Compressor) -> Vec<u8> {
-        match compressor.compress(data) {
-            Some(z) => self.seal_encoded(aad, ENC_ZSTD, &z),
-            None => self.seal_encoded(aad, ENC_STORED, data),
+        // Compress straight into the sealed buffer: one copy of the data fewer per blob.
+        let mut out = Vec::with_capacity(data.len() + SEAL_OVERHEAD);
+        let nonce = Self::push_nonce(&mut out);
+        out.push(ENC_ZSTD);
+        if !compressor.compress_into(data, &mut out) {
+            out.truncate(NONCE_LEN);
+            out.push(ENC_STORED);
+            out.extend_from_slice(data);
         }
+        self.seal_tail(aad, nonce, out)
     }
 
-    fn seal_encoded(&self, aad: &[u8], enc: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(payload.len() + SEAL_OVERHEAD);
+    fn push_nonce(out: &mut Vec<u8>) -> [u8; NONCE_LEN] {
         let mut nonce = [0u8; NONCE_LEN];
         // Random 96-bit nonces from the thread-local CSPRNG (ChaCha12, seeded and reseeded
         // from the OS): one getrandom syscall per blob cost ~4 % of a backup's time.
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
         out.extend_from_slice(&nonce);
+        nonce
+    }
+
+    fn seal_encoded(&self, aad: &[u8], enc: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(payload.len() + SEAL_OVERHEAD);
+        let nonce = Self::push_nonce(&mut out);
         out.push(enc);
         out.extend_from_slice(payload);
+        self.seal_tail(aad, nonce, out)
+    }
+
+    /// Encrypts `out[NONCE_LEN..]` (encoding byte and payload) in place and appends the tag.
+    fn seal_tail(&self, aad: &[u8], nonce: [u8; NONCE_LEN], mut out: Vec<u8>) -> Vec<u8> {
         #[allow(clippy::expect_used)]
         let tag = self
             .aead
@@ -331,6 +347,36 @@ impl Compressor {
         inner.include_contentsize(true)?;
         inner.include_checksum(false)?;
         Ok(Compressor { inner, level })
+    }
+
+    /// Appends the compressed `data` to `out` and returns `true`, or appends nothing and
+    /// returns `false` when storing it as is is better (same rules as
+    /// [`Compressor::compress`]).
+    pub fn compress_into(&mut self, data: &[u8], out: &mut Vec<u8>) -> bool {
+        if self.level == 0 || data.len() < 64 {
+            return false;
+        }
+        if data.len() >= PROBE_MIN {
+            let start = (data.len() / 2).saturating_sub(PROBE_LEN / 2);
+            let sample = &data[start..start + PROBE_LEN];
+            match self.inner.compress(sample) {
+                Ok(z) if z.len() * 100 <= sample.len() * 97 => {}
+                _ => return false,
+            }
+        }
+        let before = out.len();
+        // Room for a frame no larger than the input; anything bigger is not worth keeping.
+        out.reserve(data.len());
+        // A cursor at the end: zstd writes after what `out` already holds.
+        let mut cursor = std::io::Cursor::new(&mut *out);
+        cursor.set_position(before as u64);
+        match self.inner.compress_to_buffer(data, &mut cursor) {
+            Ok(n) if n + 8 < data.len() => true,
+            _ => {
+                out.truncate(before);
+                false
+            }
+        }
     }
 
     /// Compresses `data`, or returns `None` when storing it as is is better (compression
