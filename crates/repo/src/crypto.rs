@@ -126,8 +126,21 @@ impl MasterKey {
     /// Compresses `data` with zstd at `level` when that pays (probing large inputs first),
     /// then seals it. `compressor` is reused across calls for speed.
     pub fn seal_compressed(&self, aad: &[u8], data: &[u8], compressor: &mut Compressor) -> Vec<u8> {
+        self.seal_compressed_into(aad, data, compressor, Vec::new())
+    }
+
+    /// Like [`MasterKey::seal_compressed`], reusing the allocation of `out` (its contents are
+    /// discarded): the write pipeline recycles large buffers instead of mapping fresh pages.
+    pub fn seal_compressed_into(
+        &self,
+        aad: &[u8],
+        data: &[u8],
+        compressor: &mut Compressor,
+        mut out: Vec<u8>,
+    ) -> Vec<u8> {
         // Compress straight into the sealed buffer: one copy of the data fewer per blob.
-        let mut out = Vec::with_capacity(data.len() + SEAL_OVERHEAD);
+        out.clear();
+        out.reserve(data.len() + SEAL_OVERHEAD);
         let nonce = Self::push_nonce(&mut out);
         out.push(ENC_ZSTD);
         if !compressor.compress_into(data, &mut out) {

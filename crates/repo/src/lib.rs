@@ -37,4 +37,4 @@ pub use error::{Error, Result};
 pub use index::Index;
 pub use keys::KdfParams;
 pub use repository::{InitOptions, Repository};
-pub use writer::{BlobWriter, WriterOptions, WriterReport};
+pub use writer::{BlobWriter, InlineSealer, WriterOptions, WriterReport};

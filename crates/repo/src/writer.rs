@@ -12,6 +12,15 @@
 //! # Memory
 //! Bounded channels between stages: at most `2 × threads` blobs waiting to be sealed, one
 //! pack being filled and `uploaders` packs being uploaded, whatever the size of the input.
+//! Buffers of large blobs are recycled through a small pool (at most [`POOL_KEEP`] of them)
+//! instead of being freed: with glibc's 1 MiB mmap threshold (ADR 0007) every fresh large
+//! buffer would otherwise cost an mmap, a page fault per 4 KiB and an munmap.
+//!
+//! # Thread hand-offs
+//! Every hand-off between threads can cost a wake-up, and on a small VM wake-ups are
+//! expensive (an inter-processor interrupt and a preemption each). Small blobs are therefore
+//! sealed by the caller's own thread ([`InlineSealer`]) and reach the packer in batches;
+//! only large blobs, where parallelism inside one file matters, go through the seal threads.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,6 +88,47 @@ enum Job {
     },
 }
 
+/// Large buffers kept for reuse by the pipeline, at most this many.
+pub const POOL_KEEP: usize = 8;
+/// Buffers smaller than this are not pooled (malloc serves them from its heaps cheaply).
+const POOL_MIN: usize = 256 * 1024;
+/// Buffers larger than this are not pooled (a chunk is at most 4 MiB; see ChunkerParams).
+const POOL_MAX: usize = (8 << 20) + 64 * 1024;
+/// An [`InlineSealer`] hands its blobs to the packer once it holds this many bytes...
+const BATCH_BYTES: usize = 1 << 20;
+/// ...or this many blobs.
+const BATCH_BLOBS: usize = 256;
+
+/// Recycled large buffers (see the module's notes on memory).
+#[derive(Default)]
+struct Pool {
+    bufs: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Pool {
+    /// An empty buffer with room for at least `cap` bytes.
+    fn take(&self, cap: usize) -> Vec<u8> {
+        if cap >= POOL_MIN {
+            if let Some(mut v) = self.bufs.lock().pop() {
+                v.clear();
+                v.reserve(cap);
+                return v;
+            }
+        }
+        Vec::with_capacity(cap)
+    }
+
+    /// Returns a buffer for reuse (or frees it when it is small, huge, or the pool is full).
+    fn give(&self, v: Vec<u8>) {
+        if (POOL_MIN..=POOL_MAX).contains(&v.capacity()) {
+            let mut g = self.bufs.lock();
+            if g.len() < POOL_KEEP {
+                g.push(v);
+            }
+        }
+    }
+}
+
 struct Sealed {
     kind: BlobKind,
     id: BlobId,
@@ -95,6 +145,7 @@ struct Pack {
 
 struct Shared {
     repo: Repository,
+    pool: Pool,
     error: Mutex<Option<Error>>,
     pending: Mutex<IndexFile>,
     written: Mutex<Vec<IndexId>>,
@@ -134,6 +185,7 @@ pub struct BlobWriter {
     index: Arc<Index>,
     in_flight: Mutex<HashSet<BlobId>>,
     tx: Option<Sender<Job>>,
+    sealed_tx: Option<Sender<Vec<Sealed>>>,
     threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
 }
@@ -146,6 +198,7 @@ impl BlobWriter {
     pub fn new(repo: &Repository, index: Arc<Index>, opts: &WriterOptions) -> Result<Self> {
         let shared = Arc::new(Shared {
             repo: repo.clone(),
+            pool: Pool::default(),
             error: Mutex::new(None),
             pending: Mutex::new(IndexFile::default()),
             written: Mutex::new(Vec::new()),
@@ -157,7 +210,7 @@ impl BlobWriter {
         });
         let threads_n = opts.threads.max(1);
         let (job_tx, job_rx) = bounded::<Job>(threads_n * 2);
-        let (seal_tx, seal_rx) = bounded::<Sealed>(threads_n);
+        let (seal_tx, seal_rx) = bounded::<Vec<Sealed>>(threads_n);
         // Packs staged on disk cost no memory while they wait: let two queue up so an fsync
         // never stalls the packer. Buffered packs (object stores) are handed over directly.
         let queue = if repo.storage().stages_on_disk() {
@@ -186,7 +239,7 @@ impl BlobWriter {
                 Box::new(move || seal_loop(&sh, &rx, &tx, &mut comp)),
             )?);
         }
-        drop(seal_tx);
+        let sealed_tx = Some(seal_tx);
         {
             let sh = shared.clone();
             let pack_size = repo.config().pack_size as usize;
@@ -214,6 +267,7 @@ impl BlobWriter {
             index,
             in_flight: Mutex::new(HashSet::new()),
             tx: Some(job_tx),
+            sealed_tx,
             threads,
             shared,
         })
@@ -232,6 +286,27 @@ impl BlobWriter {
             return false;
         }
         self.in_flight.lock().insert(*id)
+    }
+
+    /// An empty buffer with room for `cap` bytes, recycled from the pipeline when it is
+    /// large: fill it and pass it to [`BlobWriter::save`].
+    pub fn buffer(&self, cap: usize) -> Vec<u8> {
+        self.shared.pool.take(cap)
+    }
+
+    /// A sealer that compresses and seals blobs on the calling thread and hands them to the
+    /// packer in batches. Meant for small blobs, where a hand-off to a seal thread per blob
+    /// would cost more than the work; each thread should keep one for its lifetime.
+    ///
+    /// # Errors
+    /// When zstd cannot allocate its context.
+    pub fn inline_sealer(&self) -> Result<InlineSealer<'_>> {
+        Ok(InlineSealer {
+            writer: self,
+            comp: self.shared.repo.compressor()?,
+            batch: Vec::new(),
+            bytes: 0,
+        })
     }
 
     fn send(&self, job: Job) -> Result<()> {
@@ -285,6 +360,7 @@ impl BlobWriter {
     /// The first error any stage hit; nothing stored may be assumed referenced then.
     pub fn finish(mut self) -> Result<WriterReport> {
         self.tx.take();
+        self.sealed_tx.take();
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 self.shared
@@ -309,16 +385,81 @@ impl BlobWriter {
 impl Drop for BlobWriter {
     fn drop(&mut self) {
         self.tx.take();
+        self.sealed_tx.take();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
+/// Seals blobs on the caller's thread and hands them to the packer in batches (see
+/// [`BlobWriter::inline_sealer`]). Dropping it flushes what it holds; call
+/// [`InlineSealer::flush`] to see the error, if any.
+pub struct InlineSealer<'w> {
+    writer: &'w BlobWriter,
+    comp: crate::crypto::Compressor,
+    batch: Vec<Sealed>,
+    bytes: usize,
+}
+
+impl InlineSealer<'_> {
+    /// Compresses, seals and queues a blob (after a successful [`BlobWriter::claim`]).
+    ///
+    /// # Errors
+    /// When the pipeline has failed.
+    pub fn save(&mut self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<()> {
+        let sh = &self.writer.shared;
+        if sh.failed() {
+            return Err(self.writer.take_error());
+        }
+        let out = sh.pool.take(data.len() + crate::crypto::SEAL_OVERHEAD);
+        let sealed =
+            sh.repo
+                .key()
+                .seal_compressed_into(&aad::blob(kind, &id), data, &mut self.comp, out);
+        sh.blobs.fetch_add(1, Ordering::Relaxed);
+        sh.raw_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.bytes += sealed.len();
+        self.batch.push(Sealed {
+            kind,
+            id,
+            raw_len: data.len() as u32,
+            sealed,
+        });
+        if self.bytes >= BATCH_BYTES || self.batch.len() >= BATCH_BLOBS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the queued blobs to the packer.
+    ///
+    /// # Errors
+    /// When the pipeline has failed.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.bytes = 0;
+        match &self.writer.sealed_tx {
+            Some(tx) => tx.send(batch).map_err(|_| self.writer.take_error()),
+            None => Err(Error::Invalid("writer already finished".into())),
+        }
+    }
+}
+
+impl Drop for InlineSealer<'_> {
+    fn drop(&mut self) {
+        // A failed send means the pipeline failed, and `finish` reports that error.
+        let _ = self.flush();
+    }
+}
+
 fn seal_loop(
     sh: &Shared,
     rx: &Receiver<Job>,
-    tx: &Sender<Sealed>,
+    tx: &Sender<Vec<Sealed>>,
     comp: &mut crate::crypto::Compressor,
 ) {
     let key = sh.repo.key();
@@ -328,11 +469,14 @@ fn seal_loop(
         }
         let item = match job {
             Job::Raw { kind, id, data } => {
-                let sealed = key.seal_compressed(&aad::blob(kind, &id), &data, comp);
+                let out = sh.pool.take(data.len() + crate::crypto::SEAL_OVERHEAD);
+                let sealed = key.seal_compressed_into(&aad::blob(kind, &id), &data, comp, out);
+                let raw_len = data.len() as u32;
+                sh.pool.give(data);
                 Sealed {
                     kind,
                     id,
-                    raw_len: data.len() as u32,
+                    raw_len,
                     sealed,
                 }
             }
@@ -351,13 +495,13 @@ fn seal_loop(
         sh.blobs.fetch_add(1, Ordering::Relaxed);
         sh.raw_bytes
             .fetch_add(u64::from(item.raw_len), Ordering::Relaxed);
-        if tx.send(item).is_err() {
+        if tx.send(vec![item]).is_err() {
             return;
         }
     }
 }
 
-fn pack_loop(sh: &Shared, rx: &Receiver<Sealed>, tx: &Sender<Pack>, pack_size: usize) {
+fn pack_loop(sh: &Shared, rx: &Receiver<Vec<Sealed>>, tx: &Sender<Pack>, pack_size: usize) {
     struct Open {
         staged: lifeboat_storage::Staged,
         hasher: blake3::Hasher,
@@ -400,7 +544,7 @@ fn pack_loop(sh: &Shared, rx: &Receiver<Sealed>, tx: &Sender<Pack>, pack_size: u
         })
     };
     let mut open: Option<Open> = None;
-    for item in rx {
+    for item in rx.iter().flatten() {
         if sh.failed() {
             continue;
         }
@@ -435,6 +579,7 @@ fn pack_loop(sh: &Shared, rx: &Receiver<Sealed>, tx: &Sender<Pack>, pack_size: u
             continue;
         }
         p.entries.push(entry);
+        sh.pool.give(item.sealed);
     }
     if !sh.failed() {
         if let Some(p) = open.take().filter(|p| !p.entries.is_empty()) {

@@ -9,6 +9,11 @@
 //! order and stores one tree blob per directory. All queues are bounded, so memory does not
 //! grow with the data set.
 //!
+//! Small files travel in batches (up to [`BATCH_FILES`] files or [`BATCH_BYTES`] bytes per
+//! job, answered together) and their blobs are sealed by the reader itself: a thread hand-off
+//! per small file cost more CPU than compressing it (see BENCHMARKS.md). Large files are one
+//! job each, and their chunks are sealed by the write pipeline's threads in parallel.
+//!
 //! # Crash safety
 //! The snapshot is written last, after every pack and index file it needs (see
 //! `lifeboat_repo::writer`), and only while this process still holds its write lease.
@@ -31,7 +36,9 @@ use lifeboat_repo::format::{BlobKind, Node, NodeKind, Snapshot, SnapshotSummary,
 use lifeboat_repo::lease::{Lease, LeaseKind, DEFAULT_TTL};
 use lifeboat_repo::repository::{local_hostname, local_username};
 use lifeboat_repo::tree::save_tree;
-use lifeboat_repo::{BlobWriter, Chunker, Error, Index, Repository, Result, WriterOptions};
+use lifeboat_repo::{
+    BlobWriter, Chunker, Error, Index, InlineSealer, Repository, Result, WriterOptions,
+};
 use lifeboat_types::{BlobId, SnapshotId};
 
 use crate::meta::{node_from_metadata, read_xattrs};
@@ -93,9 +100,22 @@ struct FileResult {
     error: Option<String>,
 }
 
+/// Files for one reader, answered together (in reverse order, so that the tree builder,
+/// waiting for the first, wakes once for the whole batch).
 struct FileJob {
-    path: PathBuf,
-    reply: Sender<FileResult>,
+    files: Vec<(PathBuf, Sender<FileResult>)>,
+}
+
+/// At most this many small files per reader job...
+const BATCH_FILES: usize = 64;
+/// ...and at most this many bytes.
+const BATCH_BYTES: u64 = 4 << 20;
+
+/// The small files the walker has collected but not yet handed to a reader.
+#[derive(Default)]
+struct Batch {
+    files: Vec<(PathBuf, Sender<FileResult>)>,
+    bytes: u64,
 }
 
 struct Ctx<'a> {
@@ -108,6 +128,9 @@ struct Ctx<'a> {
     errors: &'a Mutex<Vec<EntryError>>,
     force: bool,
     summary: Mutex<SnapshotSummary>,
+    batch: std::cell::RefCell<Batch>,
+    /// Files at least this large are jobs of their own (the chunker's minimum chunk size).
+    large: u64,
 }
 
 fn build_excludes(patterns: &[String]) -> Result<GlobSet> {
@@ -247,6 +270,8 @@ pub fn backup(
                 errors: &errors,
                 force: opts.force,
                 summary: Mutex::new(SnapshotSummary::default()),
+                batch: std::cell::RefCell::new(Batch::default()),
+                large: chunker.min_size() as u64,
             };
             let walked = (|| -> Result<()> {
                 for (path, name, md) in &roots {
@@ -255,7 +280,7 @@ pub fn backup(
                         .and_then(|t| t.nodes.iter().find(|n| &n.name == name));
                     walk_entry(&ctx, path, name, md.clone(), pnode)?;
                 }
-                Ok(())
+                flush_batch(&ctx)
             })();
             let summary = std::mem::take(&mut *ctx.summary.lock());
             drop(ctx);
@@ -308,10 +333,57 @@ fn record_error(ctx: &Ctx<'_>, path: &Path, message: String) {
     });
 }
 
+/// Sends an event to the tree builder. When its queue is full, the files collected so far
+/// go to the readers first: the tree builder may be waiting for one of them.
 fn send(ctx: &Ctx<'_>, ev: Event) -> Result<()> {
-    ctx.events
-        .send(ev)
-        .map_err(|_| Error::Invalid("the tree builder stopped".into()))
+    let stopped = || Error::Invalid("the tree builder stopped".into());
+    match ctx.events.try_send(ev) {
+        Ok(()) => Ok(()),
+        Err(crossbeam_channel::TrySendError::Full(ev)) => {
+            flush_batch(ctx)?;
+            ctx.events.send(ev).map_err(|_| stopped())
+        }
+        Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(stopped()),
+    }
+}
+
+/// Hands the collected small files to a reader.
+fn flush_batch(ctx: &Ctx<'_>) -> Result<()> {
+    let files = {
+        let mut b = ctx.batch.borrow_mut();
+        b.bytes = 0;
+        std::mem::take(&mut b.files)
+    };
+    if files.is_empty() {
+        return Ok(());
+    }
+    ctx.jobs
+        .send(FileJob { files })
+        .map_err(|_| Error::Invalid("the reader threads stopped".into()))
+}
+
+/// Queues one changed file for reading: large files at once as a job of their own, small
+/// ones in batches.
+fn queue_file(ctx: &Ctx<'_>, path: &Path, size: u64, reply: Sender<FileResult>) -> Result<()> {
+    if size >= ctx.large {
+        flush_batch(ctx)?;
+        return ctx
+            .jobs
+            .send(FileJob {
+                files: vec![(path.to_path_buf(), reply)],
+            })
+            .map_err(|_| Error::Invalid("the reader threads stopped".into()));
+    }
+    let full = {
+        let mut b = ctx.batch.borrow_mut();
+        b.files.push((path.to_path_buf(), reply));
+        b.bytes += size;
+        b.files.len() >= BATCH_FILES || b.bytes >= BATCH_BYTES
+    };
+    if full {
+        flush_batch(ctx)?;
+    }
+    Ok(())
 }
 
 fn excluded(ctx: &Ctx<'_>, path: &Path, name: &[u8]) -> bool {
@@ -412,12 +484,7 @@ fn walk_entry(
             }
             ctx.summary.lock().files_read += 1;
             let (tx, rx) = bounded(1);
-            ctx.jobs
-                .send(FileJob {
-                    path: path.to_path_buf(),
-                    reply: tx,
-                })
-                .map_err(|_| Error::Invalid("the reader threads stopped".into()))?;
+            queue_file(ctx, path, node.size, tx)?;
             send(ctx, Event::Pending(node, rx))
         }
         _ => send(ctx, Event::Leaf(node)),
@@ -433,41 +500,69 @@ fn reader_loop(
     errors: &Mutex<Vec<EntryError>>,
 ) {
     let mut buf = Vec::new();
+    // Without a zstd context of its own (it could not allocate), a reader hands every blob
+    // to the pipeline's seal threads instead.
+    let mut inline = writer.inline_sealer().ok();
+    let mut replies = Vec::new();
     for job in jobs {
-        let res = read_file(repo, writer, chunker, &job.path, &mut buf, progress);
-        let result = match res {
-            Ok((content, bytes)) => FileResult {
-                content,
-                bytes,
-                error: None,
-            },
-            Err(e) => {
-                let message = format!("cannot read: {e}");
-                tracing::warn!("{}: {message}", job.path.display());
-                Progress::add(&progress.errors, 1);
-                errors.lock().push(EntryError {
-                    path: job.path.display().to_string(),
-                    message: message.clone(),
-                });
-                FileResult {
-                    content: Vec::new(),
-                    bytes: 0,
-                    error: Some(message),
-                }
-            }
-        };
-        Progress::add(&progress.files_done, 1);
-        let _ = job.reply.send(result);
+        for (path, reply) in job.files {
+            let res = read_file(
+                repo,
+                writer,
+                chunker,
+                &path,
+                &mut buf,
+                inline.as_mut(),
+                progress,
+            );
+            let result = file_result(res, &path, progress, errors);
+            Progress::add(&progress.files_done, 1);
+            replies.push((reply, result));
+        }
+        for (reply, result) in replies.drain(..).rev() {
+            let _ = reply.send(result);
+        }
     }
 }
 
-/// Stores the contents of one file; returns its blob ids and the bytes read.
+fn file_result(
+    res: Result<(Vec<BlobId>, u64)>,
+    path: &Path,
+    progress: &Progress,
+    errors: &Mutex<Vec<EntryError>>,
+) -> FileResult {
+    match res {
+        Ok((content, bytes)) => FileResult {
+            content,
+            bytes,
+            error: None,
+        },
+        Err(e) => {
+            let message = format!("cannot read: {e}");
+            tracing::warn!("{}: {message}", path.display());
+            Progress::add(&progress.errors, 1);
+            errors.lock().push(EntryError {
+                path: path.display().to_string(),
+                message: message.clone(),
+            });
+            FileResult {
+                content: Vec::new(),
+                bytes: 0,
+                error: Some(message),
+            }
+        }
+    }
+}
+
+/// Stores the contents of one file; returns its blob ids and the bytes read. A file smaller
+/// than one chunk is sealed on this thread by `inline` when given.
 fn read_file(
     repo: &Repository,
     writer: &BlobWriter,
     chunker: &Chunker,
     path: &Path,
     buf: &mut Vec<u8>,
+    inline: Option<&mut InlineSealer<'_>>,
     progress: &Progress,
 ) -> Result<(Vec<BlobId>, u64)> {
     let io = |e: std::io::Error| Error::Io {
@@ -476,6 +571,7 @@ fn read_file(
     };
     let file = File::open(path).map_err(io)?;
     let size = file.metadata().map(|m| m.len()).ok();
+    let small = size.is_some_and(|s| s < chunker.min_size() as u64);
     let mut content = Vec::new();
     let sink = Sink {
         repo,
@@ -484,7 +580,7 @@ fn read_file(
         progress,
     };
     let total = sink
-        .store(file, size, buf, &mut content)
+        .store(file, size, buf, inline.filter(|_| small), &mut content)
         .map_err(|e| match e {
             Error::Io { source, .. } => io(source),
             other => other,
@@ -501,19 +597,28 @@ struct Sink<'a> {
 }
 
 impl Sink<'_> {
-    /// Stores one stream; appends its blob ids to `content` and returns its length.
+    /// Stores one stream; appends its blob ids to `content` and returns its length. New
+    /// blobs are sealed by `inline` when given, by the pipeline's seal threads otherwise.
     fn store<R: Read>(
         &self,
         input: R,
         size_hint: Option<u64>,
         buf: &mut Vec<u8>,
+        mut inline: Option<&mut InlineSealer<'_>>,
         content: &mut Vec<BlobId>,
     ) -> Result<u64> {
         self.chunker
             .chunk_sized::<_, Error>(input, size_hint, buf, |chunk| {
                 let id = self.repo.key().blob_id(chunk);
                 if self.writer.claim(&id) {
-                    self.writer.save(BlobKind::Data, id, chunk.to_vec())?;
+                    match inline.as_deref_mut() {
+                        Some(sealer) => sealer.save(BlobKind::Data, id, chunk)?,
+                        None => {
+                            let mut data = self.writer.buffer(chunk.len());
+                            data.extend_from_slice(chunk);
+                            self.writer.save(BlobKind::Data, id, data)?;
+                        }
+                    }
                 }
                 Progress::add(&self.progress.bytes_done, chunk.len() as u64);
                 content.push(id);
@@ -614,7 +719,7 @@ pub fn backup_stream<R: Read>(
         chunker: &chunker,
         progress,
     };
-    let size = sink.store(input, None, &mut buf, &mut content)?;
+    let size = sink.store(input, None, &mut buf, None, &mut content)?;
     let now = jiff::Timestamp::now();
     let node = Node {
         name: filename.as_bytes().to_vec(),
