@@ -121,6 +121,38 @@ pub fn par_map<T: Sync, R: Send>(
     results.into_iter().filter_map(|m| m.into_inner()).collect()
 }
 
+/// Like [`par_map`], with per-thread state made by `init` (reused buffers, say).
+pub fn par_map_init<T: Sync, S, R: Send>(
+    items: &[T],
+    threads: usize,
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, &T) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.max(1).min(items.len().max(1));
+    if threads == 1 {
+        let mut state = init();
+        return items.iter().map(|t| f(&mut state, t)).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<parking_lot::Mutex<Option<R>>> = items
+        .iter()
+        .map(|_| parking_lot::Mutex::new(None))
+        .collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut state = init();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    *results[i].lock() = Some(f(&mut state, item));
+                }
+            });
+        }
+    });
+    results.into_iter().filter_map(|m| m.into_inner()).collect()
+}
+
 /// The name of a repository file: BLAKE3 of its bytes.
 pub fn content_id(bytes: &[u8]) -> [u8; 32] {
     *blake3::hash(bytes).as_bytes()

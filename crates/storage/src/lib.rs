@@ -422,6 +422,13 @@ impl Storage {
     /// # Errors
     /// [`ErrorKind::NotFound`] when it does not exist; a storage error naming `path` otherwise.
     pub fn get(&self, path: &str) -> Result<Vec<u8>, Error> {
+        if self.inner.local_root.is_some() {
+            // Straight from the file: OpenDAL's reader zero-fills a multi-MiB buffer per
+            // read, which made listing 100 small snapshot files cost ~70 ms.
+            let mut buf = Vec::new();
+            self.get_into(path, &mut buf)?;
+            return Ok(buf);
+        }
         let op = &self.inner.op;
         self.inner
             .rt
@@ -458,6 +465,20 @@ impl Storage {
     /// [`ErrorKind::NotFound`], or [`ErrorKind::Truncated`] when the object is shorter than
     /// `offset + len`.
     pub fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+        if let Some(root) = &self.inner.local_root {
+            use std::os::unix::fs::FileExt;
+            let p = local::object_path(root, path)?;
+            let f = std::fs::File::open(&p).map_err(|e| Error::io(path, e))?;
+            let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
+            let end = offset.saturating_add(len);
+            if size < end {
+                return Err(Error::truncated(path, end, size));
+            }
+            let mut buf = vec![0u8; len as usize];
+            f.read_exact_at(&mut buf, offset)
+                .map_err(|e| Error::io(path, e))?;
+            return Ok(buf);
+        }
         let op = &self.inner.op;
         let buf = self
             .inner
