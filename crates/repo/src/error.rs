@@ -96,6 +96,12 @@ pub enum Error {
         /// The operation whose lease expired.
         operation: String,
     },
+    /// A WAL file of that name is already in the repository with different content.
+    #[error("{file} is already in the repository with different content; refusing to overwrite it (two clusters archiving under one source name, or a cluster restored without a new source name?)")]
+    WalConflict {
+        /// The repository file.
+        file: String,
+    },
     /// A local file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -129,6 +135,11 @@ impl Error {
             self,
             Error::Damaged { .. } | Error::BlobMissing { .. } | Error::PackMissing { .. }
         )
+    }
+
+    /// Whether the error says a repository file does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Storage(s) if s.is_not_found())
     }
 
     /// Whether the error is about how Lifeboat was called or configured (a wrong password,

@@ -30,6 +30,7 @@ pub mod prune;
 pub mod repository;
 pub mod retention;
 pub mod tree;
+pub mod wal;
 pub mod writer;
 
 pub use chunker::Chunker;

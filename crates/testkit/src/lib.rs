@@ -1,16 +1,19 @@
 //! Dev-only helpers for Lifeboat's tests: real servers started on free 127.0.0.1 ports and
 //! stopped by PID, plus tiny network stubs for failure tests.
 //!
-//! Lives here: [`GarageServer`] (a real S3-compatible server), [`HangingServer`] (accepts
+//! Lives here: [`GarageServer`] (a real S3-compatible server), [`PgServer`] (a real
+//! PostgreSQL 15 cluster, primaries and standbys), [`HangingServer`] (accepts
 //! TCP connections and never answers), [`StatusServer`] (answers every HTTP request with one
 //! status code), [`free_port`].
 //! Never here: product code, anything that listens beyond 127.0.0.1, or skipping a test
 //! because a binary is missing — a missing binary is an error naming `cargo xtask setup`.
 
 mod garage;
+pub mod postgres;
 mod stub;
 
 pub use garage::{garage_bin, GarageServer, DEFAULT_GARAGE_BIN, GARAGE_BIN_ENV};
+pub use postgres::PgServer;
 pub use stub::{HangingServer, StatusServer};
 
 use std::net::TcpListener;

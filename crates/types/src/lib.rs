@@ -149,6 +149,61 @@ define_id!(
     KeyId
 );
 
+/// A position in a PostgreSQL write-ahead log, printed the way PostgreSQL does (`0/16B3748`:
+/// the high and low 32 bits in hex). Serialized as that text.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Debug)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// The zero position (`0/0`), which PostgreSQL uses for "invalid".
+    pub const ZERO: Lsn = Lsn(0);
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+    }
+}
+
+/// Why a text is not an LSN.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a WAL position: write it as PostgreSQL prints one, e.g. 0/16B3748")]
+pub struct LsnError {
+    /// The text given.
+    pub text: String,
+}
+
+impl FromStr for Lsn {
+    type Err = LsnError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || LsnError {
+            text: s.to_string(),
+        };
+        let (hi, lo) = s.trim().split_once('/').ok_or_else(err)?;
+        let ok =
+            |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
+        if !ok(hi) || !ok(lo) {
+            return Err(err());
+        }
+        let hi = u64::from_str_radix(hi, 16).map_err(|_| err())?;
+        let lo = u64::from_str_radix(lo, 16).map_err(|_| err())?;
+        Ok(Lsn((hi << 32) | lo))
+    }
+}
+
+impl Serialize for Lsn {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Lsn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A number of bytes, printed in binary units (`1.5 MiB`).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Debug)]
 pub struct ByteSize(pub u64);
@@ -278,6 +333,21 @@ mod tests {
         assert!("12 parsecs".parse::<ByteSize>().is_err());
         assert_eq!(ByteSize(1536).to_string(), "1.50 KiB");
         assert_eq!(ByteSize(12).to_string(), "12 B");
+    }
+
+    #[test]
+    fn lsn_prints_and_parses_like_postgres() {
+        let l: Lsn = "16/B374D848".parse().unwrap();
+        assert_eq!(l, Lsn(0x16_B374_D848));
+        assert_eq!(l.to_string(), "16/B374D848");
+        assert_eq!(Lsn(0x0300_0028).to_string(), "0/3000028");
+        assert_eq!("0/0".parse::<Lsn>(), Ok(Lsn::ZERO));
+        for bad in ["", "0", "/1", "1/", "g/1", "123456789/0", "0/1/2"] {
+            assert!(bad.parse::<Lsn>().is_err(), "{bad:?} parsed");
+        }
+        let j = serde_json::to_string(&l).unwrap();
+        assert_eq!(j, "\"16/B374D848\"");
+        assert_eq!(serde_json::from_str::<Lsn>(&j).unwrap(), l);
     }
 
     #[test]

@@ -1,0 +1,507 @@
+//! Write-ahead log objects: one immutable, sealed repository file per WAL file of a
+//! database source (`wal/<source>/<name>`), written whole or not at all.
+//!
+//! Lives here: the object codec ([`WalHeader`], pieces), [`Repository::wal_put`] (atomic,
+//! idempotent, refusing different content under the same name), [`Repository::wal_get`],
+//! listing and deletion. Never here: what the names mean (segments, timelines, which WAL a
+//! backup needs) — that is `lifeboat-postgres` — nor deciding what to delete.
+//!
+//! # Format (docs/format/README.md, "WAL objects")
+//! ```text
+//! "LBW1"  u32-le header length  sealed header  sealed piece 0  sealed piece 1 …
+//! ```
+//! The header (CBOR: version, plaintext length, keyed BLAKE3 of the plaintext, sealed length
+//! of each piece) and every piece (≤ 4 MiB of the plaintext, zstd when it pays) are sealed
+//! with AES-256-GCM; their associated data binds the source, the name and the piece number,
+//! so an object cannot be moved to another name or source, nor its pieces reordered,
+//! dropped or swapped, without failing authentication.
+//!
+//! # Crash safety
+//! Objects are created with [`lifeboat_storage::Storage::put_new`]: on a local disk a temp
+//! file is fsynced and linked into place, on S3 a single PUT; a reader sees the whole object
+//! or nothing, and a killed writer leaves at most a temp file (removed by prune).
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Compressor;
+use crate::error::{Error, Result};
+use crate::format::{from_cbor, to_cbor};
+use crate::repository::Repository;
+
+/// Directory of WAL objects.
+pub const WAL_DIR: &str = "wal";
+/// Magic bytes at the start of every WAL object.
+pub const WAL_MAGIC: &[u8; 4] = b"LBW1";
+/// Plaintext bytes per sealed piece.
+pub const WAL_PIECE: usize = 4 << 20;
+/// Largest plaintext accepted (PostgreSQL's largest WAL segment is 1 GiB).
+pub const WAL_MAX_PLAIN: u64 = 1 << 30;
+/// zstd level for WAL: the archiver waits for every push, so speed beats the last percent.
+pub const WAL_ZSTD_LEVEL: i32 = 1;
+
+/// The sealed header of a WAL object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalHeader {
+    /// Object format version (1).
+    pub version: u32,
+    /// Length of the plaintext (the WAL file).
+    pub plain_len: u64,
+    /// Keyed BLAKE3 of the plaintext (the repository's id key): equal content, equal hash.
+    #[serde(with = "serde_bytes")]
+    pub plain_hash: [u8; 32],
+    /// Sealed length of each piece, in order.
+    pub pieces: Vec<u32>,
+}
+
+/// What [`Repository::wal_put`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PutOutcome {
+    /// The object was written.
+    Stored {
+        /// Its size in the repository.
+        stored_bytes: u64,
+    },
+    /// An object with the same name and the same content was already there.
+    AlreadyStored,
+}
+
+/// One WAL object in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalEntry {
+    /// The WAL file name (`000000010000000000000003`).
+    pub name: String,
+    /// Size of the object in the repository.
+    pub size: u64,
+}
+
+/// Checks that `source` can name a directory of WAL objects: 1–64 characters of
+/// `A-Z a-z 0-9 _ . -`, not starting with `.` or `-`.
+///
+/// # Errors
+/// [`Error::Invalid`] saying what is allowed.
+pub fn validate_source(source: &str) -> Result<()> {
+    let ok = !source.is_empty()
+        && source.len() <= 64
+        && !source.starts_with(['.', '-'])
+        && source
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "source name {source:?} must be 1-64 characters of letters, digits, '_', '.' and '-', not starting with '.' or '-' (e.g. orders-db)"
+        )))
+    }
+}
+
+/// Checks that `name` is a plausible WAL file name (1–80 characters of `A-Z a-z 0-9 . _ -`,
+/// not starting with `.`): it becomes part of a repository path.
+///
+/// # Errors
+/// [`Error::Invalid`] naming it.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 80
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("{name:?} is not a WAL file name")))
+    }
+}
+
+/// Path of a WAL object.
+pub fn wal_path(source: &str, name: &str) -> String {
+    format!("{WAL_DIR}/{source}/{name}")
+}
+
+fn aad_header(source: &str, name: &str) -> Vec<u8> {
+    let mut a = b"lifeboat/v1/wal-header/".to_vec();
+    a.extend_from_slice(source.as_bytes());
+    a.push(0);
+    a.extend_from_slice(name.as_bytes());
+    a
+}
+
+fn aad_piece(source: &str, name: &str, index: u32, count: u32) -> Vec<u8> {
+    let mut a = b"lifeboat/v1/wal-piece/".to_vec();
+    a.extend_from_slice(source.as_bytes());
+    a.push(0);
+    a.extend_from_slice(name.as_bytes());
+    a.push(0);
+    a.extend_from_slice(&index.to_le_bytes());
+    a.extend_from_slice(&count.to_le_bytes());
+    a
+}
+
+/// Runs `f` over `items` on up to `threads` threads, results in order.
+fn par_pieces<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    crate::repository::par_map(items, threads, f)
+        .into_iter()
+        .collect()
+}
+
+impl Repository {
+    /// Encodes `data` as the WAL object `source`/`name` (compressing and sealing its pieces
+    /// on up to `threads` threads).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad name or a plaintext over [`WAL_MAX_PLAIN`].
+    pub fn wal_encode(
+        &self,
+        source: &str,
+        name: &str,
+        data: &[u8],
+        threads: usize,
+    ) -> Result<Vec<u8>> {
+        validate_source(source)?;
+        validate_name(name)?;
+        if data.len() as u64 > WAL_MAX_PLAIN {
+            return Err(Error::Invalid(format!(
+                "{name}: {} bytes is larger than any WAL file",
+                data.len()
+            )));
+        }
+        let chunks: Vec<&[u8]> = if data.is_empty() {
+            vec![&data[..0]]
+        } else {
+            data.chunks(WAL_PIECE).collect()
+        };
+        let count = chunks.len() as u32;
+        let indexed: Vec<(u32, &[u8])> = (0..count).zip(chunks).collect();
+        let level = if self.config().compression == 0 {
+            0
+        } else {
+            WAL_ZSTD_LEVEL
+        };
+        let key = self.key();
+        let pieces = par_pieces(&indexed, threads.max(1), |(i, chunk)| {
+            let mut comp = Compressor::new(level).map_err(|e| Error::Io {
+                path: "zstd".into(),
+                source: e,
+            })?;
+            Ok(key.seal_compressed(&aad_piece(source, name, *i, count), chunk, &mut comp))
+        })?;
+        let header = WalHeader {
+            version: 1,
+            plain_len: data.len() as u64,
+            plain_hash: *key.blob_id(data).as_bytes(),
+            pieces: pieces.iter().map(|p| p.len() as u32).collect(),
+        };
+        let sealed_header = key.seal_stored(&aad_header(source, name), &to_cbor(&header));
+        let total: usize = pieces.iter().map(Vec::len).sum();
+        let mut out = Vec::with_capacity(8 + sealed_header.len() + total);
+        out.extend_from_slice(WAL_MAGIC);
+        out.extend_from_slice(&(sealed_header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&sealed_header);
+        for p in &pieces {
+            out.extend_from_slice(p);
+        }
+        Ok(out)
+    }
+
+    /// Decodes the header of a WAL object and returns it with the offset of piece 0.
+    ///
+    /// # Errors
+    /// [`Error::Damaged`] naming the object when the bytes are not a WAL object of this
+    /// repository, name and source, or are truncated.
+    pub fn wal_header(&self, source: &str, name: &str, bytes: &[u8]) -> Result<(WalHeader, usize)> {
+        let path = wal_path(source, name);
+        let damaged = |why: String| Error::damaged(&path, why);
+        if bytes.len() < 8 || &bytes[..4] != WAL_MAGIC {
+            return Err(damaged(format!(
+                "not a WAL object ({} bytes, bad magic)",
+                bytes.len()
+            )));
+        }
+        let hlen = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+        let sealed = bytes
+            .get(8..8usize.saturating_add(hlen))
+            .ok_or_else(|| damaged(format!("truncated: header of {hlen} bytes does not fit")))?;
+        let mut sealed = sealed.to_vec();
+        let plain = self
+            .key()
+            .open_in_place(&aad_header(source, name), &mut sealed)
+            .map_err(|e| damaged(format!("header: {e}")))?;
+        let header: WalHeader =
+            from_cbor("WAL header", &plain).map_err(|e| damaged(e.to_string()))?;
+        if header.version != 1 {
+            return Err(damaged(format!(
+                "WAL object version {} (this lifeboat reads 1: upgrade lifeboat)",
+                header.version
+            )));
+        }
+        if header.plain_len > WAL_MAX_PLAIN || header.pieces.is_empty() {
+            return Err(damaged("implausible header".into()));
+        }
+        let body: u64 = header.pieces.iter().map(|&l| u64::from(l)).sum();
+        let expected = 8 + hlen as u64 + body;
+        if bytes.len() as u64 != expected {
+            return Err(damaged(format!(
+                "has {} bytes, its header says {expected}: truncated or appended to",
+                bytes.len()
+            )));
+        }
+        Ok((header, 8 + hlen))
+    }
+
+    /// Decodes and verifies a whole WAL object (pieces opened on up to `threads` threads).
+    ///
+    /// # Errors
+    /// [`Error::Damaged`] naming the object.
+    pub fn wal_decode(
+        &self,
+        source: &str,
+        name: &str,
+        bytes: &[u8],
+        threads: usize,
+    ) -> Result<Vec<u8>> {
+        let path = wal_path(source, name);
+        let (header, mut at) = self.wal_header(source, name, bytes)?;
+        let count = header.pieces.len() as u32;
+        let mut spans = Vec::with_capacity(header.pieces.len());
+        for (i, &len) in header.pieces.iter().enumerate() {
+            spans.push((i as u32, at, at + len as usize));
+            at += len as usize;
+        }
+        let key = self.key();
+        let plains = par_pieces(&spans, threads.max(1), |(i, s, e)| {
+            let mut sealed = bytes[*s..*e].to_vec();
+            key.open_in_place(&aad_piece(source, name, *i, count), &mut sealed)
+                .map_err(|err| Error::damaged(&path, format!("piece {i}: {err}")))
+        })?;
+        let mut out = Vec::with_capacity(header.plain_len as usize);
+        for p in plains {
+            out.extend_from_slice(&p);
+        }
+        if out.len() as u64 != header.plain_len
+            || key.blob_id(&out).as_bytes() != &header.plain_hash
+        {
+            return Err(Error::damaged(
+                &path,
+                "contents do not match the hash in its header",
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Stores `data` as WAL file `name` of `source`, atomically: afterwards the repository
+    /// holds the whole object or (after a crash) nothing. Storing the same content again is
+    /// fine ([`PutOutcome::AlreadyStored`]).
+    ///
+    /// # Errors
+    /// [`Error::WalConflict`] when the repository already holds different content under
+    /// that name (nothing is overwritten); storage errors.
+    pub fn wal_put(
+        &self,
+        source: &str,
+        name: &str,
+        data: &[u8],
+        threads: usize,
+    ) -> Result<PutOutcome> {
+        let path = wal_path(source, name);
+        // Most pushes are new: encode first, create-only write, compare only on conflict.
+        let encoded = self.wal_encode(source, name, data, threads)?;
+        let stored_bytes = encoded.len() as u64;
+        match self.storage().put_new(&path, encoded) {
+            Ok(()) => Ok(PutOutcome::Stored { stored_bytes }),
+            Err(e) if e.kind() == lifeboat_storage::ErrorKind::AlreadyExists => {
+                let existing = self.storage().get(&path)?;
+                let hash = *self.key().blob_id(data).as_bytes();
+                match self.wal_header(source, name, &existing) {
+                    Ok((h, _)) if h.plain_len == data.len() as u64 && h.plain_hash == hash => {
+                        Ok(PutOutcome::AlreadyStored)
+                    }
+                    Ok(_) => Err(Error::WalConflict { file: path }),
+                    Err(damage) => Err(damage),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads and verifies WAL file `name` of `source`.
+    ///
+    /// # Errors
+    /// A storage error of kind `NotFound` when the repository does not hold it (see
+    /// [`Error::is_not_found`]); [`Error::Damaged`] naming the object.
+    pub fn wal_get(&self, source: &str, name: &str, threads: usize) -> Result<Vec<u8>> {
+        validate_source(source)?;
+        validate_name(name)?;
+        let bytes = self.storage().get(&wal_path(source, name))?;
+        self.wal_decode(source, name, &bytes, threads)
+    }
+
+    /// Lists the WAL objects of `source` (unordered).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn wal_list(&self, source: &str) -> Result<Vec<WalEntry>> {
+        validate_source(source)?;
+        let prefix = format!("{WAL_DIR}/{source}/");
+        Ok(self
+            .storage()
+            .list(&format!("{WAL_DIR}/{source}"))?
+            .into_iter()
+            .filter_map(|e| {
+                let name = e.path.strip_prefix(&prefix)?;
+                (!name.contains('/') && validate_name(name).is_ok()).then(|| WalEntry {
+                    name: name.to_string(),
+                    size: e.size,
+                })
+            })
+            .collect())
+    }
+
+    /// The sources that have WAL objects, sorted.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn wal_sources(&self) -> Result<Vec<String>> {
+        let prefix = format!("{WAL_DIR}/");
+        let mut out: Vec<String> = self
+            .storage()
+            .list(WAL_DIR)?
+            .into_iter()
+            .filter_map(|e| {
+                let rest = e.path.strip_prefix(&prefix)?;
+                let (source, _) = rest.split_once('/')?;
+                validate_source(source).ok().map(|()| source.to_string())
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Deletes WAL file `name` of `source` (retention decides which).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn wal_delete(&self, source: &str, name: &str) -> Result<()> {
+        validate_source(source)?;
+        validate_name(name)?;
+        Ok(self.storage().delete(&wal_path(source, name))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{InitOptions, KdfParams};
+
+    fn repo() -> Repository {
+        let storage = lifeboat_storage::Storage::memory().unwrap();
+        let opts = InitOptions {
+            kdf: KdfParams::insecure_for_tests(),
+            ..InitOptions::default()
+        };
+        Repository::init(storage, b"pw", &opts).unwrap()
+    }
+
+    fn segment(seed: u8) -> Vec<u8> {
+        // WAL-like: mostly compressible records, some noise, 9 MiB (three pieces).
+        (0..9 << 20)
+            .map(|i: usize| {
+                if i % 4096 < 64 {
+                    (i as u8).wrapping_mul(seed | 1) ^ (i >> 12) as u8
+                } else {
+                    seed
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn put_get_roundtrip_is_idempotent_and_refuses_other_content() {
+        let r = repo();
+        let a = segment(3);
+        let name = "000000010000000000000003";
+        assert!(matches!(
+            r.wal_put("orders", name, &a, 2).unwrap(),
+            PutOutcome::Stored { stored_bytes } if stored_bytes < a.len() as u64 / 4
+        ));
+        assert_eq!(r.wal_get("orders", name, 2).unwrap(), a);
+        assert_eq!(
+            r.wal_put("orders", name, &a, 1).unwrap(),
+            PutOutcome::AlreadyStored
+        );
+        let b = segment(4);
+        let err = r.wal_put("orders", name, &b, 2).unwrap_err();
+        assert!(matches!(err, Error::WalConflict { .. }), "{err}");
+        assert_eq!(
+            r.wal_get("orders", name, 2).unwrap(),
+            a,
+            "nothing overwritten"
+        );
+        let list = r.wal_list("orders").unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].name, name);
+        assert_eq!(r.wal_sources().unwrap(), vec!["orders".to_string()]);
+        // An empty file and a history file are objects too.
+        r.wal_put("orders", "00000002.history", b"", 1).unwrap();
+        assert!(r
+            .wal_get("orders", "00000002.history", 1)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn objects_cannot_be_moved_truncated_or_altered() {
+        let r = repo();
+        let a = segment(7);
+        let name = "000000010000000000000007";
+        let enc = r.wal_encode("orders", name, &a, 2).unwrap();
+        assert_eq!(r.wal_decode("orders", name, &enc, 2).unwrap(), a);
+        // Another name or source: the header's associated data no longer matches.
+        assert!(r
+            .wal_decode("orders", "000000010000000000000008", &enc, 2)
+            .unwrap_err()
+            .is_damage());
+        assert!(r
+            .wal_decode("carts", name, &enc, 2)
+            .unwrap_err()
+            .is_damage());
+        // Truncated, appended to, or any byte flipped.
+        for bad in [
+            enc[..enc.len() - 1].to_vec(),
+            [enc.clone(), vec![0]].concat(),
+            enc[..5].to_vec(),
+        ] {
+            assert!(r
+                .wal_decode("orders", name, &bad, 1)
+                .unwrap_err()
+                .is_damage());
+        }
+        for pos in [0, 5, 20, enc.len() / 2, enc.len() - 1] {
+            let mut bad = enc.clone();
+            bad[pos] ^= 0x40;
+            let e = r.wal_decode("orders", name, &bad, 2).unwrap_err();
+            assert!(e.is_damage(), "flip at {pos}: {e}");
+            assert!(e.to_string().contains(name), "{e}");
+        }
+    }
+
+    #[test]
+    fn names_and_sources_are_checked() {
+        for ok in ["orders", "orders-db", "a.b_c"] {
+            assert!(validate_source(ok).is_ok());
+        }
+        for bad in ["", ".x", "-x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(validate_source(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_name("000000010000000000000001.partial").is_ok());
+        for bad in ["", ".hidden", "../x", "a/b"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}
