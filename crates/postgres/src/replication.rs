@@ -82,22 +82,12 @@ pub enum ReplicationError {
         message: String,
     },
     /// The server answered with an error.
-    #[error("PostgreSQL {target}: {severity} {code}: {message}{}{}",
-        detail.as_deref().map(|d| format!(" (detail: {d})")).unwrap_or_default(),
-        hint.as_deref().map(|h| format!(" (hint: {h})")).unwrap_or_default())]
+    #[error("PostgreSQL {target}: {error}")]
     Server {
         /// The server.
         target: String,
-        /// `ERROR`, `FATAL` or `PANIC`.
-        severity: String,
-        /// The SQLSTATE, e.g. `42710`.
-        code: String,
-        /// The primary message.
-        message: String,
-        /// The detail message, when the server sent one.
-        detail: Option<String>,
-        /// The hint, when the server sent one.
-        hint: Option<String>,
+        /// What it said.
+        error: Box<ServerError>,
     },
     /// The server asks for something this client does not do (TLS, GSSAPI, ...).
     #[error("PostgreSQL {target}: {what} is not supported by Lifeboat")]
@@ -131,8 +121,9 @@ impl ReplicationError {
             | ReplicationError::Io { .. }
             | ReplicationError::Timeout { .. }
             | ReplicationError::Closed { .. } => true,
-            ReplicationError::Server { code, .. } => {
-                code.starts_with("08") || code.starts_with("53") || code.starts_with("57")
+            ReplicationError::Server { error, .. } => {
+                let c = &error.code;
+                c.starts_with("08") || c.starts_with("53") || c.starts_with("57")
             }
             _ => false,
         }
@@ -141,9 +132,37 @@ impl ReplicationError {
     /// The server's SQLSTATE, when the server sent an error.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
-            ReplicationError::Server { code, .. } => Some(code),
+            ReplicationError::Server { error, .. } => Some(&error.code),
             _ => None,
         }
+    }
+}
+
+/// An error as PostgreSQL reports it (`ErrorResponse`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerError {
+    /// `ERROR`, `FATAL` or `PANIC`.
+    pub severity: String,
+    /// The SQLSTATE, e.g. `42710`.
+    pub code: String,
+    /// The primary message.
+    pub message: String,
+    /// The detail message, when the server sent one.
+    pub detail: Option<String>,
+    /// The hint, when the server sent one.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.severity, self.code, self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, " (detail: {d})")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, " (hint: {h})")?;
+        }
+        Ok(())
     }
 }
 
@@ -873,11 +892,13 @@ impl ReplicationConn {
         }
         ReplicationError::Server {
             target: self.wire.target.clone(),
-            severity: m.severity,
-            code: m.code,
-            message: m.message,
-            detail: m.detail,
-            hint: m.hint,
+            error: Box::new(ServerError {
+                severity: m.severity,
+                code: m.code,
+                message: m.message,
+                detail: m.detail,
+                hint: m.hint,
+            }),
         }
     }
 
