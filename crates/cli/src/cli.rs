@@ -79,6 +79,9 @@ pub enum Command {
     Key(KeyCmd),
     /// Show the repository format version and migrate it to the current one.
     Migrate(MigrateCmd),
+    /// PostgreSQL: base backups, WAL archiving and streaming, point-in-time restore.
+    #[command(subcommand)]
+    Pg(PgCmd),
     /// The main job on embedded defaults: back up a directory into a local repository,
     /// list snapshots, restore, and verify the restore bit for bit.
     Demo(DemoCmd),
@@ -267,14 +270,21 @@ pub struct CopyCmd {
 /// `key`.
 #[derive(Debug, Subcommand)]
 pub enum KeyCmd {
-    /// Add a password (from --new-password-file or LIFEBOAT_NEW_PASSWORD).
+    /// Add a password (from --new-password-file or LIFEBOAT_NEW_PASSWORD), or generate a
+    /// machine key with --generate.
     Add {
         /// File holding the new password.
-        #[arg(long, env = "LIFEBOAT_NEW_PASSWORD_FILE")]
+        #[arg(long, env = "LIFEBOAT_NEW_PASSWORD_FILE", conflicts_with = "generate")]
         new_password_file: Option<PathBuf>,
         /// Argon2id memory cost.
         #[arg(long, default_value = "19MiB")]
         kdf_memory: String,
+        /// Generate a random 256-bit password into this new file (mode 0600) and add it with
+        /// the cheapest key derivation: a random secret needs no stretching, and commands
+        /// that run once per WAL file (`pg wal-push`) then open the repository in
+        /// microseconds. Keep the file like any password file.
+        #[arg(long, value_name = "FILE")]
+        generate: Option<PathBuf>,
     },
     /// List the keys.
     List,
@@ -288,3 +298,119 @@ pub enum KeyCmd {
 /// `migrate`.
 #[derive(Debug, ClapArgs)]
 pub struct MigrateCmd {}
+
+/// `pg`: continuous protection of a PostgreSQL cluster (docs/postgres.md).
+#[derive(Debug, Subcommand)]
+pub enum PgCmd {
+    /// Take a base backup of a running cluster (pg_backup_start/stop; reads the data
+    /// directory, stores only changed chunks).
+    Backup(PgBackupCmd),
+    /// archive_command: store one WAL file (`%p`). Exit 0 stored or already there with the
+    /// same content; non-zero otherwise (PostgreSQL retries).
+    WalPush(PgWalPushCmd),
+    /// restore_command: write WAL file `%f` to `%p`. Exit 0 fetched; 1 not in the
+    /// repository; 126 damaged or unreadable (PostgreSQL stops recovery instead of
+    /// skipping WAL).
+    WalFetch(PgWalFetchCmd),
+    /// Restore a base backup and prepare recovery to a point in time.
+    Restore(PgRestoreCmd),
+    /// List base backups and the WAL available (ranges and gaps).
+    Backups(PgBackupsCmd),
+}
+
+/// The source every `pg` command names.
+#[derive(Debug, ClapArgs)]
+pub struct PgSource {
+    /// Which cluster, inside the repository (like pgBackRest's stanza): letters, digits,
+    /// '_', '.', '-'.
+    #[arg(long, env = "LIFEBOAT_PG_SOURCE")]
+    pub source: String,
+}
+
+/// `pg backup`.
+#[derive(Debug, ClapArgs)]
+pub struct PgBackupCmd {
+    #[command(flatten)]
+    pub source: PgSource,
+    /// Connection string of the cluster (libpq key=value or postgresql:// URL).
+    #[arg(long, env = "LIFEBOAT_PG_DSN", hide_env_values = true)]
+    pub dsn: String,
+    /// The data directory, when it differs from the server's data_directory setting.
+    #[arg(long)]
+    pub pgdata: Option<PathBuf>,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// How long to wait for the WAL the backup needs to reach the repository (seconds).
+    #[arg(long, default_value_t = 120)]
+    pub wal_wait: u64,
+}
+
+/// `pg wal-push`.
+#[derive(Debug, ClapArgs)]
+pub struct PgWalPushCmd {
+    #[command(flatten)]
+    pub source: PgSource,
+    /// The WAL file (`%p`).
+    pub path: PathBuf,
+}
+
+/// `pg wal-fetch`.
+#[derive(Debug, ClapArgs)]
+pub struct PgWalFetchCmd {
+    #[command(flatten)]
+    pub source: PgSource,
+    /// The WAL file name (`%f`).
+    pub name: String,
+    /// Where to write it (`%p`).
+    pub dest: PathBuf,
+}
+
+/// `pg restore`.
+#[derive(Debug, ClapArgs)]
+#[command(group(clap::ArgGroup::new("point").args(["to_time", "to_lsn", "to_xid", "to_name", "latest", "immediate"])))]
+pub struct PgRestoreCmd {
+    #[command(flatten)]
+    pub source: PgSource,
+    /// The data directory to create (empty or missing; or existing with --delta).
+    #[arg(long, short = 't')]
+    pub target: PathBuf,
+    /// Recover to just before this time: '2026-11-30 14:03:27+00' (the offset is required).
+    #[arg(long)]
+    pub to_time: Option<String>,
+    /// Recover to this WAL position (e.g. 0/16B3748).
+    #[arg(long)]
+    pub to_lsn: Option<String>,
+    /// Recover through this transaction id.
+    #[arg(long)]
+    pub to_xid: Option<String>,
+    /// Recover to this restore point (pg_create_restore_point).
+    #[arg(long)]
+    pub to_name: Option<String>,
+    /// Recover all WAL in the repository (the default).
+    #[arg(long)]
+    pub latest: bool,
+    /// Recover only to the end of the base backup.
+    #[arg(long)]
+    pub immediate: bool,
+    /// recovery_target_timeline: latest (default), current, or a number.
+    #[arg(long)]
+    pub timeline: Option<String>,
+    /// What the server does at the target: promote (default), pause, shutdown.
+    #[arg(long, default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
+    pub target_action: String,
+    /// Rewrite only what differs in an existing data directory (files are compared by
+    /// content); delete what the backup does not have.
+    #[arg(long)]
+    pub delta: bool,
+    /// Use this base backup (snapshot id or prefix) instead of the newest that fits.
+    #[arg(long)]
+    pub backup: Option<String>,
+}
+
+/// `pg backups`.
+#[derive(Debug, ClapArgs)]
+pub struct PgBackupsCmd {
+    #[command(flatten)]
+    pub source: PgSource,
+}

@@ -26,7 +26,7 @@ use crate::output::{self, bytes, json, line};
 use crate::progress::Bar;
 use crate::{Exit, EXIT_DAMAGE, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 
-fn usage(message: impl Into<String>, hint: Option<&str>) -> anyhow::Error {
+pub(crate) fn usage(message: impl Into<String>, hint: Option<&str>) -> anyhow::Error {
     anyhow::Error::new(Exit {
         code: EXIT_USAGE,
         message: message.into(),
@@ -38,7 +38,7 @@ fn env(k: &str) -> Option<String> {
     std::env::var(k).ok()
 }
 
-fn location(url: Option<&str>) -> Result<Location> {
+pub(crate) fn location(url: Option<&str>) -> Result<Location> {
     let url = url.ok_or_else(|| {
         usage(
             "no repository given",
@@ -91,7 +91,7 @@ fn main_password(g: &Global) -> Result<Secret<String>> {
     })
 }
 
-fn open(g: &Global) -> Result<Repository> {
+pub(crate) fn open(g: &Global) -> Result<Repository> {
     let pw = main_password(g)?;
     let st = storage(g.repo.as_deref())?;
     let describe = st.describe().to_string();
@@ -110,6 +110,28 @@ fn read_lease(repo: &Repository, what: &str) -> Result<lifeboat_repo::lease::Lea
     )?)
 }
 
+/// Writes 32 random bytes (hex) into a new file readable only by its owner.
+fn generate_password_file(path: &Path) -> Result<Secret<String>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let secret = Secret::new(lifeboat_repo::keys::machine_password()?.to_string());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            usage(
+                format!("cannot create {}: {e}", path.display()),
+                Some("--generate writes a new file and never overwrites one"),
+            )
+        })?;
+    f.write_all(format!("{}\n", secret.expose()).as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(secret)
+}
+
 fn kdf(memory: &str) -> Result<KdfParams> {
     let m: ByteSize = memory
         .parse()
@@ -121,7 +143,7 @@ fn kdf(memory: &str) -> Result<KdfParams> {
     })
 }
 
-fn progress_enabled(g: &Global) -> bool {
+pub(crate) fn progress_enabled(g: &Global) -> bool {
     !(g.json || g.quiet || g.no_progress)
 }
 
@@ -140,6 +162,12 @@ pub fn run(args: Args) -> Result<u8> {
         Command::Init(c) => {
             let st = storage(g.repo.as_deref())?;
             let pw = main_password(g)?;
+            if pw.expose().is_empty() {
+                return Err(usage(
+                    "the password is empty",
+                    Some("an empty password protects nothing; use `lifeboat key add --generate FILE` on an existing repository for machine use, or give a real password"),
+                ));
+            }
             let pack_size: ByteSize = c
                 .pack_size
                 .parse()
@@ -718,8 +746,25 @@ pub fn run(args: Args) -> Result<u8> {
             let repo = open(g)?;
             match k {
                 KeyCmd::Add {
+                    generate: Some(file),
+                    ..
+                } => {
+                    let secret = generate_password_file(&file)?;
+                    let id = repo.add_key(secret.expose().as_bytes(), KdfParams::machine())?;
+                    if g.json {
+                        json(&serde_json::json!({"added": id, "password_file": file}))?;
+                    } else if !g.quiet {
+                        line(&format!(
+                            "added machine key {} (password in {})",
+                            id.short(),
+                            file.display()
+                        ))?;
+                    }
+                }
+                KeyCmd::Add {
                     new_password_file,
                     kdf_memory,
+                    generate: None,
                 } => {
                     let npw = password(
                         new_password_file.as_deref(),
@@ -780,6 +825,7 @@ pub fn run(args: Args) -> Result<u8> {
             }
             Ok(EXIT_OK)
         }
+        Command::Pg(c) => crate::pg::run(g, c),
         Command::Demo(c) => crate::demo::run(g, &c),
         Command::Migrate(_) => {
             let repo = open(g)?;

@@ -10,6 +10,7 @@ mod cli;
 mod commands;
 mod demo;
 mod output;
+mod pg;
 mod progress;
 
 use std::process::ExitCode;
@@ -65,6 +66,15 @@ fn code_of(e: &anyhow::Error) -> u8 {
                 ) {
                     return EXIT_USAGE;
                 }
+            }
+            return EXIT_RUNTIME;
+        }
+        if let Some(p) = cause.downcast_ref::<lifeboat_postgres::Error>() {
+            if let lifeboat_postgres::Error::Repo(_) = p {
+                continue; // the repository error below it decides
+            }
+            if p.is_usage() {
+                return EXIT_USAGE;
             }
             return EXIT_RUNTIME;
         }

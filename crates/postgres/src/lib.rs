@@ -2,6 +2,10 @@
 //! repository.
 //!
 //! - [`walname`]: WAL file names, segment sizes, timeline history files.
+//! - [`archive`]: `archive_command` / `restore_command` (`pg wal-push`, `pg wal-fetch`).
+//! - [`backup`]: base backups with `pg_backup_start` / `pg_backup_stop`.
+//! - [`catalog`]: base backups, WAL ranges and gaps of a source.
+//! - [`restore`]: point-in-time restore into a data directory.
 //! - [`replication`]: a blocking client of PostgreSQL's streaming replication protocol
 //!   (what `pg_receivewal` speaks).
 //!
@@ -9,8 +13,12 @@
 //! (marked as base backups), WAL files are WAL objects
 //! (`lifeboat_repo::wal`). Never here: argument parsing or printing (the binary does that).
 
+pub mod archive;
+pub mod backup;
+pub mod catalog;
 pub mod error;
 pub mod replication;
+pub mod restore;
 pub mod walname;
 
 pub use error::{Error, Result};

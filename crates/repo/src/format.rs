@@ -523,6 +523,40 @@ pub struct Snapshot {
     /// Counters.
     #[serde(default)]
     pub summary: SnapshotSummary,
+    /// Set when the snapshot is a PostgreSQL base backup: the cluster and the WAL it needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PgBackupInfo>,
+}
+
+/// What a PostgreSQL base backup needs besides its files: where its WAL starts and stops,
+/// and the `backup_label` a restore must write into the data directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgBackupInfo {
+    /// The source name (`--source`): WAL objects live under `wal/<source>/`.
+    pub source: String,
+    /// `pg_control_system().system_identifier`: which cluster this is.
+    pub system_id: String,
+    /// `server_version_num` (150010 for 15.10).
+    pub server_version: u32,
+    /// The timeline the backup started on.
+    pub timeline: u32,
+    /// WAL position where the backup starts (its checkpoint's redo point).
+    pub start_lsn: lifeboat_types::Lsn,
+    /// WAL position the cluster must reach for the backup to be consistent.
+    pub stop_lsn: lifeboat_types::Lsn,
+    /// When the backup started (RFC 3339).
+    pub start_time: String,
+    /// When it stopped (RFC 3339).
+    pub stop_time: String,
+    /// The cluster's `wal_segment_size` in bytes.
+    pub segment_size: u64,
+    /// The data directory that was backed up (the snapshot's single path).
+    pub data_dir: String,
+    /// Contents of `backup_label` as `pg_backup_stop` returned it.
+    pub backup_label: String,
+    /// Contents of `tablespace_map` (empty without tablespaces).
+    #[serde(default)]
+    pub tablespace_map: String,
 }
 
 impl Snapshot {

@@ -46,11 +46,34 @@ impl KdfParams {
         }
     }
 
+    /// The cheapest parameters Argon2id allows (8 KiB, one pass), for machine keys: their
+    /// password is a random 256-bit secret, which no amount of guessing can find, so
+    /// stretching it buys nothing and would cost every `pg wal-push` its run time.
+    pub fn machine() -> Self {
+        KdfParams {
+            m_cost: 8,
+            t_cost: 1,
+            p_cost: 1,
+        }
+    }
+
     fn argon2(&self) -> Result<Argon2<'static>> {
         let params = Params::new(self.m_cost, self.t_cost, self.p_cost, Some(32))
             .map_err(|e| Error::Invalid(format!("key derivation parameters: {e}")))?;
         Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
     }
+}
+
+/// A new random password for a machine key: 32 bytes from the OS, as 64 hex digits.
+///
+/// # Errors
+/// When the OS random source fails.
+pub fn machine_password() -> Result<Zeroizing<String>> {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    SystemRandom::new()
+        .fill(&mut bytes[..])
+        .map_err(|_| Error::Invalid("the OS random number generator failed".into()))?;
+    Ok(Zeroizing::new(hex::encode(&bytes[..])))
 }
 
 /// A key file: everything needed to unwrap the master key with one password.

@@ -180,6 +180,23 @@ pub fn backup(
     opts: &BackupOptions,
     progress: &Progress,
 ) -> Result<BackupReport> {
+    backup_with(repo, paths, opts, progress, &mut |_| Ok(()))
+}
+
+/// Like [`backup`], calling `before_commit` after every pack and index file is written and
+/// before the snapshot is, while the backup's lease is held: it may fill in fields of the
+/// snapshot (a database backup records where its WAL starts and stops), or fail, in which
+/// case nothing is committed (the data written is garbage for the next prune).
+///
+/// # Errors
+/// As [`backup`], and whatever `before_commit` returns.
+pub fn backup_with(
+    repo: &Repository,
+    paths: &[PathBuf],
+    opts: &BackupOptions,
+    progress: &Progress,
+    before_commit: &mut dyn FnMut(&mut Snapshot) -> Result<()>,
+) -> Result<BackupReport> {
     let started = Instant::now();
     let started_at = jiff::Timestamp::now();
     if paths.is_empty() {
@@ -301,7 +318,7 @@ pub fn backup(
     summary.errors = errors.len() as u64;
     summary.started = started_at.to_string();
     summary.duration_s = started.elapsed().as_secs_f64();
-    let snap = Snapshot {
+    let mut snap = Snapshot {
         time: jiff::Timestamp::now().to_string(),
         tree: root_id,
         paths: path_strings,
@@ -312,7 +329,9 @@ pub fn backup(
         partial: !errors.is_empty(),
         original: None,
         summary: summary.clone(),
+        postgres: None,
     };
+    before_commit(&mut snap)?;
     lease.check_valid()?;
     let id = repo.save_snapshot(&snap)?;
     drop(lease);
@@ -768,6 +787,7 @@ pub fn backup_stream<R: Read>(
         partial: false,
         original: None,
         summary: summary.clone(),
+        postgres: None,
     };
     lease.check_valid()?;
     let id = repo.save_snapshot(&snap)?;

@@ -34,6 +34,13 @@ pub struct RestoreOptions {
     pub threads: usize,
     /// Restore owners (needs root; ignored otherwise).
     pub owners: bool,
+    /// When the selection is a directory, restore its contents into the target (the target
+    /// becomes that directory) instead of creating it inside the target.
+    pub into_target: bool,
+    /// Delta restore: keep files already in the target whose contents match the snapshot
+    /// (read and hashed, never trusted by size or time), rewrite the others, and delete
+    /// what the snapshot does not have.
+    pub delta: bool,
 }
 
 impl Default for RestoreOptions {
@@ -41,6 +48,8 @@ impl Default for RestoreOptions {
         RestoreOptions {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             owners: rustix::process::geteuid().is_root(),
+            into_target: false,
+            delta: false,
         }
     }
 }
@@ -65,6 +74,10 @@ pub struct RestoreReport {
     pub others: u64,
     /// Bytes of file content written.
     pub bytes: u64,
+    /// Delta restore: files kept because they already matched.
+    pub files_kept: u64,
+    /// Delta restore: entries deleted because the snapshot does not have them.
+    pub removed: u64,
     /// Paths that could not be restored fully.
     pub errors: Vec<RestoreError>,
 }
@@ -114,33 +127,41 @@ pub fn restore(
 
     // 1. Collect entries.
     let start = find_path(repo, index, snapshot_tree, subpath, snapshot_name)?;
-    let (root_tree, base): (Option<BlobId>, Vec<u8>) = match start {
-        None => (Some(*snapshot_tree), Vec::new()),
+    // `base`: the selection's path in the snapshot (for messages); `dest`: where its
+    // entries go below the target.
+    let (root_tree, base, dest): (Option<BlobId>, Vec<u8>, Vec<u8>) = match start {
+        None => (Some(*snapshot_tree), Vec::new(), Vec::new()),
         Some(node) => {
             let name = node.name.clone();
-            let sub = if matches!(node.kind, NodeKind::Dir) {
-                node.subtree
-            } else {
-                None
-            };
+            let is_dir = matches!(node.kind, NodeKind::Dir);
+            let sub = if is_dir { node.subtree } else { None };
+            let as_target = opts.into_target && is_dir;
             entries.push(Entry {
-                path: target.join(OsStr::from_bytes(&name)),
+                path: if as_target {
+                    target.to_path_buf()
+                } else {
+                    target.join(OsStr::from_bytes(&name))
+                },
                 rel: String::from_utf8_lossy(&name).into_owned(),
                 node,
             });
-            (sub, name)
+            let dest = if as_target { Vec::new() } else { name.clone() };
+            (sub, name, dest)
         }
     };
     if let Some(root) = root_tree {
         let mut visit = |rel: &[u8], node: &Node| -> Result<bool> {
-            let mut full = base.clone();
-            if !full.is_empty() {
-                full.push(b'/');
-            }
-            full.extend_from_slice(rel);
+            let join = |prefix: &[u8]| {
+                let mut full = prefix.to_vec();
+                if !full.is_empty() {
+                    full.push(b'/');
+                }
+                full.extend_from_slice(rel);
+                full
+            };
             entries.push(Entry {
-                path: target.join(OsStr::from_bytes(&full)),
-                rel: String::from_utf8_lossy(&full).into_owned(),
+                path: target.join(OsStr::from_bytes(&join(&dest))),
+                rel: String::from_utf8_lossy(&join(&base)).into_owned(),
                 node: node.clone(),
             });
             Ok(true)
@@ -154,6 +175,23 @@ pub fn restore(
             Progress::add(&progress.bytes_total, e.node.size);
         }
     }
+
+    // Delta: what may stay, and what must go.
+    let keep: Vec<bool> = if opts.delta {
+        report.removed = remove_extras(target, &entries, &mut report.errors);
+        let chunker = lifeboat_repo::Chunker::new(repo.config().chunker);
+        let idx: Vec<usize> = (0..entries.len()).collect();
+        par_map(&idx, opts.threads, |&i| {
+            let e = &entries[i];
+            matches!(e.node.kind, NodeKind::File)
+                && e.node.nlink <= 1
+                && e.node.error.is_none()
+                && !e.node.sparse
+                && same_content(repo, &chunker, &e.path, &e.node)
+        })
+    } else {
+        vec![false; entries.len()]
+    };
 
     // 2. Directories, special files, empty and pre-sized files; hard links wait.
     let mut links: Vec<(usize, usize)> = Vec::new();
@@ -203,6 +241,12 @@ pub fn restore(
             NodeKind::Socket => {
                 failed[i] = true; // sockets are recorded, not restored
                 continue;
+            }
+            NodeKind::File if keep[i] => {
+                report.files_kept += 1;
+                Progress::add(&progress.files_done, 1);
+                Progress::add(&progress.bytes_done, n.size);
+                continue; // metadata is applied in step 5 like everywhere else
             }
             NodeKind::File => {
                 if n.nlink > 1 && n.inode != 0 {
@@ -377,6 +421,82 @@ fn walk_tolerant(
             message: format!("cannot read: {e}"),
         });
     }
+}
+
+/// Whether the regular file at `path` holds exactly the content of `node` (same size, then
+/// the same blob ids when chunked with the repository's chunker).
+fn same_content(
+    repo: &Repository,
+    chunker: &lifeboat_repo::Chunker,
+    path: &Path,
+    node: &Node,
+) -> bool {
+    let Ok(md) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !md.is_file() || md.len() != node.size {
+        return false;
+    }
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    let mut buf = Vec::new();
+    let mut ids = node.content.iter();
+    let mut same = true;
+    let res = chunker.chunk_sized::<_, std::io::Error>(f, Some(node.size), &mut buf, |chunk| {
+        if ids.next() != Some(&repo.key().blob_id(chunk)) {
+            same = false;
+            // Stop reading: the answer is known.
+            return Err(std::io::Error::other("differs"));
+        }
+        Ok(())
+    });
+    res.is_ok() && same && ids.next().is_none()
+}
+
+/// Delta restore: deletes everything below `target` that is not one of `entries` (or has
+/// another kind there); returns how many entries went. Directories go deepest first.
+fn remove_extras(target: &Path, entries: &[Entry], errors: &mut Vec<RestoreError>) -> u64 {
+    let wanted: HashMap<&Path, bool> = entries
+        .iter()
+        .map(|e| (e.path.as_path(), matches!(e.node.kind, NodeKind::Dir)))
+        .collect();
+    let mut removed = 0u64;
+    fn walk_dir(
+        dir: &Path,
+        target: &Path,
+        wanted: &HashMap<&Path, bool>,
+        removed: &mut u64,
+        errors: &mut Vec<RestoreError>,
+    ) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            match wanted.get(p.as_path()) {
+                Some(true) if is_dir => walk_dir(&p, target, wanted, removed, errors),
+                Some(false) if !is_dir => {}
+                _ => {
+                    let res = if is_dir {
+                        std::fs::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                    };
+                    match res {
+                        Ok(()) => *removed += 1,
+                        Err(err) => errors.push(RestoreError {
+                            path: p.strip_prefix(target).unwrap_or(&p).display().to_string(),
+                            message: format!("delta: cannot remove: {err}"),
+                        }),
+                    }
+                }
+            }
+        }
+    }
+    walk_dir(target, target, &wanted, &mut removed, errors);
+    removed
 }
 
 fn remove_existing(path: &Path) {

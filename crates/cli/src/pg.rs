@@ -1,0 +1,299 @@
+//! `lifeboat pg …`: PostgreSQL commands. Parse, call `lifeboat-postgres`, render, pick the
+//! exit code. Never here: PostgreSQL logic, or a password in any output (connection strings
+//! are shown as host:port only).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use lifeboat_postgres::archive::{wal_fetch, wal_push, FetchOutcome};
+use lifeboat_postgres::backup::{base_backup, PgBackupOptions};
+use lifeboat_postgres::catalog::listing;
+use lifeboat_postgres::restore::{
+    parse_time, pg_restore, PgRestoreOptions, RecoveryTarget, TargetAction,
+};
+use lifeboat_repo::wal::PutOutcome;
+use lifeboat_sources::backup::BackupOptions;
+use lifeboat_sources::restore::RestoreOptions;
+use lifeboat_sources::Progress;
+use lifeboat_types::Lsn;
+
+use crate::cli::{Global, PgCmd};
+use crate::commands::{location, open, progress_enabled, usage};
+use crate::output::{bytes, json, line, time};
+use crate::progress::Bar;
+use crate::{EXIT_DAMAGE, EXIT_OK};
+
+/// Exit code of `pg wal-fetch` for anything but "not found": PostgreSQL treats exit codes
+/// above 125 as fatal and stops recovery, where any lower code would make it take the
+/// archive to end there — silently skipping the rest of the WAL.
+pub const EXIT_FETCH_FATAL: u8 = 126;
+
+/// Runs a `pg` command.
+pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
+    match cmd {
+        PgCmd::WalPush(c) => {
+            let repo = open(g)?;
+            let r = wal_push(&repo, &c.source.source, &c.path)
+                .with_context(|| format!("pg wal-push {}", c.path.display()))?;
+            if g.json {
+                json(&r)?;
+            } else if g.verbose > 0 {
+                let what = match r.outcome {
+                    PutOutcome::Stored { stored_bytes } => {
+                        format!("stored ({} in the repository)", bytes(stored_bytes))
+                    }
+                    PutOutcome::AlreadyStored => "already in the repository".into(),
+                };
+                eprintln!("{}: {} {what} in {:.3}s", r.name, bytes(r.bytes), r.seconds);
+            }
+            Ok(EXIT_OK)
+        }
+        PgCmd::WalFetch(c) => {
+            // Every failure but "not found" must stop recovery (see EXIT_FETCH_FATAL).
+            let fetched = open(g).and_then(|repo| {
+                wal_fetch(&repo, &c.source.source, &c.name, &c.dest)
+                    .with_context(|| format!("pg wal-fetch {}", c.name))
+            });
+            match fetched {
+                Ok(FetchOutcome::Fetched { bytes: n }) => {
+                    if g.json {
+                        json(&serde_json::json!({"name": c.name, "fetched": true, "bytes": n}))?;
+                    }
+                    Ok(EXIT_OK)
+                }
+                Ok(FetchOutcome::NotFound) => {
+                    if g.json {
+                        json(&serde_json::json!({"name": c.name, "fetched": false}))?;
+                    }
+                    Ok(1)
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    eprintln!(
+                        "hint: recovery stops here instead of skipping WAL; fix the cause and start the server again"
+                    );
+                    Ok(EXIT_FETCH_FATAL)
+                }
+            }
+        }
+        PgCmd::Backup(c) => {
+            let repo = open(g)?;
+            let opts = PgBackupOptions {
+                source: c.source.source.clone(),
+                dsn: c.dsn.clone(),
+                pgdata: c.pgdata.clone(),
+                tags: c.tags.clone(),
+                wal_wait: Duration::from_secs(c.wal_wait),
+                files: BackupOptions {
+                    readers: 2,
+                    ..BackupOptions::default()
+                },
+            };
+            let progress = Arc::new(Progress::default());
+            let report = {
+                let _bar = Bar::start(progress.clone(), "pg backup", progress_enabled(g));
+                base_backup(&repo, &opts, &progress)
+            }
+            .context("pg backup")?;
+            if g.json {
+                json(&report)?;
+            } else if !g.quiet {
+                let s = &report.files.summary;
+                let p = &report.postgres;
+                line(&format!(
+                    "base backup {} of {} saved\n  WAL {} .. {} on timeline {}\n  data: {} in {} files, {} added ({} stored)\n  took {:.2}s",
+                    report.files.snapshot_id.short(),
+                    p.source,
+                    p.start_lsn,
+                    p.stop_lsn,
+                    p.timeline,
+                    bytes(s.bytes),
+                    s.files,
+                    bytes(s.bytes_added),
+                    bytes(s.bytes_stored),
+                    s.duration_s
+                ))?;
+            }
+            Ok(EXIT_OK)
+        }
+        PgCmd::Restore(c) => {
+            let repo = open(g)?;
+            let target = if let Some(t) = &c.to_time {
+                RecoveryTarget::Time(parse_time(t)?)
+            } else if let Some(l) = &c.to_lsn {
+                RecoveryTarget::Lsn(
+                    l.parse::<Lsn>()
+                        .map_err(|e| usage(format!("--to-lsn: {e}"), None))?,
+                )
+            } else if let Some(x) = &c.to_xid {
+                RecoveryTarget::Xid(x.clone())
+            } else if let Some(n) = &c.to_name {
+                RecoveryTarget::Name(n.clone())
+            } else if c.immediate {
+                RecoveryTarget::Immediate
+            } else {
+                RecoveryTarget::Latest
+            };
+            let action = match c.target_action.as_str() {
+                "pause" => TargetAction::Pause,
+                "shutdown" => TargetAction::Shutdown,
+                _ => TargetAction::Promote,
+            };
+            let (restore_command, warning) = restore_command(g, &c.source.source)?;
+            let opts = PgRestoreOptions {
+                source: c.source.source.clone(),
+                target_dir: std::path::absolute(&c.target)
+                    .with_context(|| format!("resolve {}", c.target.display()))?,
+                target,
+                timeline: c.timeline.clone(),
+                action,
+                delta: c.delta,
+                backup: c.backup.clone(),
+                restore_command,
+                extra_settings: Vec::new(),
+                files: RestoreOptions::default(),
+            };
+            let progress = Arc::new(Progress::default());
+            let report = {
+                let _bar = Bar::start(progress.clone(), "pg restore", progress_enabled(g));
+                pg_restore(&repo, &opts, &progress)
+            }
+            .context("pg restore")?;
+            if let Some(w) = &warning {
+                eprintln!("warning: {w}");
+            }
+            for e in &report.files.errors {
+                eprintln!("error: {}: {}", e.path, e.message);
+            }
+            if g.json {
+                json(&report)?;
+            } else if !g.quiet {
+                line(&format!(
+                    "restored base backup {} ({} .. {}, timeline {}) into {}\n  files: {} written, {} kept, {} removed; {}\n  recovery target: {}\n  WAL in the repository reaches {}\nstart PostgreSQL on {} to recover",
+                    report.backup.snapshot.short(),
+                    report.backup.info.start_lsn,
+                    report.backup.info.stop_lsn,
+                    report.backup.info.timeline,
+                    opts.target_dir.display(),
+                    report.files.files,
+                    report.files.files_kept,
+                    report.files.removed,
+                    bytes(report.files.bytes),
+                    report.target,
+                    report
+                        .wal_available_to
+                        .map_or("(nothing past the backup)".to_string(), |l| l.to_string()),
+                    opts.target_dir.display(),
+                ))?;
+            }
+            if report.files.errors.is_empty() {
+                Ok(EXIT_OK)
+            } else {
+                eprintln!("error: the restore is incomplete: do not start this cluster");
+                Ok(EXIT_DAMAGE)
+            }
+        }
+        PgCmd::Backups(c) => {
+            let repo = open(g)?;
+            let l = listing(&repo, &c.source.source)?;
+            if g.json {
+                json(&l)?;
+                return Ok(EXIT_OK);
+            }
+            if g.quiet {
+                return Ok(EXIT_OK);
+            }
+            line(&format!(
+                "source {}: {} base backup(s)",
+                l.source,
+                l.backups.len()
+            ))?;
+            for b in &l.backups {
+                line(&format!(
+                    "  {}  {}  tl {}  {} .. {}  {} (added {})",
+                    b.snapshot.short(),
+                    time(&b.info.stop_time),
+                    b.info.timeline,
+                    b.info.start_lsn,
+                    b.info.stop_lsn,
+                    bytes(b.bytes),
+                    bytes(b.bytes_added)
+                ))?;
+            }
+            line(&format!(
+                "WAL ({} in the repository):",
+                bytes(l.wal_stored_bytes)
+            ))?;
+            for w in &l.wal {
+                line(&format!(
+                    "  timeline {}: {} .. {} ({} segments{})",
+                    w.timeline,
+                    w.start,
+                    w.end,
+                    w.segments,
+                    if w.complete {
+                        ""
+                    } else {
+                        ", last one streamed in part"
+                    }
+                ))?;
+            }
+            for gap in &l.gaps {
+                line(&format!(
+                    "  GAP on timeline {}: {} missing; WAL stops at {} and resumes at {} — restores cannot pass {}",
+                    gap.timeline, gap.first_missing, gap.from, gap.to, gap.from
+                ))?;
+            }
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+/// The `restore_command` for a restored cluster: this binary, the repository, and the
+/// password file when there is one. A password given only through LIFEBOAT_PASSWORD is
+/// never written into the configuration: the warning says the server needs it instead.
+fn restore_command(g: &Global, source: &str) -> Result<(String, Option<String>)> {
+    let exe = std::env::current_exe().context("find the lifeboat binary")?;
+    let repo = location(g.repo.as_deref())?.to_string();
+    let q = shell_quote;
+    let mut cmd = format!(
+        "{} pg wal-fetch --source {} --repo {}",
+        q(&exe.display().to_string()),
+        q(source),
+        q(&repo)
+    );
+    let mut warning = None;
+    match &g.password_file {
+        Some(f) => {
+            let abs = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+            cmd.push_str(&format!(
+                " --password-file {}",
+                q(&abs.display().to_string())
+            ));
+        }
+        None => {
+            warning = Some(
+                "the password came from LIFEBOAT_PASSWORD, which restore_command cannot carry: \
+                 start PostgreSQL with LIFEBOAT_PASSWORD or LIFEBOAT_PASSWORD_FILE in its \
+                 environment (or restore with --password-file)"
+                    .to_string(),
+            );
+        }
+    }
+    cmd.push_str(" %f %p");
+    Ok((cmd, warning))
+}
+
+/// Quotes for `sh -c` (single quotes; PostgreSQL runs restore_command through the shell).
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-:=@%+,".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}

@@ -1,0 +1,154 @@
+//! `archive_command` and `restore_command`: one WAL file into the repository, or out of it.
+//!
+//! Lives here: [`wal_push`] and [`wal_fetch`]. Never here: deciding which WAL a backup needs
+//! (`catalog`) or anything slow per call — PostgreSQL runs these once per 16 MiB segment,
+//! and a slow archiver makes WAL pile up on the primary.
+//!
+//! # Crash safety
+//! A push is atomic (the repository holds the whole object or nothing; see
+//! `lifeboat_repo::wal`) and idempotent: pushing a segment again after a crash, or after
+//! PostgreSQL retried a push whose answer was lost, succeeds when the content is the same,
+//! and fails without overwriting anything when it differs. A fetch writes a temp file beside
+//! the destination and renames it into place, so PostgreSQL never sees half a segment.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use lifeboat_repo::wal::PutOutcome;
+use lifeboat_repo::Repository;
+
+use crate::error::{Error, Result};
+use crate::walname::{SegmentSize, WalFile};
+
+/// Threads used to compress or open one WAL file (its 4 MiB pieces).
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(4))
+}
+
+/// The file name of `path` when it is a PostgreSQL WAL archive file name.
+fn wal_name(path: &Path) -> Result<String> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::Invalid(format!("{} has no file name", path.display())))?;
+    // The smallest segment size has the most segments per log, so it accepts every name
+    // any segment size can produce.
+    let smallest = SegmentSize::new(1 << 20).unwrap_or_default();
+    if WalFile::parse(name, smallest).is_none() {
+        return Err(Error::Invalid(format!(
+            "{name:?} is not a WAL file name (a segment, .partial, .history or .backup file); \
+             archive_command must pass %p"
+        )));
+    }
+    Ok(name.to_string())
+}
+
+/// What [`wal_push`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PushReport {
+    /// The WAL file name.
+    pub name: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Stored, or already there with the same content.
+    pub outcome: PutOutcome,
+    /// Wall time of the push (read, compress, seal, write, fsync).
+    pub seconds: f64,
+}
+
+/// Stores the WAL file at `path` (`%p` of `archive_command`) under `source`.
+///
+/// # Errors
+/// [`Error::Invalid`] for a file whose name is not a WAL file name; an I/O error reading
+/// it; `lifeboat_repo::Error::WalConflict` when the repository holds different content
+/// under that name (nothing is overwritten); storage errors.
+pub fn wal_push(repo: &Repository, source: &str, path: &Path) -> Result<PushReport> {
+    let started = Instant::now();
+    let name = wal_name(path)?;
+    let data = std::fs::read(path).map_err(Error::io(path))?;
+    let outcome = repo.wal_put(source, &name, &data, threads())?;
+    Ok(PushReport {
+        name,
+        bytes: data.len() as u64,
+        outcome,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// What [`wal_fetch`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FetchOutcome {
+    /// Written to the destination.
+    Fetched {
+        /// Bytes written.
+        bytes: u64,
+    },
+    /// The repository does not hold that file (PostgreSQL then takes the archive to end
+    /// here, or tries another timeline).
+    NotFound,
+}
+
+/// Writes WAL file `name` of `source` to `dest` (`%f` and `%p` of `restore_command`).
+///
+/// # Errors
+/// `lifeboat_repo::Error::Damaged` naming the repository file when it fails verification
+/// (recovery must stop then, never skip it); I/O errors writing `dest`; storage errors.
+pub fn wal_fetch(repo: &Repository, source: &str, name: &str, dest: &Path) -> Result<FetchOutcome> {
+    let smallest = SegmentSize::new(1 << 20).unwrap_or_default();
+    if WalFile::parse(name, smallest).is_none() {
+        return Err(Error::Invalid(format!(
+            "{name:?} is not a WAL file name; restore_command must pass %f and %p"
+        )));
+    }
+    let data = match repo.wal_get(source, name, threads()) {
+        Ok(d) => d,
+        Err(e) if e.is_not_found() => return Ok(FetchOutcome::NotFound),
+        Err(e) => return Err(e.into()),
+    };
+    write_atomically(dest, &data)?;
+    Ok(FetchOutcome::Fetched {
+        bytes: data.len() as u64,
+    })
+}
+
+/// Writes `data` to a temp file beside `dest` and renames it over `dest`.
+pub(crate) fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty());
+    let file_name = dest
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("{} is not a file path", dest.display())))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".lifeboat-{}", std::process::id()));
+    let tmp = match dir {
+        Some(d) => d.join(&tmp_name),
+        None => Path::new(&tmp_name).to_path_buf(),
+    };
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.flush()?;
+        std::fs::rename(&tmp, dest)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(Error::io(dest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_wal_names_are_pushed_or_fetched() {
+        assert!(wal_name(Path::new("/x/pg_wal/000000010000000000000003")).is_ok());
+        assert!(wal_name(Path::new("pg_wal/00000002.history")).is_ok());
+        assert!(wal_name(Path::new("/etc/passwd")).is_err());
+        assert!(wal_name(Path::new("/")).is_err());
+    }
+}

@@ -1,0 +1,504 @@
+//! Point-in-time restore: a base backup's files into a data directory, plus what PostgreSQL
+//! needs to recover from there to the chosen point (`backup_label`, `recovery.signal`,
+//! `restore_command` and the recovery target in `postgresql.auto.conf`).
+//!
+//! Lives here: [`pg_restore`], [`RecoveryTarget`], choosing the base backup for a target,
+//! and checking that the WAL the restore needs is in the repository. Never here: starting
+//! PostgreSQL (the user does, or `verify`), or fetching WAL (PostgreSQL calls
+//! `restore_command`, which is `archive::wal_fetch`).
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use lifeboat_repo::Repository;
+use lifeboat_sources::restore::{restore, RestoreOptions, RestoreReport, Selection};
+use lifeboat_sources::Progress;
+use lifeboat_types::Lsn;
+
+use crate::catalog::{base_backups, BaseBackup, WalCatalog};
+use crate::error::{Error, Result};
+use crate::walname::{Segment, SegmentSize};
+
+/// Where recovery stops.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum RecoveryTarget {
+    /// Replay all WAL in the repository.
+    Latest,
+    /// Stop at the end of the base backup (the earliest consistent point).
+    Immediate,
+    /// Stop before the first commit after this time (`recovery_target_time`).
+    Time(jiff::Timestamp),
+    /// Stop at this WAL position (`recovery_target_lsn`).
+    Lsn(Lsn),
+    /// Stop after this transaction id commits (`recovery_target_xid`).
+    Xid(String),
+    /// Stop at this restore point (`pg_create_restore_point`, `recovery_target_name`).
+    Name(String),
+}
+
+impl fmt::Display for RecoveryTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecoveryTarget::Latest => f.write_str("the latest WAL in the repository"),
+            RecoveryTarget::Immediate => f.write_str("the end of the base backup"),
+            RecoveryTarget::Time(t) => write!(f, "time {t}"),
+            RecoveryTarget::Lsn(l) => write!(f, "LSN {l}"),
+            RecoveryTarget::Xid(x) => write!(f, "transaction {x}"),
+            RecoveryTarget::Name(n) => write!(f, "restore point {n:?}"),
+        }
+    }
+}
+
+/// Parses a recovery target time: RFC 3339 (`2026-11-30T14:03:27.5+01:00`), or
+/// PostgreSQL's `2026-11-30 14:03:27.5+01` style. A time without an offset is refused: the
+/// server would read it in its own `timezone`, which may not be the user's.
+///
+/// # Errors
+/// [`Error::Invalid`] with an example.
+pub fn parse_time(text: &str) -> Result<jiff::Timestamp> {
+    let t = text.trim();
+    if let Ok(ts) = t.parse::<jiff::Timestamp>() {
+        return Ok(ts);
+    }
+    // PostgreSQL style: space instead of T, offsets like +01 or +0100 or +01:00.
+    let mut s = t.replacen(' ', "T", 1);
+    if let Some(pos) = s.rfind(['+', '-']).filter(|p| *p > 10) {
+        let off = s[pos + 1..].to_string();
+        let norm = match off.len() {
+            2 => format!("{off}:00"),
+            4 if !off.contains(':') => format!("{}:{}", &off[..2], &off[2..]),
+            _ => off,
+        };
+        s = format!("{}{}", &s[..=pos], norm);
+    }
+    s.parse::<jiff::Timestamp>().map_err(|_| {
+        Error::Invalid(format!(
+            "--to-time {text:?}: give a time with its UTC offset, e.g. '2026-11-30 14:03:27+00' \
+             or 2026-11-30T14:03:27.250+01:00"
+        ))
+    })
+}
+
+/// What PostgreSQL does when it reaches the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetAction {
+    /// End recovery and accept writes (a new timeline starts).
+    #[default]
+    Promote,
+    /// Stay in recovery, read-only, so the result can be inspected first.
+    Pause,
+    /// Shut down.
+    Shutdown,
+}
+
+impl TargetAction {
+    fn setting(self) -> &'static str {
+        match self {
+            TargetAction::Promote => "promote",
+            TargetAction::Pause => "pause",
+            TargetAction::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// How to restore.
+#[derive(Debug, Clone)]
+pub struct PgRestoreOptions {
+    /// The source name.
+    pub source: String,
+    /// The data directory to create (or, with `delta`, to bring in line).
+    pub target_dir: PathBuf,
+    /// Where recovery stops.
+    pub target: RecoveryTarget,
+    /// `recovery_target_timeline`: `latest` (default), `current`, or a number.
+    pub timeline: Option<String>,
+    /// What the server does at the target.
+    pub action: TargetAction,
+    /// Keep files of the target directory that already match; rewrite only the rest.
+    pub delta: bool,
+    /// Use this base backup (snapshot id or prefix) instead of the newest that fits.
+    pub backup: Option<String>,
+    /// The `restore_command` to write (the binary runs `lifeboat pg wal-fetch`).
+    pub restore_command: String,
+    /// Extra lines for `postgresql.auto.conf` (e.g. `archive_mode = off` for a test).
+    pub extra_settings: Vec<String>,
+    /// The file engine's options.
+    pub files: RestoreOptions,
+}
+
+/// What a restore did (`--json`: docs/json.md).
+#[derive(Debug, Clone, Serialize)]
+pub struct PgRestoreReport {
+    /// The base backup used.
+    pub backup: BaseBackup,
+    /// The recovery target written.
+    pub target: RecoveryTarget,
+    /// The files (counters and problems).
+    pub files: RestoreReport,
+    /// How far the repository's WAL reaches on the backup's timeline (what `--latest`
+    /// can recover to), or `None` when it ends inside the backup.
+    pub wal_available_to: Option<Lsn>,
+    /// The settings written to `postgresql.auto.conf`.
+    pub settings: Vec<String>,
+}
+
+/// Chooses the base backup for `target`: the newest one that ends before it.
+fn choose_backup(
+    repo: &Repository,
+    source: &str,
+    target: &RecoveryTarget,
+    wanted: Option<&str>,
+) -> Result<BaseBackup> {
+    let (snaps, _) = repo.snapshots()?;
+    let backups = base_backups(&snaps, source);
+    if backups.is_empty() {
+        return Err(Error::Invalid(format!(
+            "the repository has no base backup of source {source:?}; take one with \
+             `lifeboat pg backup --source {source} --dsn ...` (list them with `lifeboat pg backups`)"
+        )));
+    }
+    if let Some(spec) = wanted {
+        let spec = spec.to_ascii_lowercase();
+        let found: Vec<&BaseBackup> = backups
+            .iter()
+            .filter(|b| b.snapshot.to_hex().starts_with(&spec))
+            .collect();
+        return match found.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(Error::Invalid(format!(
+                "no base backup of {source:?} has an id starting with {spec:?}"
+            ))),
+            _ => Err(Error::Invalid(format!(
+                "{spec:?} matches several base backups; give more digits"
+            ))),
+        };
+    }
+    let fits = |b: &BaseBackup| match target {
+        RecoveryTarget::Time(t) => b
+            .info
+            .stop_time
+            .parse::<jiff::Timestamp>()
+            .is_ok_and(|stop| stop < *t),
+        RecoveryTarget::Lsn(l) => b.info.stop_lsn <= *l,
+        _ => true,
+    };
+    backups
+        .iter()
+        .rev()
+        .find(|b| fits(b))
+        .cloned()
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "no base backup of {source:?} ends before {target}; the oldest ends at {} ({})",
+                backups[0].info.stop_time, backups[0].info.stop_lsn
+            ))
+        })
+}
+
+/// Refuses a directory that holds a running cluster.
+pub fn refuse_running(dir: &Path) -> Result<()> {
+    let pidfile = dir.join("postmaster.pid");
+    if let Ok(text) = std::fs::read_to_string(&pidfile) {
+        if let Some(pid) = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<i32>().ok())
+        {
+            if pid > 0 && Path::new(&format!("/proc/{pid}")).exists() {
+                return Err(Error::Invalid(format!(
+                    "{} holds a running PostgreSQL (postmaster.pid names process {pid}); stop it \
+                     first, or restore somewhere else",
+                    dir.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Restores a base backup of `opts.source` into `opts.target_dir` and prepares recovery to
+/// `opts.target`. PostgreSQL does the recovery when it starts.
+///
+/// # Errors
+/// [`Error::Invalid`] when no base backup fits, the target directory is not empty (without
+/// `delta`) or holds a running cluster, or the WAL from the backup's start to its stop is
+/// not in the repository; repository errors. Damaged files are listed in the report's
+/// `files.errors` (and the caller must not start the cluster then).
+pub fn pg_restore(
+    repo: &Repository,
+    opts: &PgRestoreOptions,
+    progress: &Progress,
+) -> Result<PgRestoreReport> {
+    lifeboat_repo::wal::validate_source(&opts.source)?;
+    let dir = &opts.target_dir;
+    refuse_running(dir)?;
+    if !opts.delta {
+        if let Ok(mut rd) = std::fs::read_dir(dir) {
+            if rd.next().is_some() {
+                return Err(Error::Invalid(format!(
+                    "{} is not empty; restore into an empty directory, or pass --delta to \
+                     rewrite only what differs",
+                    dir.display()
+                )));
+            }
+        }
+    }
+    let backup = choose_backup(repo, &opts.source, &opts.target, opts.backup.as_deref())?;
+    let info = &backup.info;
+    let size = SegmentSize::new(info.segment_size).unwrap_or_default();
+
+    // The WAL from the backup's start to its stop must be there, or the restore can never
+    // become consistent.
+    let catalog = WalCatalog::load(repo, &opts.source, size)?;
+    let first = Segment::containing(info.timeline, info.start_lsn, size);
+    let last = Segment::ending_at(info.timeline, info.stop_lsn, size);
+    if let Some(missing) = catalog.first_missing(first, last, info.stop_lsn) {
+        return Err(Error::Repo(lifeboat_repo::Error::damaged(
+            lifeboat_repo::wal::wal_path(&opts.source, &missing.name(size)),
+            format!(
+                "missing: base backup {} needs WAL from {} to {} and this segment is not in the \
+                 repository",
+                backup.snapshot.short(),
+                info.start_lsn,
+                info.stop_lsn
+            ),
+        )));
+    }
+    let wal_available_to = available_to(&catalog, first);
+
+    // Files.
+    let _lease = lifeboat_repo::lease::Lease::acquire(
+        repo,
+        lifeboat_repo::lease::LeaseKind::Read,
+        "pg restore",
+        lifeboat_repo::lease::DEFAULT_TTL,
+    )?;
+    let (_, snap) = repo.find_snapshot(&backup.snapshot.to_hex())?;
+    let index = repo.load_index()?;
+    let name = Path::new(&info.data_dir)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    let mut files_opts = opts.files.clone();
+    files_opts.into_target = true;
+    files_opts.delta = opts.delta;
+    let short = backup.snapshot.short();
+    let files = restore(
+        repo,
+        &index,
+        Selection {
+            tree: &snap.tree,
+            subpath: name.as_bytes(),
+            snapshot: &short,
+        },
+        dir,
+        &files_opts,
+        progress,
+    )?;
+
+    // What recovery needs.
+    for sub in ["pg_wal", "pg_wal/archive_status"] {
+        let p = dir.join(sub);
+        std::fs::create_dir_all(&p).map_err(Error::io(&p))?;
+    }
+    write_file(&dir.join("backup_label"), &info.backup_label)?;
+    if !info.tablespace_map.is_empty() {
+        write_file(&dir.join("tablespace_map"), &info.tablespace_map)?;
+    }
+    write_file(&dir.join("recovery.signal"), "")?;
+    let settings = recovery_settings(opts);
+    write_auto_conf(dir, &settings)?;
+    copy_owner(dir)?;
+    Ok(PgRestoreReport {
+        backup,
+        target: opts.target.clone(),
+        files,
+        wal_available_to,
+        settings,
+    })
+}
+
+/// How far WAL reaches contiguously from `first` on its timeline.
+fn available_to(catalog: &WalCatalog, first: Segment) -> Option<Lsn> {
+    let size = catalog.size;
+    let mut s = first;
+    let mut end = None;
+    loop {
+        if catalog.segments.contains(&s) {
+            end = Some(s.end(size));
+            s = s.next();
+            continue;
+        }
+        let streamed = catalog.streamed_to(&s);
+        if streamed > 0 {
+            end = Some(Lsn(s.start(size).0 + streamed));
+        }
+        return end;
+    }
+}
+
+/// Quotes a value for postgresql.conf.
+fn quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+fn recovery_settings(opts: &PgRestoreOptions) -> Vec<String> {
+    let mut out = vec![format!(
+        "restore_command = {}",
+        quote(&opts.restore_command)
+    )];
+    match &opts.target {
+        RecoveryTarget::Latest => {}
+        RecoveryTarget::Immediate => out.push("recovery_target = 'immediate'".into()),
+        RecoveryTarget::Time(t) => out.push(format!(
+            "recovery_target_time = {}",
+            quote(&t.strftime("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
+        )),
+        RecoveryTarget::Lsn(l) => {
+            out.push(format!("recovery_target_lsn = {}", quote(&l.to_string())))
+        }
+        RecoveryTarget::Xid(x) => out.push(format!("recovery_target_xid = {}", quote(x))),
+        RecoveryTarget::Name(n) => out.push(format!("recovery_target_name = {}", quote(n))),
+    }
+    if !matches!(opts.target, RecoveryTarget::Latest) {
+        out.push(format!(
+            "recovery_target_action = {}",
+            quote(opts.action.setting())
+        ));
+    }
+    out.push(format!(
+        "recovery_target_timeline = {}",
+        quote(opts.timeline.as_deref().unwrap_or("latest"))
+    ));
+    out.extend(opts.extra_settings.iter().cloned());
+    out
+}
+
+/// Settings that a restore replaces if the backed-up `postgresql.auto.conf` had them.
+const REPLACED: &[&str] = &[
+    "restore_command",
+    "recovery_target",
+    "recovery_target_time",
+    "recovery_target_lsn",
+    "recovery_target_xid",
+    "recovery_target_name",
+    "recovery_target_action",
+    "recovery_target_timeline",
+    "recovery_target_inclusive",
+    "primary_conninfo",
+    "primary_slot_name",
+];
+
+fn write_auto_conf(dir: &Path, settings: &[String]) -> Result<()> {
+    let path = dir.join("postgresql.auto.conf");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut extra_keys: Vec<String> = settings
+        .iter()
+        .filter_map(|l| l.split('=').next().map(|k| k.trim().to_string()))
+        .collect();
+    extra_keys.extend(REPLACED.iter().map(|k| (*k).to_string()));
+    let mut text = String::new();
+    for line in old.lines() {
+        let key = line.split('=').next().unwrap_or("").trim();
+        if extra_keys.iter().any(|k| k == key) {
+            text.push_str("# (replaced by lifeboat pg restore) ");
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "# lifeboat pg restore, {}\n",
+        jiff::Timestamp::now()
+    ));
+    for s in settings {
+        text.push_str(s);
+        text.push('\n');
+    }
+    write_file(&path, &text)
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    let mut f = std::fs::File::create(path).map_err(Error::io(path))?;
+    f.write_all(text.as_bytes()).map_err(Error::io(path))?;
+    f.sync_all().map_err(Error::io(path))
+}
+
+/// Gives the files this module wrote the owner of the data directory (a restore run as
+/// root into a directory owned by `postgres` must leave nothing PostgreSQL cannot read).
+fn copy_owner(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(dir).map_err(Error::io(dir))?;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    for sub in [
+        "backup_label",
+        "tablespace_map",
+        "recovery.signal",
+        "postgresql.auto.conf",
+        "pg_wal",
+        "pg_wal/archive_status",
+    ] {
+        let p = dir.join(sub);
+        if p.exists() {
+            std::os::unix::fs::lchown(&p, Some(md.uid()), Some(md.gid())).map_err(Error::io(&p))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_need_an_offset_and_accept_postgres_style() {
+        let want: jiff::Timestamp = "2026-11-30T13:03:27.25Z".parse().unwrap();
+        for t in [
+            "2026-11-30T14:03:27.25+01:00",
+            "2026-11-30 14:03:27.25+01",
+            "2026-11-30 14:03:27.25+0100",
+            "2026-11-30 13:03:27.25+00",
+            "2026-11-30T13:03:27.25Z",
+        ] {
+            assert_eq!(parse_time(t).unwrap(), want, "{t}");
+        }
+        assert!(parse_time("2026-11-30 14:03:27").is_err());
+        assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn settings_name_the_target_and_quote_values() {
+        let opts = PgRestoreOptions {
+            source: "orders".into(),
+            target_dir: PathBuf::from("/tmp/x"),
+            target: RecoveryTarget::Name("before 'migration'".into()),
+            timeline: None,
+            action: TargetAction::Pause,
+            delta: false,
+            backup: None,
+            restore_command: "lifeboat pg wal-fetch --source orders %f %p".into(),
+            extra_settings: vec![],
+            files: RestoreOptions::default(),
+        };
+        let s = recovery_settings(&opts);
+        assert_eq!(
+            s[0],
+            "restore_command = 'lifeboat pg wal-fetch --source orders %f %p'"
+        );
+        assert!(s.contains(&"recovery_target_name = 'before ''migration'''".to_string()));
+        assert!(s.contains(&"recovery_target_action = 'pause'".to_string()));
+        assert!(s.contains(&"recovery_target_timeline = 'latest'".to_string()));
+        let t = RecoveryTarget::Time(parse_time("2026-11-30 14:03:27.123456+00").unwrap());
+        let s = recovery_settings(&PgRestoreOptions { target: t, ..opts });
+        assert!(
+            s.contains(&"recovery_target_time = '2026-11-30 14:03:27.123456+00'".to_string()),
+            "{s:?}"
+        );
+    }
+}
