@@ -783,6 +783,10 @@ impl ReplicationConn {
     /// bounds connecting (unless the DSN sets `connect_timeout`) and every command's wait
     /// for its answer.
     ///
+    /// Without a host the Unix sockets in `/var/run/postgresql` and `/tmp` are tried;
+    /// without a user, `$USER`. The password comes from the DSN only (not `PGPASSWORD` or
+    /// `.pgpass`). `sslmode=prefer` (the default) connects without TLS.
+    ///
     /// # Errors
     /// [`ReplicationError::Dsn`] for an unparsable DSN or one requiring TLS or channel
     /// binding; [`ReplicationError::Auth`] when the server refuses the user (the remaining

@@ -449,3 +449,51 @@ fn keepalives_keep_a_quiet_stream_alive() {
         Err(ReplicationError::Invalid(_))
     ));
 }
+
+/// CPU seconds (user + system) this process has used.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name (which ends with ')'): utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Streams ~512 MiB of WAL that the server already has and prints the rate and the
+/// client's CPU time (`cargo test -p lifeboat-postgres --test replication -- --ignored
+/// --nocapture`).
+#[test]
+#[ignore = "a measurement, not a check"]
+fn stream_throughput() {
+    let pg = PgServer::start(&["max_wal_size = '4GB'", "checkpoint_timeout = '1h'"]).unwrap();
+    let mut c = connect(&pg.dsn());
+    c.create_physical_slot("lifeboat").unwrap();
+    let start = segment_start(c.identify_system().unwrap().xlogpos);
+    pg.sql("create table big(id int, note text)").unwrap();
+    for _ in 0..4 {
+        pg.sql(
+            "insert into big select g, repeat(md5(g::text), 30) from generate_series(1, 100000) g",
+        )
+        .unwrap();
+    }
+    let end = Lsn(segment_start(c.identify_system().unwrap().xlogpos).0);
+    let mut stream = c.start_physical(Some("lifeboat"), start, 1).unwrap();
+    let (t0, cpu0) = (Instant::now(), cpu_seconds());
+    let mut pos = start;
+    let mut messages = 0u64;
+    while pos < end {
+        if let StreamEvent::Data { start, data } = stream.next(TIMEOUT).unwrap() {
+            assert_eq!(start, pos);
+            pos = Lsn(pos.0 + data.len() as u64);
+            messages += 1;
+        }
+    }
+    let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    let mib = (pos.0 - start.0) as f64 / f64::from(1 << 20);
+    println!(
+        "{mib:.0} MiB in {messages} messages: {:.0} MiB/s, client CPU {cpu:.2} s ({:.0} MiB per CPU second)",
+        mib / secs,
+        mib / cpu.max(0.01)
+    );
+}
