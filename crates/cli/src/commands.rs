@@ -575,6 +575,17 @@ pub fn run(args: Args) -> Result<u8> {
                         String::new()
                     }
                 ))?;
+                if report.wal_objects > 0 {
+                    line(&format!(
+                        "WAL objects: {}{}",
+                        report.wal_objects,
+                        if report.wal_objects_read > 0 {
+                            format!(", {} read and verified", report.wal_objects_read)
+                        } else {
+                            String::new()
+                        }
+                    ))?;
+                }
                 if report.is_ok() {
                     line("no errors found")?;
                 }
@@ -707,7 +718,14 @@ pub fn run(args: Args) -> Result<u8> {
                 v
             };
             let quiet = g.quiet || g.json;
-            let report = copy(
+            let say = |msg: &str| {
+                if !quiet {
+                    eprintln!("{msg}");
+                }
+            };
+            // WAL first: a base backup that arrives in the DR repository finds its WAL there.
+            let (wal_copied, wal_present) = lifeboat_repo::copy::copy_wal(&src, &dst, &say)?;
+            let mut report = copy(
                 &src,
                 &dst,
                 &chosen,
@@ -715,12 +733,10 @@ pub fn run(args: Args) -> Result<u8> {
                     verify_upload: !c.no_verify,
                     ..CopyOptions::default()
                 },
-                &|msg| {
-                    if !quiet {
-                        eprintln!("{msg}");
-                    }
-                },
+                &say,
             )?;
+            report.wal_copied = wal_copied;
+            report.wal_present = wal_present;
             if g.json {
                 json(&report)?;
             } else if !g.quiet {
@@ -739,6 +755,12 @@ pub fn run(args: Args) -> Result<u8> {
                     report.already_present.len(),
                     c.to
                 ))?;
+                if report.wal_copied + report.wal_present > 0 {
+                    line(&format!(
+                        "WAL files: {} copied, {} already present",
+                        report.wal_copied, report.wal_present
+                    ))?;
+                }
             }
             Ok(EXIT_OK)
         }

@@ -1,0 +1,476 @@
+//! PostgreSQL continuous protection, end to end against a real PostgreSQL 15: archiving
+//! with `pg wal-push`, base backups, point-in-time restores that the server then recovers,
+//! timelines, a killed `wal-push`, and damage that must stop recovery.
+//!
+//! Servers run as the `postgres` OS user (the tests run as root), and so does every
+//! `lifeboat` command that touches the repository, like a real archive_command would.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use lifeboat_testkit::postgres::{as_owner, owner_tempdir};
+use lifeboat_testkit::PgServer;
+
+use common::{code, stderr};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lifeboat");
+const SOURCE: &str = "orders";
+
+/// A repository (with a human and a machine key) and an archiving primary.
+struct Shop {
+    dir: tempfile::TempDir,
+    pg: PgServer,
+}
+
+impl Shop {
+    fn repo(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+    fn key(&self) -> PathBuf {
+        self.dir.path().join("machine.key")
+    }
+
+    /// `archive_command` for a server of this shop.
+    fn archive_command(dir: &Path) -> String {
+        format!(
+            "archive_command = '{BIN} pg wal-push --source {SOURCE} --repo {} --password-file {} %p'",
+            dir.join("repo").display(),
+            dir.join("machine.key").display()
+        )
+    }
+
+    fn new() -> Shop {
+        let dir = owner_tempdir("lifeboat-shop-").unwrap();
+        std::fs::write(
+            dir.path().join("human.pw"),
+            "correct horse battery staple\n",
+        )
+        .unwrap();
+        lifeboat_testkit::postgres::give_to_owner(dir.path()).unwrap();
+        let run = |args: &[&str]| {
+            let o = as_owner(BIN)
+                .arg("--repo")
+                .arg(dir.path().join("repo"))
+                .arg("--password-file")
+                .arg(dir.path().join("human.pw"))
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        };
+        run(&["init", "--kdf-memory", "1MiB", "--pack-size", "4MiB"]);
+        run(&[
+            "key",
+            "add",
+            "--generate",
+            dir.path().join("machine.key").to_str().unwrap(),
+        ]);
+        let archive = Self::archive_command(dir.path());
+        let pg = PgServer::start(&["archive_mode = on", &archive]).unwrap();
+        pg.sql("create table orders(id int primary key, note text)")
+            .unwrap();
+        Shop { dir, pg }
+    }
+
+    /// `lifeboat ARGS` as the cluster owner with this shop's repository and machine key.
+    fn lb(&self, args: &[&str]) -> Output {
+        as_owner(BIN)
+            .arg("--repo")
+            .arg(self.repo())
+            .arg("--password-file")
+            .arg(self.key())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn lb_ok(&self, args: &[&str]) -> String {
+        let o = self.lb(args);
+        assert!(
+            o.status.success(),
+            "lifeboat {args:?} exited {:?}: {}",
+            o.status.code(),
+            stderr(&o)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn backup(&self) -> serde_json::Value {
+        let out = self.lb_ok(&[
+            "pg",
+            "backup",
+            "--source",
+            SOURCE,
+            "--dsn",
+            &self.pg.dsn(),
+            "--json",
+        ]);
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// Switches `server` to a new WAL segment and waits until the old one is archived.
+    fn archive_now(server: &PgServer) {
+        let seg = server
+            .sql("select pg_walfile_name(pg_current_wal_lsn())")
+            .unwrap();
+        server.sql("select pg_switch_wal()").unwrap();
+        wait_until(&format!("{seg} archived"), || {
+            server
+                .sql("select coalesce(last_archived_wal, '') from pg_stat_archiver")
+                .is_ok_and(|last| last.as_str() >= seg.as_str())
+        });
+    }
+
+    /// `pg restore ARGS` into a new directory; starts the result and returns it once it
+    /// accepts queries (recovered).
+    fn restore_and_start(&self, args: &[&str]) -> PgServer {
+        let target = owner_tempdir("lifeboat-restore-").unwrap();
+        let data = target.path().join("data");
+        let mut a = vec!["pg", "restore", "--source", SOURCE, "--target"];
+        let d = data.to_str().unwrap().to_string();
+        a.push(&d);
+        a.extend_from_slice(args);
+        self.lb_ok(&a);
+        // The restored cluster must not archive into the shop's source.
+        let server = PgServer::adopt(&data, &["archive_mode = off"]).unwrap();
+        // Recovered: promoted ("done"), or paused at the target with --target-action pause.
+        wait_until("recovery to finish or pause", || {
+            server
+                .sql(
+                    "select case when pg_is_in_recovery() \
+                     then pg_get_wal_replay_pause_state() else 'done' end",
+                )
+                .is_ok_and(|s| s == "done" || s == "paused")
+        });
+        server
+    }
+}
+
+/// Polls `cond` with a deadline (never a fixed sleep).
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ids(server: &PgServer) -> String {
+    server
+        .sql("select coalesce(string_agg(id::text, ',' order by id), '') from orders")
+        .unwrap()
+}
+
+#[test]
+fn point_in_time_restores_hold_exactly_the_rows_committed_before_the_target() {
+    let shop = Shop::new();
+    shop.pg
+        .sql("insert into orders values (1, 'before the backup')")
+        .unwrap();
+    let b = shop.backup();
+    assert_eq!(b["postgres"]["source"], SOURCE);
+    assert_eq!(b["postgres"]["timeline"], 1);
+
+    // Orders 2..=7, each its own transaction, with a time, an LSN and a restore point
+    // recorded right after some of them.
+    let mut after_time = Vec::new();
+    let mut after_lsn = Vec::new();
+    for id in 2..=7 {
+        shop.pg
+            .sql(&format!("insert into orders values ({id}, 'order {id}')"))
+            .unwrap();
+        after_time.push(shop.pg.sql("select clock_timestamp()").unwrap());
+        after_lsn.push(shop.pg.sql("select pg_current_wal_insert_lsn()").unwrap());
+        if id == 4 {
+            shop.pg
+                .sql("select pg_create_restore_point('after order 4')")
+                .unwrap();
+        }
+        // Commits 40 ms apart, so a time between two of them is unambiguous.
+        shop.pg.sql("select pg_sleep(0.04)").unwrap();
+    }
+    Shop::archive_now(&shop.pg);
+
+    let listing: serde_json::Value =
+        serde_json::from_str(&shop.lb_ok(&["pg", "backups", "--source", SOURCE, "--json"]))
+            .unwrap();
+    assert_eq!(listing["backups"].as_array().unwrap().len(), 1);
+    assert_eq!(listing["gaps"].as_array().unwrap().len(), 0, "{listing}");
+
+    // A time after order 3 committed and before order 4 did.
+    let s = shop.restore_and_start(&["--to-time", &after_time[1]]);
+    assert_eq!(ids(&s), "1,2,3", "--to-time {}", after_time[1]);
+    drop(s);
+    // The position right after order 5's commit.
+    let s = shop.restore_and_start(&["--to-lsn", &after_lsn[3]]);
+    assert_eq!(ids(&s), "1,2,3,4,5", "--to-lsn {}", after_lsn[3]);
+    drop(s);
+    let s = shop.restore_and_start(&["--to-name", "after order 4"]);
+    assert_eq!(ids(&s), "1,2,3,4");
+    drop(s);
+    // Paused at the target: read-only, for inspection first.
+    let s = shop.restore_and_start(&["--to-time", &after_time[0], "--target-action", "pause"]);
+    assert_eq!(ids(&s), "1,2");
+    assert_eq!(s.sql("select pg_is_in_recovery()").unwrap(), "t");
+    drop(s);
+    let s = shop.restore_and_start(&["--latest"]);
+    assert_eq!(ids(&s), "1,2,3,4,5,6,7");
+    assert_eq!(
+        s.sql("select note from orders where id = 7").unwrap(),
+        "order 7"
+    );
+}
+
+#[test]
+fn restores_follow_a_promoted_standby_or_stay_on_the_old_timeline() {
+    let shop = Shop::new();
+    shop.pg
+        .sql("insert into orders values (1, 'a'), (2, 'b')")
+        .unwrap();
+    shop.backup();
+    shop.pg.sql("insert into orders values (3, 'c')").unwrap();
+    // The standby's configuration is a copy of the primary's: it archives into the same
+    // source once it is promoted.
+    let standby = PgServer::standby_of(&shop.pg, &[]).unwrap();
+    standby
+        .wait_for("select count(*) from orders", "3")
+        .unwrap();
+    standby.promote().unwrap();
+    standby.wait_for("select pg_is_in_recovery()", "f").unwrap();
+    standby
+        .sql("insert into orders values (100, 'written on timeline 2')")
+        .unwrap();
+    Shop::archive_now(&standby);
+    wait_until("00000002.history archived", || {
+        serde_json::from_slice::<serde_json::Value>(
+            &shop
+                .lb(&["pg", "backups", "--source", SOURCE, "--json"])
+                .stdout,
+        )
+        .is_ok_and(|v| {
+            v["histories"]
+                .as_array()
+                .is_some_and(|h| h.contains(&2.into()))
+        })
+    });
+    // The old primary goes on writing on timeline 1 (split brain, or a test cluster).
+    shop.pg
+        .sql("insert into orders values (50, 'written on timeline 1')")
+        .unwrap();
+    Shop::archive_now(&shop.pg);
+
+    let latest = shop.restore_and_start(&["--latest"]);
+    assert_eq!(
+        ids(&latest),
+        "1,2,3,100",
+        "timeline latest follows the promotion"
+    );
+    drop(latest);
+    let old = shop.restore_and_start(&["--latest", "--timeline", "1"]);
+    assert_eq!(
+        ids(&old),
+        "1,2,3,50",
+        "timeline 1 stays on the old primary's history"
+    );
+}
+
+#[test]
+fn a_killed_wal_push_leaves_no_partial_segment_and_the_next_push_succeeds() {
+    // As root, on a repository of root's: killing `runuser` would not kill lifeboat.
+    let env = common::Env::new();
+    env.init();
+    let pg = PgServer::start(&[]).unwrap();
+    pg.sql("create table t(x text)").unwrap();
+    pg.sql("insert into t select md5(g::text) from generate_series(1, 200000) g")
+        .unwrap();
+    let name = pg
+        .sql("select pg_walfile_name(pg_current_wal_lsn())")
+        .unwrap();
+    pg.sql("select pg_switch_wal()").unwrap();
+    let seg = env.path(&name);
+    std::fs::copy(pg.data_dir().join("pg_wal").join(&name), &seg).unwrap();
+    let original = std::fs::read(&seg).unwrap();
+    let object = env.repo.join("wal").join(SOURCE).join(&name);
+    let fetched = env.path("fetched");
+
+    // Seeded kill points between 0 and 60 ms into the push.
+    let seed: u64 = std::env::var("LIFEBOAT_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
+    println!("kill seed {seed} (LIFEBOAT_CRASH_SEED replays)");
+    let mut x = seed | 1;
+    let mut stored_before_kill = 0;
+    for _ in 0..20 {
+        if object.exists() {
+            std::fs::remove_file(&object).unwrap();
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let delay = Duration::from_micros(x % 60_000);
+        let mut child = env
+            .cmd()
+            .args(["pg", "wal-push", "--source", SOURCE, seg.to_str().unwrap()])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay); // the randomized kill point, not a synchronisation
+        let _ = child.kill();
+        let _ = child.wait();
+        // Either nothing, or the whole segment.
+        if object.exists() {
+            stored_before_kill += 1;
+            let o = env.run(&[
+                "pg",
+                "wal-fetch",
+                "--source",
+                SOURCE,
+                &name,
+                fetched.to_str().unwrap(),
+            ]);
+            assert_eq!(code(&o), 0, "{}", stderr(&o));
+            assert_eq!(std::fs::read(&fetched).unwrap(), original);
+        }
+    }
+    println!("{stored_before_kill} of 20 pushes completed before the kill");
+    // The next push succeeds (stored, or already there) and the segment is intact.
+    env.ok(&["pg", "wal-push", "--source", SOURCE, seg.to_str().unwrap()]);
+    env.ok(&["pg", "wal-push", "--source", SOURCE, seg.to_str().unwrap()]);
+    env.ok(&[
+        "pg",
+        "wal-fetch",
+        "--source",
+        SOURCE,
+        &name,
+        fetched.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&fetched).unwrap(), original);
+    // Different content under the same name is refused and nothing is overwritten.
+    let mut other = original.clone();
+    other[100] ^= 1;
+    std::fs::write(&seg, &other).unwrap();
+    let o = env.run(&["pg", "wal-push", "--source", SOURCE, seg.to_str().unwrap()]);
+    assert_ne!(code(&o), 0);
+    assert!(stderr(&o).contains("different content"), "{}", stderr(&o));
+    env.ok(&[
+        "pg",
+        "wal-fetch",
+        "--source",
+        SOURCE,
+        &name,
+        fetched.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&fetched).unwrap(), original);
+    let check = env.run(&["check", "--read-data"]);
+    assert_eq!(code(&check), 0, "{}", stderr(&check));
+}
+
+/// Flips one byte in the middle of a repository file.
+fn corrupt(path: &Path) {
+    let mut b = std::fs::read(path).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x55;
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn damaged_wal_stops_recovery_and_is_found_by_check() {
+    let shop = Shop::new();
+    shop.pg.sql("insert into orders values (1, 'a')").unwrap();
+    shop.backup();
+    shop.pg.sql("insert into orders values (2, 'b')").unwrap();
+    let seg = shop
+        .pg
+        .sql("select pg_walfile_name(pg_current_wal_lsn())")
+        .unwrap();
+    Shop::archive_now(&shop.pg);
+    shop.pg.sql("insert into orders values (3, 'c')").unwrap();
+    Shop::archive_now(&shop.pg);
+    let object = shop.repo().join("wal").join(SOURCE).join(&seg);
+    corrupt(&object);
+
+    // restore_command: exit 126, naming the object, so PostgreSQL stops.
+    let dest = shop.dir.path().join("fetched");
+    let o = shop.lb(&[
+        "pg",
+        "wal-fetch",
+        "--source",
+        SOURCE,
+        &seg,
+        dest.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 126, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("wal/{SOURCE}/{seg}")),
+        "{}",
+        stderr(&o)
+    );
+    // check --read-data finds it.
+    let o = shop.lb(&["check", "--read-data"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains(&seg), "{}", stderr(&o));
+
+    // A restore to the latest point: the server must refuse to finish recovery rather
+    // than promote without orders 2 and 3.
+    let target = owner_tempdir("lifeboat-restore-").unwrap();
+    let data = target.path().join("data");
+    shop.lb_ok(&[
+        "pg",
+        "restore",
+        "--source",
+        SOURCE,
+        "--target",
+        data.to_str().unwrap(),
+        "--latest",
+    ]);
+    let started = PgServer::adopt(&data, &["archive_mode = off"]);
+    let log = match &started {
+        // pg_ctl may return before recovery reaches the bad segment: wait for the server
+        // to stop on its own.
+        Ok(s) => {
+            wait_until("the server to stop at the damaged segment", || {
+                s.pid().is_none()
+            });
+            std::fs::read_to_string(s.log_path()).unwrap()
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(log.contains("FATAL"), "{log}");
+    assert!(log.contains(&seg), "{log}");
+}
+
+#[test]
+fn a_damaged_base_backup_fails_the_restore_naming_the_file() {
+    let shop = Shop::new();
+    shop.pg
+        .sql("insert into orders select g, md5(g::text) from generate_series(1, 20000) g")
+        .unwrap();
+    shop.backup();
+    // Damage every pack: whichever holds the orders table, the restore must name it.
+    let mut packs = Vec::new();
+    for d in std::fs::read_dir(shop.repo().join("data")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            packs.push(f.unwrap().path());
+        }
+    }
+    for p in &packs {
+        corrupt(p);
+    }
+    let target = owner_tempdir("lifeboat-restore-").unwrap();
+    let data = target.path().join("data");
+    let o = shop.lb(&[
+        "pg",
+        "restore",
+        "--source",
+        SOURCE,
+        "--target",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("data/"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("do not start"), "{}", stderr(&o));
+}
