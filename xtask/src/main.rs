@@ -25,9 +25,26 @@ const GARAGE_BIN_ENV: &str = "LIFEBOAT_GARAGE_BIN";
 const FUZZ_SECONDS: u32 = 20;
 
 /// Debian packages for `setup --bench`.
-const BENCH_PACKAGES: &[&str] = &["time", "b3sum", "restic", "borgbackup"];
-/// Debian packages the test suite and its builds need.
-const TEST_PACKAGES: &[&str] = &["build-essential", "pkg-config", "ca-certificates"];
+const BENCH_PACKAGES: &[&str] = &[
+    "time",
+    "b3sum",
+    "restic",
+    "borgbackup",
+    "pgbackrest",
+    "hyperfine",
+    "bc",
+];
+/// Debian packages the test suite and its builds need: PostgreSQL 15 for the database
+/// tests (its server binaries in /usr/lib/postgresql/15/bin; the default cluster the
+/// package creates on port 5432 is left alone), `util-linux` for `runuser`.
+const TEST_PACKAGES: &[&str] = &[
+    "build-essential",
+    "pkg-config",
+    "ca-certificates",
+    "postgresql-15",
+    "postgresql-client-15",
+    "util-linux",
+];
 /// Debian packages for building fuzz targets (libFuzzer is C++).
 const FUZZ_PACKAGES: &[&str] = &["build-essential"];
 

@@ -316,6 +316,10 @@ pub enum PgCmd {
     Restore(PgRestoreCmd),
     /// List base backups and the WAL available (ranges and gaps).
     Backups(PgBackupsCmd),
+    /// Restore test: restore into a scratch directory, start PostgreSQL on a free port,
+    /// wait for recovery, run validation queries, report durations and the RPO achieved,
+    /// clean up.
+    Verify(PgVerifyCmd),
 }
 
 /// The source every `pg` command names.
@@ -413,4 +417,38 @@ pub struct PgRestoreCmd {
 pub struct PgBackupsCmd {
     #[command(flatten)]
     pub source: PgSource,
+}
+
+/// `pg verify`.
+#[derive(Debug, ClapArgs)]
+#[command(group(clap::ArgGroup::new("point").args(["to_time", "latest"])))]
+pub struct PgVerifyCmd {
+    #[command(flatten)]
+    pub source: PgSource,
+    /// Recover to just before this time ('2026-11-30 14:03:27+00'; the offset is required).
+    #[arg(long)]
+    pub to_time: Option<String>,
+    /// Recover all WAL in the repository (the default).
+    #[arg(long)]
+    pub latest: bool,
+    /// A validation query (repeatable), e.g. 'select max(created_at) from orders'; its
+    /// result is reported. A query that fails fails the verification.
+    #[arg(long = "sql", value_name = "QUERY")]
+    pub sql: Vec<String>,
+    /// Database the queries run in.
+    #[arg(long, default_value = "postgres")]
+    pub dbname: String,
+    /// Where the scratch data directory goes (default: a new temp dir); it must not hold a
+    /// running cluster.
+    #[arg(long)]
+    pub scratch: Option<PathBuf>,
+    /// Give up when restore plus recovery take longer than this (seconds).
+    #[arg(long, default_value_t = 1800)]
+    pub timeout: u64,
+    /// Keep the scratch directory (and stop the server) instead of removing it.
+    #[arg(long)]
+    pub keep: bool,
+    /// Use this base backup (snapshot id or prefix) instead of the newest that fits.
+    #[arg(long)]
+    pub backup: Option<String>,
 }

@@ -11,6 +11,7 @@ mod commands;
 mod demo;
 mod output;
 mod pg;
+mod pg_verify;
 mod progress;
 
 use std::process::ExitCode;

@@ -195,6 +195,7 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
                 Ok(EXIT_DAMAGE)
             }
         }
+        PgCmd::Verify(c) => crate::pg_verify::run(g, c),
         PgCmd::Backups(c) => {
             let repo = open(g)?;
             let l = listing(&repo, &c.source.source)?;
@@ -254,7 +255,7 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
 /// The `restore_command` for a restored cluster: this binary, the repository, and the
 /// password file when there is one. A password given only through LIFEBOAT_PASSWORD is
 /// never written into the configuration: the warning says the server needs it instead.
-fn restore_command(g: &Global, source: &str) -> Result<(String, Option<String>)> {
+pub(crate) fn restore_command(g: &Global, source: &str) -> Result<(String, Option<String>)> {
     let exe = std::env::current_exe().context("find the lifeboat binary")?;
     let repo = location(g.repo.as_deref())?.to_string();
     let q = shell_quote;
