@@ -316,6 +316,10 @@ pub enum PgCmd {
     Restore(PgRestoreCmd),
     /// List base backups and the WAL available (ranges and gaps).
     Backups(PgBackupsCmd),
+    /// Receive WAL continuously over the replication protocol (with a replication slot)
+    /// and make it durable in the repository every --flush-interval: RPO of a fraction of
+    /// a second. Runs until SIGINT/SIGTERM; reconnects and follows timeline switches.
+    Stream(PgStreamCmd),
     /// Restore test: restore into a scratch directory, start PostgreSQL on a free port,
     /// wait for recovery, run validation queries, report durations and the RPO achieved,
     /// clean up.
@@ -451,4 +455,27 @@ pub struct PgVerifyCmd {
     /// Use this base backup (snapshot id or prefix) instead of the newest that fits.
     #[arg(long)]
     pub backup: Option<String>,
+}
+
+/// `pg stream`.
+#[derive(Debug, ClapArgs)]
+pub struct PgStreamCmd {
+    #[command(flatten)]
+    pub source: PgSource,
+    /// Connection string of the primary (a role with REPLICATION; `replication` is added).
+    #[arg(long, env = "LIFEBOAT_PG_DSN", hide_env_values = true)]
+    pub dsn: String,
+    /// Replication slot (default lifeboat_<source>), created when missing.
+    #[arg(long)]
+    pub slot: Option<String>,
+    /// Stream without a slot (the server may remove WAL before it is received).
+    #[arg(long, conflicts_with = "slot")]
+    pub no_slot: bool,
+    /// How often received WAL is made durable, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub flush_interval_ms: u64,
+    /// Make every received batch durable at once (use with
+    /// synchronous_standby_names = 'lifeboat_<source>' for no loss of acknowledged commits).
+    #[arg(long)]
+    pub synchronous: bool,
 }

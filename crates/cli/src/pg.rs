@@ -13,6 +13,7 @@ use lifeboat_postgres::catalog::listing;
 use lifeboat_postgres::restore::{
     parse_time, pg_restore, PgRestoreOptions, RecoveryTarget, TargetAction,
 };
+use lifeboat_postgres::stream::{stream, StreamOptions, StreamStatus};
 use lifeboat_repo::wal::PutOutcome;
 use lifeboat_sources::backup::BackupOptions;
 use lifeboat_sources::restore::RestoreOptions;
@@ -196,6 +197,53 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
             }
         }
         PgCmd::Verify(c) => crate::pg_verify::run(g, c),
+        PgCmd::Stream(c) => {
+            let repo = open(g)?;
+            let mut opts = StreamOptions::new(&c.source.source, &c.dsn);
+            opts.slot = c.slot.clone();
+            opts.no_slot = c.no_slot;
+            opts.flush_interval = Duration::from_millis(c.flush_interval_ms.max(1));
+            opts.synchronous = c.synchronous;
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, opts.stop.clone())
+                    .context("install signal handlers")?;
+            }
+            let verbose = g.verbose > 0;
+            let mut say = |st: StreamStatus| {
+                if g.json {
+                    // One JSON document per line (a stream of events).
+                    if let Ok(text) = serde_json::to_string(&st) {
+                        println!("{text}");
+                    }
+                    return;
+                }
+                match &st {
+                    StreamStatus::Flushed { .. } if !verbose => {}
+                    StreamStatus::Segment { .. } if !verbose => {}
+                    StreamStatus::Streaming {
+                        server,
+                        timeline,
+                        start,
+                    } => {
+                        eprintln!("streaming from {server}: timeline {timeline} from {start}")
+                    }
+                    StreamStatus::Flushed { lsn } => eprintln!("durable to {lsn}"),
+                    StreamStatus::Segment { name } => eprintln!("segment {name} stored"),
+                    StreamStatus::Timeline { timeline, start } => {
+                        eprintln!("timeline switch: now {timeline} from {start}")
+                    }
+                    StreamStatus::Disconnected { error, retry_in_ms } => {
+                        eprintln!("warning: {error}; reconnecting in {retry_in_ms} ms")
+                    }
+                    StreamStatus::Gap { from, to } => eprintln!(
+                        "error: WAL from {from} to {to} was removed from the server before it \
+                         was received: restores cannot cross this gap; take a new base backup"
+                    ),
+                }
+            };
+            stream(&repo, &opts, &mut say).context("pg stream")?;
+            Ok(EXIT_OK)
+        }
         PgCmd::Backups(c) => {
             let repo = open(g)?;
             let l = listing(&repo, &c.source.source)?;

@@ -106,13 +106,66 @@ pub fn wal_fetch(repo: &Repository, source: &str, name: &str, dest: &Path) -> Re
     }
     let data = match repo.wal_get(source, name, threads()) {
         Ok(d) => d,
-        Err(e) if e.is_not_found() => return Ok(FetchOutcome::NotFound),
+        Err(e) if e.is_not_found() => match streamed_segment(repo, source, name)? {
+            Some(d) => d,
+            None => return Ok(FetchOutcome::NotFound),
+        },
         Err(e) => return Err(e.into()),
     };
     write_atomically(dest, &data)?;
     Ok(FetchOutcome::Fetched {
         bytes: data.len() as u64,
     })
+}
+
+/// A segment that `pg stream` holds only in pieces (the newest WAL, received before the
+/// primary was lost): its bytes from offset 0 as far as the pieces reach without a hole,
+/// zero-filled to the segment size — what `pg_receivewal`'s `.partial` files are. Recovery
+/// replays up to the end of the valid records and stops there.
+fn streamed_segment(repo: &Repository, source: &str, name: &str) -> Result<Option<Vec<u8>>> {
+    let prefix = format!("{name}.stream.");
+    let entries: Vec<String> = repo
+        .wal_list(source)?
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    let (snaps, _) = repo.snapshots()?;
+    let size = crate::catalog::base_backups(&snaps, source)
+        .last()
+        .and_then(|b| SegmentSize::new(b.info.segment_size))
+        .unwrap_or_default();
+    let mut pieces: Vec<crate::catalog::StreamPiece> = entries
+        .iter()
+        .filter_map(|n| crate::catalog::StreamPiece::parse(n, size))
+        .collect();
+    pieces.sort();
+    let mut out: Vec<u8> = Vec::with_capacity(size.bytes() as usize);
+    for p in pieces {
+        let (start, end) = (p.start as usize, p.end as usize);
+        if start > out.len() {
+            break; // a hole: what follows cannot be replayed
+        }
+        if end <= out.len() {
+            continue;
+        }
+        let bytes = repo.wal_get(source, &p.name(size), 1)?;
+        if bytes.len() != end - start {
+            return Err(Error::Repo(lifeboat_repo::Error::damaged(
+                lifeboat_repo::wal::wal_path(source, &p.name(size)),
+                format!("holds {} bytes, its name says {}", bytes.len(), end - start),
+            )));
+        }
+        out.extend_from_slice(&bytes[out.len() - start..]);
+    }
+    if out.is_empty() {
+        return Ok(None);
+    }
+    out.resize(size.bytes() as usize, 0);
+    Ok(Some(out))
 }
 
 /// Writes `data` to a temp file beside `dest` and renames it over `dest`.

@@ -6,6 +6,7 @@
 //! - [`backup`]: base backups with `pg_backup_start` / `pg_backup_stop`.
 //! - [`catalog`]: base backups, WAL ranges and gaps of a source.
 //! - [`restore`]: point-in-time restore into a data directory.
+//! - [`stream`]: WAL streamed into the repository within a fraction of a second.
 //! - [`replication`]: a blocking client of PostgreSQL's streaming replication protocol
 //!   (what `pg_receivewal` speaks).
 //!
@@ -19,6 +20,7 @@ pub mod catalog;
 pub mod error;
 pub mod replication;
 pub mod restore;
+pub mod stream;
 pub mod walname;
 
 pub use error::{Error, Result};
