@@ -620,17 +620,55 @@ pub fn run(args: Args) -> Result<u8> {
                 ));
             }
             let (snaps, _) = repo.snapshots()?;
-            let input: Vec<_> = snaps
+            // The policy applies per group, as restic does: the base backups of one database
+            // source, or the file snapshots of one host and set of paths — so frequent
+            // backups of one thing never push out the backups of another.
+            let mut groups: std::collections::BTreeMap<String, Vec<_>> = Default::default();
+            for (id, s) in &snaps {
+                groups.entry(snapshot_group(s)).or_default().push((
+                    *id,
+                    s.time.clone(),
+                    s.tags.clone(),
+                ));
+            }
+            let mut verdicts: Vec<GroupVerdict> = Vec::new();
+            for (group, input) in &groups {
+                for v in policy.apply(input) {
+                    verdicts.push(GroupVerdict {
+                        group: group.clone(),
+                        verdict: v,
+                    });
+                }
+            }
+            let remove: Vec<SnapshotId> = verdicts
                 .iter()
-                .map(|(id, s)| (*id, s.time.clone(), s.tags.clone()))
+                .filter(|v| !v.verdict.keep)
+                .map(|v| v.verdict.id)
                 .collect();
-            let verdicts = policy.apply(&input);
-            let remove: Vec<SnapshotId> =
-                verdicts.iter().filter(|v| !v.keep).map(|v| v.id).collect();
             if !c.dry_run {
                 for id in &remove {
                     repo.delete_snapshot(id)?;
                 }
+            }
+            // Database sources: the WAL no kept base backup needs.
+            let mut wal = Vec::new();
+            let mut sources: std::collections::BTreeSet<String> =
+                repo.wal_sources()?.into_iter().collect();
+            sources.extend(
+                snaps
+                    .iter()
+                    .filter_map(|(_, s)| s.postgres.as_ref().map(|p| p.source.clone())),
+            );
+            for source in sources {
+                let kept_snaps: Vec<(SnapshotId, lifeboat_repo::format::Snapshot)> = snaps
+                    .iter()
+                    .filter(|(id, _)| !remove.contains(id))
+                    .cloned()
+                    .collect();
+                let kept = lifeboat_postgres::catalog::base_backups(&kept_snaps, &source);
+                wal.push(lifeboat_postgres::retention::remove_wal(
+                    &repo, &source, &kept, c.dry_run,
+                )?);
             }
             let prune_report = if c.prune && !c.dry_run {
                 Some(prune(&repo, &PruneOptions::default())?)
@@ -642,12 +680,19 @@ pub fn run(args: Args) -> Result<u8> {
                     dry_run: c.dry_run,
                     verdicts: verdicts.clone(),
                     removed: remove.clone(),
+                    wal: wal.clone(),
                     prune: prune_report.clone(),
                 })?;
             } else if !g.quiet {
-                for v in &verdicts {
+                let mut last_group = None;
+                for gv in &verdicts {
+                    if last_group != Some(&gv.group) {
+                        line(&gv.group)?;
+                        last_group = Some(&gv.group);
+                    }
+                    let v = &gv.verdict;
                     line(&format!(
-                        "{} {}  {}  {}",
+                        "  {} {}  {}  {}",
                         if v.keep { "keep  " } else { "remove" },
                         v.id.short(),
                         output::time(&v.time),
@@ -660,6 +705,19 @@ pub fn run(args: Args) -> Result<u8> {
                     remove.len(),
                     verdicts.len() - remove.len()
                 ))?;
+                for w in &wal {
+                    if !w.removed.is_empty() {
+                        line(&format!(
+                            "{} {} WAL file(s) of {} ({}) older than {}; kept {}",
+                            if c.dry_run { "would remove" } else { "removed" },
+                            w.removed.len(),
+                            w.source,
+                            bytes(w.removed_bytes),
+                            w.oldest_kept.as_deref().unwrap_or("-"),
+                            w.kept
+                        ))?;
+                    }
+                }
                 if let Some(p) = &prune_report {
                     print_prune(p)?;
                 }
@@ -1084,7 +1142,30 @@ struct StatsReport {
 #[derive(Serialize)]
 struct ForgetReport {
     dry_run: bool,
-    verdicts: Vec<Verdict>,
+    verdicts: Vec<GroupVerdict>,
     removed: Vec<SnapshotId>,
+    /// Per database source: the WAL removed because no kept base backup needs it.
+    wal: Vec<lifeboat_postgres::retention::WalRetention>,
     prune: Option<PruneReport>,
+}
+
+/// A retention verdict and the group it was judged in.
+#[derive(Debug, Clone, Serialize)]
+struct GroupVerdict {
+    /// `postgres source orders`, or `host web1 paths /srv/shop`.
+    group: String,
+    #[serde(flatten)]
+    verdict: Verdict,
+}
+
+/// The retention group of a snapshot.
+fn snapshot_group(s: &lifeboat_repo::format::Snapshot) -> String {
+    match &s.postgres {
+        Some(p) => format!("postgres source {}", p.source),
+        None => {
+            let mut paths = s.paths.clone();
+            paths.sort();
+            format!("host {} paths {}", s.hostname, paths.join(" "))
+        }
+    }
 }

@@ -474,3 +474,66 @@ fn a_damaged_base_backup_fails_the_restore_naming_the_file() {
     assert!(stderr(&o).contains("data/"), "{}", stderr(&o));
     assert!(stderr(&o).contains("do not start"), "{}", stderr(&o));
 }
+
+#[test]
+fn retention_removes_exactly_the_wal_no_kept_backup_needs() {
+    let shop = Shop::new();
+    let mut backups = Vec::new();
+    for round in 0..3 {
+        shop.pg
+            .sql(&format!(
+                "insert into orders select g, 'round {round}' from generate_series({}, {}) g",
+                round * 1000 + 1,
+                round * 1000 + 1000
+            ))
+            .unwrap();
+        Shop::archive_now(&shop.pg);
+        backups.push(shop.backup());
+        Shop::archive_now(&shop.pg);
+    }
+    let wal_names = |shop: &Shop| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(shop.repo().join("wal").join(SOURCE))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = wal_names(&shop);
+    let out = shop.lb_ok(&["forget", "--keep-last", "2", "--prune", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["removed"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["removed"][0], backups[0]["snapshot_id"]);
+    let after = wal_names(&shop);
+    // What went is exactly the WAL before the oldest kept backup's start segment.
+    let oldest = backups[1]["postgres"]["start_lsn"].as_str().unwrap();
+    let (hi, lo) = oldest.split_once('/').unwrap();
+    let seg_no =
+        ((u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()) >> 24;
+    for name in &before {
+        let is_segment = name.len() >= 24 && name[..24].bytes().all(|b| b.is_ascii_hexdigit());
+        let number = is_segment.then(|| {
+            u64::from_str_radix(&name[8..16], 16).unwrap() * 256
+                + u64::from_str_radix(&name[16..24], 16).unwrap()
+        });
+        let should_stay = number.is_none_or(|n| n >= seg_no);
+        assert_eq!(
+            after.contains(name),
+            should_stay,
+            "{name} (oldest kept segment {seg_no:X})"
+        );
+    }
+    assert!(after.len() < before.len(), "nothing was removed");
+    let o = shop.lb(&["check", "--read-data"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // Every kept backup still restores, to the end of the WAL.
+    for b in &backups[1..] {
+        let id = b["snapshot_id"].as_str().unwrap();
+        let s = shop.restore_and_start(&["--backup", id, "--latest"]);
+        assert_eq!(
+            s.sql("select count(*) from orders").unwrap(),
+            "3000",
+            "from {id}"
+        );
+    }
+}

@@ -7,6 +7,7 @@
 //! - [`catalog`]: base backups, WAL ranges and gaps of a source.
 //! - [`restore`]: point-in-time restore into a data directory.
 //! - [`stream`]: WAL streamed into the repository within a fraction of a second.
+//! - [`retention`]: the WAL no kept base backup needs.
 //! - [`replication`]: a blocking client of PostgreSQL's streaming replication protocol
 //!   (what `pg_receivewal` speaks).
 //!
@@ -20,6 +21,7 @@ pub mod catalog;
 pub mod error;
 pub mod replication;
 pub mod restore;
+pub mod retention;
 pub mod stream;
 pub mod walname;
 
