@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use lifeboat_repo::wal::PutOutcome;
+use lifeboat_repo::wal::{PutOutcome, WalInput};
 use lifeboat_repo::Repository;
 
 use crate::error::{Error, Result};
@@ -68,11 +68,20 @@ pub struct PushReport {
 pub fn wal_push(repo: &Repository, source: &str, path: &Path) -> Result<PushReport> {
     let started = Instant::now();
     let name = wal_name(path)?;
-    let data = std::fs::read(path).map_err(Error::io(path))?;
-    let outcome = repo.wal_put(source, &name, &data, threads())?;
+    let file = std::fs::File::open(path).map_err(Error::io(path))?;
+    let len = file.metadata().map_err(Error::io(path))?.len();
+    let outcome = repo
+        .wal_put_from(source, &name, WalInput::File(&file, len), threads())
+        .map_err(|e| match e {
+            lifeboat_repo::Error::Io { source, .. } => Error::Io {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other.into(),
+        })?;
     Ok(PushReport {
         name,
-        bytes: data.len() as u64,
+        bytes: len,
         outcome,
         seconds: started.elapsed().as_secs_f64(),
     })

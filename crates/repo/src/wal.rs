@@ -46,7 +46,7 @@ pub struct WalHeader {
     pub version: u32,
     /// Length of the plaintext (the WAL file).
     pub plain_len: u64,
-    /// Keyed BLAKE3 of the plaintext (the repository's id key): equal content, equal hash.
+    /// Content hash of the plaintext ([`content_hash`]): equal content, equal hash.
     #[serde(with = "serde_bytes")]
     pub plain_hash: [u8; 32],
     /// Sealed length of each piece, in order.
@@ -139,6 +139,57 @@ fn aad_piece(source: &str, name: &str, index: u32, count: u32) -> Vec<u8> {
     a
 }
 
+/// The content hash of a WAL file: keyed BLAKE3 (the repository's id key) over
+/// `"lifeboat/v1/wal-content"`, the length (u64 LE) and the keyed BLAKE3 of each
+/// [`WAL_PIECE`]-sized piece in order — so the pieces are hashed in parallel, and equal
+/// content gives an equal hash in every repository that shares the id key (`copy`).
+pub fn content_hash(
+    key: &crate::crypto::MasterKey,
+    len: u64,
+    piece_hashes: &[[u8; 32]],
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(&key.material().id);
+    h.update(b"lifeboat/v1/wal-content");
+    h.update(&len.to_le_bytes());
+    for p in piece_hashes {
+        h.update(p);
+    }
+    *h.finalize().as_bytes()
+}
+
+/// Where [`Repository::wal_encode_from`] reads the plaintext.
+#[derive(Debug, Clone, Copy)]
+pub enum WalInput<'a> {
+    /// Bytes in memory.
+    Bytes(&'a [u8]),
+    /// An open file of this length, read with positional reads.
+    File(&'a std::fs::File, u64),
+}
+
+impl WalInput<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            WalInput::Bytes(b) => b.len() as u64,
+            WalInput::File(_, n) => *n,
+        }
+    }
+
+    fn piece(&self, start: u64, end: u64) -> Result<std::borrow::Cow<'_, [u8]>> {
+        match self {
+            WalInput::Bytes(b) => Ok(std::borrow::Cow::Borrowed(&b[start as usize..end as usize])),
+            WalInput::File(f, _) => {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; (end - start) as usize];
+                f.read_exact_at(&mut buf, start).map_err(|e| Error::Io {
+                    path: "WAL file".into(),
+                    source: e,
+                })?;
+                Ok(std::borrow::Cow::Owned(buf))
+            }
+        }
+    }
+}
+
 /// Runs `f` over `items` on up to `threads` threads, results in order.
 fn par_pieces<T: Sync, R: Send>(
     items: &[T],
@@ -163,38 +214,59 @@ impl Repository {
         data: &[u8],
         threads: usize,
     ) -> Result<Vec<u8>> {
+        Ok(self
+            .wal_encode_from(source, name, WalInput::Bytes(data), threads)?
+            .0)
+    }
+
+    /// Encodes WAL from `input`; returns the object and the content hash of the plaintext.
+    /// A file is read piece by piece on the worker threads, so reading overlaps
+    /// compressing.
+    ///
+    /// # Errors
+    /// As [`Repository::wal_encode`], and I/O errors reading a file.
+    pub fn wal_encode_from(
+        &self,
+        source: &str,
+        name: &str,
+        input: WalInput<'_>,
+        threads: usize,
+    ) -> Result<(Vec<u8>, [u8; 32])> {
         validate_source(source)?;
         validate_name(name)?;
-        if data.len() as u64 > WAL_MAX_PLAIN {
+        let len = input.len();
+        if len > WAL_MAX_PLAIN {
             return Err(Error::Invalid(format!(
-                "{name}: {} bytes is larger than any WAL file",
-                data.len()
+                "{name}: {len} bytes is larger than any WAL file"
             )));
         }
-        let chunks: Vec<&[u8]> = if data.is_empty() {
-            vec![&data[..0]]
-        } else {
-            data.chunks(WAL_PIECE).collect()
-        };
-        let count = chunks.len() as u32;
-        let indexed: Vec<(u32, &[u8])> = (0..count).zip(chunks).collect();
+        // An empty file is one empty piece.
+        let count = (len.div_ceil(WAL_PIECE as u64)).max(1) as u32;
+        let indexed: Vec<u32> = (0..count).collect();
         let level = if self.config().compression == 0 {
             0
         } else {
             WAL_ZSTD_LEVEL
         };
         let key = self.key();
-        let pieces = par_pieces(&indexed, threads.max(1), |(i, chunk)| {
+        let sealed = par_pieces(&indexed, threads.max(1), |&i| {
+            let start = u64::from(i) * WAL_PIECE as u64;
+            let end = (start + WAL_PIECE as u64).min(len);
+            let chunk = input.piece(start, end)?;
             let mut comp = Compressor::new(level).map_err(|e| Error::Io {
                 path: "zstd".into(),
                 source: e,
             })?;
-            Ok(key.seal_compressed(&aad_piece(source, name, *i, count), chunk, &mut comp))
+            let hash = *key.blob_id(&chunk).as_bytes();
+            let piece = key.seal_compressed(&aad_piece(source, name, i, count), &chunk, &mut comp);
+            Ok((hash, piece))
         })?;
+        let (hashes, pieces): (Vec<[u8; 32]>, Vec<Vec<u8>>) = sealed.into_iter().unzip();
+        let plain_hash = content_hash(key, len, &hashes);
         let header = WalHeader {
             version: 1,
-            plain_len: data.len() as u64,
-            plain_hash: *key.blob_id(data).as_bytes(),
+            plain_len: len,
+            plain_hash,
             pieces: pieces.iter().map(|p| p.len() as u32).collect(),
         };
         let sealed_header = key.seal_stored(&aad_header(source, name), &to_cbor(&header));
@@ -206,7 +278,7 @@ impl Repository {
         for p in &pieces {
             out.extend_from_slice(p);
         }
-        Ok(out)
+        Ok((out, plain_hash))
     }
 
     /// Decodes the header of a WAL object and returns it with the offset of piece 0.
@@ -276,15 +348,23 @@ impl Repository {
         let key = self.key();
         let plains = par_pieces(&spans, threads.max(1), |(i, s, e)| {
             let mut sealed = bytes[*s..*e].to_vec();
-            key.open_in_place(&aad_piece(source, name, *i, count), &mut sealed)
-                .map_err(|err| Error::damaged(&path, format!("piece {i}: {err}")))
+            let plain = key
+                .open_in_place(&aad_piece(source, name, *i, count), &mut sealed)
+                .map_err(|err| Error::damaged(&path, format!("piece {i}: {err}")))?;
+            Ok((*key.blob_id(&plain).as_bytes(), plain))
         })?;
         let mut out = Vec::with_capacity(header.plain_len as usize);
-        for p in plains {
+        let mut hashes = Vec::with_capacity(plains.len());
+        for (h, p) in plains {
+            // Every piece but the last is exactly WAL_PIECE long.
+            if p.len() != WAL_PIECE && hashes.len() + 1 < header.pieces.len() {
+                return Err(Error::damaged(&path, "a piece has the wrong length"));
+            }
+            hashes.push(h);
             out.extend_from_slice(&p);
         }
         if out.len() as u64 != header.plain_len
-            || key.blob_id(&out).as_bytes() != &header.plain_hash
+            || content_hash(key, out.len() as u64, &hashes) != header.plain_hash
         {
             return Err(Error::damaged(
                 &path,
@@ -308,17 +388,32 @@ impl Repository {
         data: &[u8],
         threads: usize,
     ) -> Result<PutOutcome> {
+        self.wal_put_from(source, name, WalInput::Bytes(data), threads)
+    }
+
+    /// Like [`Repository::wal_put`], reading from `input` (a file is read piece by piece
+    /// on the worker threads).
+    ///
+    /// # Errors
+    /// As [`Repository::wal_put`], and I/O errors reading a file.
+    pub fn wal_put_from(
+        &self,
+        source: &str,
+        name: &str,
+        input: WalInput<'_>,
+        threads: usize,
+    ) -> Result<PutOutcome> {
         let path = wal_path(source, name);
+        let len = input.len();
         // Most pushes are new: encode first, create-only write, compare only on conflict.
-        let encoded = self.wal_encode(source, name, data, threads)?;
+        let (encoded, hash) = self.wal_encode_from(source, name, input, threads)?;
         let stored_bytes = encoded.len() as u64;
         match self.storage().put_new(&path, encoded) {
             Ok(()) => Ok(PutOutcome::Stored { stored_bytes }),
             Err(e) if e.kind() == lifeboat_storage::ErrorKind::AlreadyExists => {
                 let existing = self.storage().get(&path)?;
-                let hash = *self.key().blob_id(data).as_bytes();
                 match self.wal_header(source, name, &existing) {
-                    Ok((h, _)) if h.plain_len == data.len() as u64 && h.plain_hash == hash => {
+                    Ok((h, _)) if h.plain_len == len && h.plain_hash == hash => {
                         Ok(PutOutcome::AlreadyStored)
                     }
                     Ok(_) => Err(Error::WalConflict { file: path }),
