@@ -10,6 +10,7 @@
 //! - [`retention`]: the WAL no kept base backup needs.
 //! - [`replication`]: a blocking client of PostgreSQL's streaming replication protocol
 //!   (what `pg_receivewal` speaks).
+//! - [`verify`]: the restore test: restore into a scratch directory, recover, query, clean up.
 //!
 //! Everything stores into the repository of `lifeboat-repo`: base backups are snapshots
 //! (marked as base backups), WAL files are WAL objects
@@ -23,6 +24,7 @@ pub mod replication;
 pub mod restore;
 pub mod retention;
 pub mod stream;
+pub mod verify;
 pub mod walname;
 
 pub use error::{Error, Result};
