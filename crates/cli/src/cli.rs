@@ -316,6 +316,12 @@ pub enum PgCmd {
     Restore(PgRestoreCmd),
     /// List base backups and the WAL available (ranges and gaps).
     Backups(PgBackupsCmd),
+    /// The background pusher of `pg wal-push --async` (started by it; not for people).
+    #[command(hide = true)]
+    ArchivePusher(PgPusherCmd),
+    /// The background prefetcher of `pg wal-fetch --prefetch` (started by it).
+    #[command(hide = true)]
+    WalPrefetcher(PgPrefetcherCmd),
     /// Receive WAL continuously over the replication protocol (with a replication slot)
     /// and make it durable in the repository every --flush-interval: RPO of a fraction of
     /// a second. Runs until SIGINT/SIGTERM; reconnects and follows timeline switches.
@@ -361,6 +367,16 @@ pub struct PgWalPushCmd {
     pub source: PgSource,
     /// The WAL file (`%p`).
     pub path: PathBuf,
+    /// Asynchronous archiving: a background pusher pushes every ready segment, several at
+    /// a time, and this call answers from the spool (like pgBackRest's archive-async).
+    #[arg(long, requires = "spool")]
+    pub r#async: bool,
+    /// Spool directory for --async (local, writable by the postgres user).
+    #[arg(long, env = "LIFEBOAT_SPOOL")]
+    pub spool: Option<PathBuf>,
+    /// Segments the background pusher pushes at a time.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
 }
 
 /// `pg wal-fetch`.
@@ -372,6 +388,45 @@ pub struct PgWalFetchCmd {
     pub name: String,
     /// Where to write it (`%p`).
     pub dest: PathBuf,
+    /// Fetch this many segments ahead in the background, into --spool, so replay does not
+    /// wait for one fetch at a time (0: off).
+    #[arg(long, default_value_t = 0, requires = "spool")]
+    pub prefetch: usize,
+    /// Spool directory for --prefetch.
+    #[arg(long)]
+    pub spool: Option<PathBuf>,
+}
+
+/// `pg archive-pusher` (started by `pg wal-push --async`).
+#[derive(Debug, ClapArgs)]
+pub struct PgPusherCmd {
+    #[command(flatten)]
+    pub source: PgSource,
+    /// PostgreSQL's pg_wal directory.
+    #[arg(long)]
+    pub pg_wal: PathBuf,
+    /// The spool directory.
+    #[arg(long)]
+    pub spool: PathBuf,
+    /// Segments pushed at a time.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+}
+
+/// `pg wal-prefetcher` (started by `pg wal-fetch --prefetch`).
+#[derive(Debug, ClapArgs)]
+pub struct PgPrefetcherCmd {
+    #[command(flatten)]
+    pub source: PgSource,
+    /// The spool directory.
+    #[arg(long)]
+    pub spool: PathBuf,
+    /// Segments kept ahead of recovery.
+    #[arg(long, default_value_t = 16)]
+    pub ahead: usize,
+    /// The cluster's WAL segment size in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub segment_size: u64,
 }
 
 /// `pg restore`.
@@ -414,6 +469,9 @@ pub struct PgRestoreCmd {
     /// Use this base backup (snapshot id or prefix) instead of the newest that fits.
     #[arg(long)]
     pub backup: Option<String>,
+    /// WAL segments restore_command fetches ahead of replay (0: one at a time).
+    #[arg(long, default_value_t = 16)]
+    pub prefetch: usize,
 }
 
 /// `pg backups`.

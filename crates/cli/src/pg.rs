@@ -13,6 +13,7 @@ use lifeboat_postgres::catalog::listing;
 use lifeboat_postgres::restore::{
     parse_time, pg_restore, PgRestoreOptions, RecoveryTarget, TargetAction,
 };
+use lifeboat_postgres::spool;
 use lifeboat_postgres::stream::{stream, StreamOptions, StreamStatus};
 use lifeboat_repo::wal::PutOutcome;
 use lifeboat_sources::backup::BackupOptions;
@@ -34,6 +35,50 @@ pub const EXIT_FETCH_FATAL: u8 = 126;
 /// Runs a `pg` command.
 pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
     match cmd {
+        PgCmd::WalPush(c) if c.r#async => {
+            let spool = c
+                .spool
+                .clone()
+                .ok_or_else(|| usage("--async needs --spool", None))?;
+            let source = c.source.source.clone();
+            let log = spool::archive_dir(&spool, &source).join("pusher.log");
+            let workers = c.workers.to_string();
+            spool::push_async(&spool, &source, &c.path, &mut |pg_wal| {
+                spawn_background(
+                    g,
+                    &[
+                        "pg".as_ref(),
+                        "archive-pusher".as_ref(),
+                        "--source".as_ref(),
+                        source.as_ref(),
+                        "--pg-wal".as_ref(),
+                        pg_wal.as_os_str(),
+                        "--spool".as_ref(),
+                        spool.as_os_str(),
+                        "--workers".as_ref(),
+                        workers.as_ref(),
+                    ],
+                    &log,
+                )
+                .map_err(|e| lifeboat_postgres::Error::Invalid(format!("{e:#}")))
+            })
+            .with_context(|| format!("pg wal-push --async {}", c.path.display()))?;
+            Ok(EXIT_OK)
+        }
+        PgCmd::ArchivePusher(c) => {
+            let repo = open(g)?;
+            spool::pusher(&repo, &c.source.source, &c.pg_wal, &c.spool, c.workers)
+                .context("pg archive-pusher")?;
+            Ok(EXIT_OK)
+        }
+        PgCmd::WalPrefetcher(c) => {
+            let repo = open(g)?;
+            let size = lifeboat_postgres::walname::SegmentSize::new(c.segment_size)
+                .ok_or_else(|| usage("--segment-size is not a WAL segment size", None))?;
+            spool::prefetcher(&repo, &c.source.source, &c.spool, size, c.ahead, 2)
+                .context("pg wal-prefetcher")?;
+            Ok(EXIT_OK)
+        }
         PgCmd::WalPush(c) => {
             let repo = open(g)?;
             let r = wal_push(&repo, &c.source.source, &c.path)
@@ -52,6 +97,17 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
             Ok(EXIT_OK)
         }
         PgCmd::WalFetch(c) => {
+            // Prefetched already? Then no repository access at all.
+            if let (Some(sp), true) = (&c.spool, c.prefetch > 0) {
+                match prefetch_answer(g, sp, &c.source.source, &c.name, &c.dest, c.prefetch) {
+                    Ok(true) => return Ok(EXIT_OK),
+                    Ok(false) => {}
+                    Err(e) => {
+                        // The spool is only a cache: fetch directly.
+                        tracing::warn!("prefetch spool: {e:#}");
+                    }
+                }
+            }
             // Every failure but "not found" must stop recovery (see EXIT_FETCH_FATAL).
             let fetched = open(g).and_then(|repo| {
                 wal_fetch(&repo, &c.source.source, &c.name, &c.dest)
@@ -142,11 +198,16 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
                 "shutdown" => TargetAction::Shutdown,
                 _ => TargetAction::Promote,
             };
-            let (restore_command, warning) = restore_command(g, &c.source.source)?;
+            let target_dir = std::path::absolute(&c.target)
+                .with_context(|| format!("resolve {}", c.target.display()))?;
+            let (restore_command, warning) = restore_command_with(
+                g,
+                &c.source.source,
+                (c.prefetch > 0).then(|| (c.prefetch, target_dir.join("lifeboat-spool"))),
+            )?;
             let opts = PgRestoreOptions {
                 source: c.source.source.clone(),
-                target_dir: std::path::absolute(&c.target)
-                    .with_context(|| format!("resolve {}", c.target.display()))?,
+                target_dir,
                 target,
                 timeline: c.timeline.clone(),
                 action,
@@ -304,6 +365,15 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
 /// password file when there is one. A password given only through LIFEBOAT_PASSWORD is
 /// never written into the configuration: the warning says the server needs it instead.
 pub(crate) fn restore_command(g: &Global, source: &str) -> Result<(String, Option<String>)> {
+    restore_command_with(g, source, None)
+}
+
+/// Like [`restore_command`], with WAL prefetch (`ahead` segments into `spool`).
+pub(crate) fn restore_command_with(
+    g: &Global,
+    source: &str,
+    prefetch: Option<(usize, std::path::PathBuf)>,
+) -> Result<(String, Option<String>)> {
     let exe = std::env::current_exe().context("find the lifeboat binary")?;
     let repo = location(g.repo.as_deref())?.to_string();
     let q = shell_quote;
@@ -331,8 +401,84 @@ pub(crate) fn restore_command(g: &Global, source: &str) -> Result<(String, Optio
             );
         }
     }
+    if let Some((ahead, spool)) = prefetch {
+        cmd.push_str(&format!(
+            " --prefetch {ahead} --spool {}",
+            q(&spool.display().to_string())
+        ));
+    }
     cmd.push_str(" %f %p");
     Ok((cmd, warning))
+}
+
+/// The spool side of `wal-fetch --prefetch`: `true` when the segment was there (and is now
+/// at `dest`); otherwise records what recovery wants and starts a prefetcher if none runs.
+fn prefetch_answer(
+    g: &Global,
+    spool_dir: &std::path::Path,
+    source: &str,
+    name: &str,
+    dest: &std::path::Path,
+    ahead: usize,
+) -> Result<bool> {
+    if spool::fetch_spooled(spool_dir, source, name, dest)? {
+        return Ok(true);
+    }
+    spool::note_wanted(spool_dir, source, name)?;
+    if !spool::prefetcher_running(spool_dir, source)? {
+        let log = spool::fetch_dir(spool_dir, source).join("prefetcher.log");
+        let ahead = ahead.to_string();
+        spawn_background(
+            g,
+            &[
+                "pg".as_ref(),
+                "wal-prefetcher".as_ref(),
+                "--source".as_ref(),
+                source.as_ref(),
+                "--spool".as_ref(),
+                spool_dir.as_os_str(),
+                "--ahead".as_ref(),
+                ahead.as_ref(),
+            ],
+            &log,
+        )?;
+    }
+    Ok(false)
+}
+
+/// Starts this binary with `args` in the background, detached from PostgreSQL's process
+/// group, with the same repository and password file, logging to `log`.
+fn spawn_background(g: &Global, args: &[&std::ffi::OsStr], log: &std::path::Path) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("find the lifeboat binary")?;
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(r) = &g.repo {
+        cmd.arg("--repo").arg(r);
+    }
+    if let Some(p) = &g.password_file {
+        cmd.arg("--password-file")
+            .arg(std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+    }
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log_file)
+        .process_group(0);
+    cmd.spawn()
+        .with_context(|| format!("start {}", show_args(args)))?;
+    Ok(())
+}
+
+fn show_args(args: &[&std::ffi::OsStr]) -> String {
+    args.iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Quotes for `sh -c` (single quotes; PostgreSQL runs restore_command through the shell).

@@ -44,6 +44,22 @@ impl Shop {
     }
 
     fn new() -> Shop {
+        Self::with_archive(Self::archive_command)
+    }
+
+    /// A shop whose primary archives asynchronously through a spool in the shop's dir.
+    fn new_async() -> Shop {
+        Self::with_archive(|dir| {
+            format!(
+                "archive_command = '{BIN} pg wal-push --async --spool {} --source {SOURCE} --repo {} --password-file {} %p'",
+                dir.join("spool").display(),
+                dir.join("repo").display(),
+                dir.join("machine.key").display()
+            )
+        })
+    }
+
+    fn with_archive(archive_command: fn(&Path) -> String) -> Shop {
         let dir = owner_tempdir("lifeboat-shop-").unwrap();
         std::fs::write(
             dir.path().join("human.pw"),
@@ -69,7 +85,7 @@ impl Shop {
             "--generate",
             dir.path().join("machine.key").to_str().unwrap(),
         ]);
-        let archive = Self::archive_command(dir.path());
+        let archive = archive_command(dir.path());
         let pg = PgServer::start(&["archive_mode = on", &archive]).unwrap();
         pg.sql("create table orders(id int primary key, note text)")
             .unwrap();
@@ -536,4 +552,40 @@ fn retention_removes_exactly_the_wal_no_kept_backup_needs() {
             "from {id}"
         );
     }
+}
+
+#[test]
+fn asynchronous_archiving_keeps_up_and_a_prefetching_restore_replays_it() {
+    let shop = Shop::new_async();
+    shop.pg
+        .sql("insert into orders values (1, 'first')")
+        .unwrap();
+    shop.backup();
+    // A burst: ten segments ready at once; the background pusher takes them two at a time.
+    shop.pg
+        .sql("create table filler as select g, md5(g::text) || md5((g + 1)::text) as pad from generate_series(1, 700000) g")
+        .unwrap();
+    shop.pg
+        .sql("insert into orders values (2, 'after the burst')")
+        .unwrap();
+    Shop::archive_now(&shop.pg);
+    let failed = shop
+        .pg
+        .sql("select failed_count from pg_stat_archiver")
+        .unwrap();
+    assert_eq!(failed, "0", "{}", shop.pg.log_tail());
+    let log = std::fs::read_to_string(
+        shop.dir
+            .path()
+            .join("spool")
+            .join(SOURCE)
+            .join("archive")
+            .join("pusher.log"),
+    )
+    .unwrap_or_default();
+    assert!(!log.contains("error"), "{log}");
+    // Restored with prefetch (the default): every row, and the spool is cleaned up.
+    let s = shop.restore_and_start(&["--latest", "--prefetch", "4"]);
+    assert_eq!(ids(&s), "1,2");
+    assert_eq!(s.sql("select count(*) from filler").unwrap(), "700000");
 }

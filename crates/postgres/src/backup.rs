@@ -86,6 +86,7 @@ const TOP_FILES: &[&str] = &[
     "recovery.signal",
     "standby.signal",
     "current_logfiles",
+    "lifeboat-spool",
 ];
 /// … and files with these names anywhere (PostgreSQL's own list for base backups).
 const ANY_NAMES: &[&str] = &["pg_internal.init", "pgsql_tmp*"];

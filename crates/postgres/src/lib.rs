@@ -8,6 +8,7 @@
 //! - [`restore`]: point-in-time restore into a data directory.
 //! - [`stream`]: WAL streamed into the repository within a fraction of a second.
 //! - [`retention`]: the WAL no kept base backup needs.
+//! - [`spool`]: asynchronous archiving and WAL prefetch through a local spool directory.
 //! - [`replication`]: a blocking client of PostgreSQL's streaming replication protocol
 //!   (what `pg_receivewal` speaks).
 //! - [`verify`]: the restore test: restore into a scratch directory, recover, query, clean up.
@@ -23,6 +24,7 @@ pub mod error;
 pub mod replication;
 pub mod restore;
 pub mod retention;
+pub mod spool;
 pub mod stream;
 pub mod verify;
 pub mod walname;
