@@ -79,6 +79,28 @@ fn snapshot() -> Snapshot {
         partial: true,
         original: None,
         summary: SnapshotSummary { files: 3, started: "2026-01-02T03:04:05Z".into(), duration_s: 1.5, ..Default::default() },
+        postgres: None,
+    }
+}
+
+/// A PostgreSQL base backup's snapshot (the optional `postgres` map present).
+fn pg_snapshot() -> Snapshot {
+    Snapshot {
+        postgres: Some(lifeboat_repo::format::PgBackupInfo {
+            source: "orders".into(),
+            system_id: "7442000000000000001".into(),
+            server_version: 150018,
+            timeline: 2,
+            start_lsn: lifeboat_types::Lsn(0x300_0028),
+            stop_lsn: lifeboat_types::Lsn(0x300_0100),
+            start_time: "2026-01-02T03:04:05Z".into(),
+            stop_time: "2026-01-02T03:04:06Z".into(),
+            segment_size: 16 << 20,
+            data_dir: "/var/lib/postgresql/15/main".into(),
+            backup_label: "START WAL LOCATION: 0/3000028\nSTART TIMELINE: 2\n".into(),
+            tablespace_map: String::new(),
+        }),
+        ..snapshot()
     }
 }
 
@@ -120,7 +142,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         supersedes: vec![IndexId([6; 32])],
     };
     write(root, "index_file", vec![to_cbor(&index), to_cbor(&IndexFile::default())])?;
-    write(root, "snapshot", vec![to_cbor(&snapshot())])?;
+    write(root, "snapshot", vec![to_cbor(&snapshot()), to_cbor(&pg_snapshot())])?;
     write(root, "tree", vec![to_cbor(&tree()), to_cbor(&Tree::default())])?;
 
     let material = KeyMaterial { enc: [0xaa; 32], id: [0xbb; 32] };

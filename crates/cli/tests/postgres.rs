@@ -589,3 +589,69 @@ fn asynchronous_archiving_keeps_up_and_a_prefetching_restore_replays_it() {
     assert_eq!(ids(&s), "1,2");
     assert_eq!(s.sql("select count(*) from filler").unwrap(), "700000");
 }
+
+#[test]
+fn a_delta_restore_rewrites_only_what_differs() {
+    let shop = Shop::new();
+    shop.pg
+        .sql("insert into orders select g, md5(g::text) from generate_series(1, 50000) g")
+        .unwrap();
+    shop.backup();
+    Shop::archive_now(&shop.pg);
+    let target = owner_tempdir("lifeboat-restore-").unwrap();
+    let data = target.path().join("data");
+    let d = data.to_str().unwrap();
+    let restore = |extra: &[&str]| {
+        let mut a = vec![
+            "pg",
+            "restore",
+            "--source",
+            SOURCE,
+            "--target",
+            d,
+            "--immediate",
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        shop.lb(&a)
+    };
+    let first = restore(&[]);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    // Without --delta a second restore into the same directory is refused.
+    let again = restore(&[]);
+    assert_eq!(code(&again), 2, "{}", stderr(&again));
+    assert!(stderr(&again).contains("--delta"), "{}", stderr(&again));
+    // Damage the copy: change bytes of the orders table, drop a file, add a stray one.
+    let rel = shop
+        .pg
+        .sql("select pg_relation_filepath('orders')")
+        .unwrap();
+    let table = data.join(&rel);
+    let mut bytes = std::fs::read(&table).unwrap();
+    let len = bytes.len();
+    bytes[len / 2] ^= 0xff;
+    std::fs::write(&table, &bytes).unwrap();
+    std::fs::remove_file(data.join("PG_VERSION")).unwrap();
+    std::fs::write(data.join("stray.txt"), b"not from the backup").unwrap();
+    let out = restore(&["--delta"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let written = v["files"]["files"].as_u64().unwrap();
+    let kept = v["files"]["files_kept"].as_u64().unwrap();
+    assert!(kept > 500, "most files were already right: {v}");
+    assert!(
+        (2..=10).contains(&written),
+        "only the changed and the missing files are written (and the few PostgreSQL \
+         files a restore replaces): {written} written, {kept} kept"
+    );
+    assert!(v["files"]["removed"].as_u64().unwrap() >= 1, "{v}");
+    assert!(!data.join("stray.txt").exists());
+    lifeboat_testkit::postgres::give_to_owner(&data).unwrap();
+    let s = PgServer::adopt(&data, &["archive_mode = off"]).unwrap();
+    s.wait_for("select pg_is_in_recovery()", "f").unwrap();
+    assert_eq!(s.sql("select count(*) from orders").unwrap(), "50000");
+    assert_eq!(
+        s.sql("select note from orders where id = 4242").unwrap(),
+        s.sql("select md5('4242')").unwrap()
+    );
+}

@@ -23,7 +23,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::Compressor;
+use crate::crypto::{Compressor, MasterKey};
 use crate::error::{Error, Result};
 use crate::format::{from_cbor, to_cbor};
 use crate::repository::Repository;
@@ -120,7 +120,8 @@ pub fn wal_path(source: &str, name: &str) -> String {
     format!("{WAL_DIR}/{source}/{name}")
 }
 
-fn aad_header(source: &str, name: &str) -> Vec<u8> {
+/// Associated data of a WAL object's header.
+pub fn aad_header(source: &str, name: &str) -> Vec<u8> {
     let mut a = b"lifeboat/v1/wal-header/".to_vec();
     a.extend_from_slice(source.as_bytes());
     a.push(0);
@@ -128,7 +129,8 @@ fn aad_header(source: &str, name: &str) -> Vec<u8> {
     a
 }
 
-fn aad_piece(source: &str, name: &str, index: u32, count: u32) -> Vec<u8> {
+/// Associated data of piece `index` of `count` of a WAL object.
+pub fn aad_piece(source: &str, name: &str, index: u32, count: u32) -> Vec<u8> {
     let mut a = b"lifeboat/v1/wal-piece/".to_vec();
     a.extend_from_slice(source.as_bytes());
     a.push(0);
@@ -188,6 +190,107 @@ impl WalInput<'_> {
             }
         }
     }
+}
+
+/// Decodes the header of a WAL object and returns it with the offset of piece 0.
+///
+/// # Errors
+/// [`Error::Damaged`] naming the object when the bytes are not a WAL object of this
+/// repository, name and source, or are truncated.
+pub fn decode_header(
+    key: &MasterKey,
+    source: &str,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(WalHeader, usize)> {
+    let path = wal_path(source, name);
+    let damaged = |why: String| Error::damaged(&path, why);
+    if bytes.len() < 8 || &bytes[..4] != WAL_MAGIC {
+        return Err(damaged(format!(
+            "not a WAL object ({} bytes, bad magic)",
+            bytes.len()
+        )));
+    }
+    let hlen = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+    let sealed = bytes
+        .get(8..8usize.saturating_add(hlen))
+        .ok_or_else(|| damaged(format!("truncated: header of {hlen} bytes does not fit")))?;
+    let mut sealed = sealed.to_vec();
+    let plain = key
+        .open_in_place(&aad_header(source, name), &mut sealed)
+        .map_err(|e| damaged(format!("header: {e}")))?;
+    let header: WalHeader = from_cbor("WAL header", &plain).map_err(|e| damaged(e.to_string()))?;
+    if header.version != 1 {
+        return Err(damaged(format!(
+            "WAL object version {} (this lifeboat reads 1: upgrade lifeboat)",
+            header.version
+        )));
+    }
+    // As `wal_encode_from` cuts: this many pieces, so a hostile header cannot make a
+    // reader hold more than the plaintext it claims.
+    let want_pieces = header.plain_len.div_ceil(WAL_PIECE as u64).max(1);
+    if header.plain_len > WAL_MAX_PLAIN || header.pieces.len() as u64 != want_pieces {
+        return Err(damaged("implausible header".into()));
+    }
+    let body: u64 = header.pieces.iter().map(|&l| u64::from(l)).sum();
+    let expected = 8 + hlen as u64 + body;
+    if bytes.len() as u64 != expected {
+        return Err(damaged(format!(
+            "has {} bytes, its header says {expected}: truncated or appended to",
+            bytes.len()
+        )));
+    }
+    Ok((header, 8 + hlen))
+}
+
+/// Decodes and verifies a whole WAL object (pieces opened on up to `threads` threads).
+///
+/// # Errors
+/// [`Error::Damaged`] naming the object.
+pub fn decode_object(
+    key: &MasterKey,
+    source: &str,
+    name: &str,
+    bytes: &[u8],
+    threads: usize,
+) -> Result<Vec<u8>> {
+    let path = wal_path(source, name);
+    let (header, mut at) = decode_header(key, source, name, bytes)?;
+    let count = header.pieces.len() as u32;
+    let mut spans = Vec::with_capacity(header.pieces.len());
+    for (i, &len) in header.pieces.iter().enumerate() {
+        spans.push((i as u32, at, at + len as usize));
+        at += len as usize;
+    }
+    let plains = par_pieces(&spans, threads.max(1), |(i, s, e)| {
+        let mut sealed = bytes[*s..*e].to_vec();
+        let plain = key
+            .open_in_place(&aad_piece(source, name, *i, count), &mut sealed)
+            .map_err(|err| Error::damaged(&path, format!("piece {i}: {err}")))?;
+        if plain.len() > WAL_PIECE {
+            return Err(Error::damaged(&path, format!("piece {i} is too long")));
+        }
+        Ok((*key.blob_id(&plain).as_bytes(), plain))
+    })?;
+    let mut out = Vec::with_capacity(header.plain_len as usize);
+    let mut hashes = Vec::with_capacity(plains.len());
+    for (h, p) in plains {
+        // Every piece but the last is exactly WAL_PIECE long.
+        if p.len() != WAL_PIECE && hashes.len() + 1 < header.pieces.len() {
+            return Err(Error::damaged(&path, "a piece has the wrong length"));
+        }
+        hashes.push(h);
+        out.extend_from_slice(&p);
+    }
+    if out.len() as u64 != header.plain_len
+        || content_hash(key, out.len() as u64, &hashes) != header.plain_hash
+    {
+        return Err(Error::damaged(
+            &path,
+            "contents do not match the hash in its header",
+        ));
+    }
+    Ok(out)
 }
 
 /// Runs `f` over `items` on up to `threads` threads, results in order.
@@ -287,43 +390,7 @@ impl Repository {
     /// [`Error::Damaged`] naming the object when the bytes are not a WAL object of this
     /// repository, name and source, or are truncated.
     pub fn wal_header(&self, source: &str, name: &str, bytes: &[u8]) -> Result<(WalHeader, usize)> {
-        let path = wal_path(source, name);
-        let damaged = |why: String| Error::damaged(&path, why);
-        if bytes.len() < 8 || &bytes[..4] != WAL_MAGIC {
-            return Err(damaged(format!(
-                "not a WAL object ({} bytes, bad magic)",
-                bytes.len()
-            )));
-        }
-        let hlen = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
-        let sealed = bytes
-            .get(8..8usize.saturating_add(hlen))
-            .ok_or_else(|| damaged(format!("truncated: header of {hlen} bytes does not fit")))?;
-        let mut sealed = sealed.to_vec();
-        let plain = self
-            .key()
-            .open_in_place(&aad_header(source, name), &mut sealed)
-            .map_err(|e| damaged(format!("header: {e}")))?;
-        let header: WalHeader =
-            from_cbor("WAL header", &plain).map_err(|e| damaged(e.to_string()))?;
-        if header.version != 1 {
-            return Err(damaged(format!(
-                "WAL object version {} (this lifeboat reads 1: upgrade lifeboat)",
-                header.version
-            )));
-        }
-        if header.plain_len > WAL_MAX_PLAIN || header.pieces.is_empty() {
-            return Err(damaged("implausible header".into()));
-        }
-        let body: u64 = header.pieces.iter().map(|&l| u64::from(l)).sum();
-        let expected = 8 + hlen as u64 + body;
-        if bytes.len() as u64 != expected {
-            return Err(damaged(format!(
-                "has {} bytes, its header says {expected}: truncated or appended to",
-                bytes.len()
-            )));
-        }
-        Ok((header, 8 + hlen))
+        decode_header(self.key(), source, name, bytes)
     }
 
     /// Decodes and verifies a whole WAL object (pieces opened on up to `threads` threads).
@@ -337,41 +404,7 @@ impl Repository {
         bytes: &[u8],
         threads: usize,
     ) -> Result<Vec<u8>> {
-        let path = wal_path(source, name);
-        let (header, mut at) = self.wal_header(source, name, bytes)?;
-        let count = header.pieces.len() as u32;
-        let mut spans = Vec::with_capacity(header.pieces.len());
-        for (i, &len) in header.pieces.iter().enumerate() {
-            spans.push((i as u32, at, at + len as usize));
-            at += len as usize;
-        }
-        let key = self.key();
-        let plains = par_pieces(&spans, threads.max(1), |(i, s, e)| {
-            let mut sealed = bytes[*s..*e].to_vec();
-            let plain = key
-                .open_in_place(&aad_piece(source, name, *i, count), &mut sealed)
-                .map_err(|err| Error::damaged(&path, format!("piece {i}: {err}")))?;
-            Ok((*key.blob_id(&plain).as_bytes(), plain))
-        })?;
-        let mut out = Vec::with_capacity(header.plain_len as usize);
-        let mut hashes = Vec::with_capacity(plains.len());
-        for (h, p) in plains {
-            // Every piece but the last is exactly WAL_PIECE long.
-            if p.len() != WAL_PIECE && hashes.len() + 1 < header.pieces.len() {
-                return Err(Error::damaged(&path, "a piece has the wrong length"));
-            }
-            hashes.push(h);
-            out.extend_from_slice(&p);
-        }
-        if out.len() as u64 != header.plain_len
-            || content_hash(key, out.len() as u64, &hashes) != header.plain_hash
-        {
-            return Err(Error::damaged(
-                &path,
-                "contents do not match the hash in its header",
-            ));
-        }
-        Ok(out)
+        decode_object(self.key(), source, name, bytes, threads)
     }
 
     /// Stores `data` as WAL file `name` of `source`, atomically: afterwards the repository

@@ -66,7 +66,7 @@ pub struct RestoreError {
 /// What a restore did (`--json` schema: docs/json.md).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RestoreReport {
-    /// Regular files restored.
+    /// Regular files written (with `delta`, not counting those kept).
     pub files: u64,
     /// Directories restored.
     pub dirs: u64,
@@ -374,8 +374,8 @@ pub fn restore(
         }
     }
     for (i, e) in entries.iter().enumerate() {
-        if failed[i] {
-            continue;
+        if failed[i] || keep[i] {
+            continue; // kept files are counted in `files_kept`
         }
         match e.node.kind {
             NodeKind::File => report.files += 1,
