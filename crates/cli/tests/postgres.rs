@@ -655,3 +655,50 @@ fn a_delta_restore_rewrites_only_what_differs() {
         s.sql("select md5('4242')").unwrap()
     );
 }
+
+#[test]
+fn a_missing_segment_is_reported_as_a_gap_that_limits_the_restore() {
+    let shop = Shop::new();
+    shop.pg.sql("insert into orders values (1, 'a')").unwrap();
+    shop.backup();
+    let mut segments = Vec::new();
+    for id in 2..=4 {
+        shop.pg
+            .sql(&format!("insert into orders values ({id}, 'x')"))
+            .unwrap();
+        segments.push(
+            shop.pg
+                .sql("select pg_walfile_name(pg_current_wal_lsn())")
+                .unwrap(),
+        );
+        Shop::archive_now(&shop.pg);
+    }
+    // Lose the segment holding order 3.
+    std::fs::remove_file(shop.repo().join("wal").join(SOURCE).join(&segments[1])).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&shop.lb_ok(&["pg", "backups", "--source", SOURCE, "--json"]))
+            .unwrap();
+    let gaps = v["gaps"].as_array().unwrap();
+    assert_eq!(gaps.len(), 1, "{v}");
+    assert_eq!(gaps[0]["first_missing"], segments[1].as_str());
+    let text = shop.lb_ok(&["pg", "backups", "--source", SOURCE]);
+    assert!(text.contains("GAP"), "{text}");
+    // A restore to the latest point says how far the WAL reaches, and gets there only.
+    let target = owner_tempdir("lifeboat-restore-").unwrap();
+    let data = target.path().join("data");
+    let out = shop.lb_ok(&[
+        "pg",
+        "restore",
+        "--source",
+        SOURCE,
+        "--target",
+        data.to_str().unwrap(),
+        "--latest",
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["wal_available_to"], gaps[0]["from"], "{r}");
+    let s = PgServer::adopt(&data, &["archive_mode = off"]).unwrap();
+    s.wait_for("select pg_is_in_recovery()", "f").unwrap();
+    assert_eq!(ids(&s), "1,2");
+}
