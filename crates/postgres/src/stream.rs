@@ -262,7 +262,7 @@ fn stream_once(
         last_flush: Instant::now(),
         unreported: false,
     };
-    receiver.durable_from_catalog();
+    receiver.enter(receiver.segment);
     let slot_ref = (!opts.no_slot).then_some(slot.as_str());
     let mut stream = match conn.start_physical(slot_ref, start, timeline) {
         Ok(s) => s,
@@ -445,20 +445,6 @@ impl Receiver<'_> {
         self.offset() > self.flushed
     }
 
-    /// What of the current segment the repository already holds (a previous run's
-    /// pieces): not written again.
-    fn durable_from_catalog(&mut self) {
-        self.flushed = self.catalog.streamed_to(&self.segment) as usize;
-        self.pieces = self
-            .catalog
-            .pieces
-            .get(&self.segment)
-            .map(|v| v.iter().map(|p| p.name(self.size)).collect())
-            .unwrap_or_default();
-        // The receive buffer starts at the segment start; `flushed` may be ahead of it
-        // until the re-received bytes catch up.
-    }
-
     fn durable_lsn(&self) -> Lsn {
         Lsn(self.segment.start(self.size).0 + self.flushed.min(self.offset()) as u64)
     }
@@ -507,17 +493,25 @@ impl Receiver<'_> {
         status(StreamStatus::Segment { name });
         self.unreported = true;
         self.report(stream)?;
-        self.segment = self.segment.next();
+        self.enter(self.segment.next());
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    /// Starts receiving `segment` from its beginning. What of it the repository already
+    /// holds (a previous run's pieces) is not written again, and its pieces go once the
+    /// segment is stored whole.
+    fn enter(&mut self, segment: Segment) {
+        self.segment = segment;
         self.buf.clear();
-        self.flushed = self.catalog.streamed_to(&self.segment) as usize;
+        self.pos = segment.start(self.size);
+        self.flushed = self.catalog.streamed_to(&segment) as usize;
         self.pieces = self
             .catalog
             .pieces
-            .get(&self.segment)
+            .get(&segment)
             .map(|v| v.iter().map(|p| p.name(self.size)).collect())
             .unwrap_or_default();
-        self.last_flush = Instant::now();
-        Ok(())
     }
 
     /// Makes the bytes received since the last flush durable as a piece, then reports.
@@ -566,16 +560,7 @@ impl Receiver<'_> {
     /// Continues on `timeline` at the start of the segment holding `start`; returns that
     /// position.
     fn switch_timeline(&mut self, timeline: u32, start: Lsn) -> Lsn {
-        self.segment = Segment::containing(timeline, start, self.size);
-        self.buf.clear();
-        self.pos = self.segment.start(self.size);
-        self.flushed = self.catalog.streamed_to(&self.segment) as usize;
-        self.pieces = self
-            .catalog
-            .pieces
-            .get(&self.segment)
-            .map(|v| v.iter().map(|p| p.name(self.size)).collect())
-            .unwrap_or_default();
+        self.enter(Segment::containing(timeline, start, self.size));
         self.pos
     }
 }
