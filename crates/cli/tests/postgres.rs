@@ -8,178 +8,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-use lifeboat_testkit::postgres::{as_owner, owner_tempdir};
+use std::time::Duration;
+
+use lifeboat_testkit::postgres::owner_tempdir;
 use lifeboat_testkit::PgServer;
 
+use common::pg::{archive_now, ids, wait_until, Shop, SOURCE};
 use common::{code, stderr};
-
-const BIN: &str = env!("CARGO_BIN_EXE_lifeboat");
-const SOURCE: &str = "orders";
-
-/// A repository (with a human and a machine key) and an archiving primary.
-struct Shop {
-    dir: tempfile::TempDir,
-    pg: PgServer,
-}
-
-impl Shop {
-    fn repo(&self) -> PathBuf {
-        self.dir.path().join("repo")
-    }
-    fn key(&self) -> PathBuf {
-        self.dir.path().join("machine.key")
-    }
-
-    /// `archive_command` for a server of this shop.
-    fn archive_command(dir: &Path) -> String {
-        format!(
-            "archive_command = '{BIN} pg wal-push --source {SOURCE} --repo {} --password-file {} %p'",
-            dir.join("repo").display(),
-            dir.join("machine.key").display()
-        )
-    }
-
-    fn new() -> Shop {
-        Self::with_archive(Self::archive_command)
-    }
-
-    /// A shop whose primary archives asynchronously through a spool in the shop's dir.
-    fn new_async() -> Shop {
-        Self::with_archive(|dir| {
-            format!(
-                "archive_command = '{BIN} pg wal-push --async --spool {} --source {SOURCE} --repo {} --password-file {} %p'",
-                dir.join("spool").display(),
-                dir.join("repo").display(),
-                dir.join("machine.key").display()
-            )
-        })
-    }
-
-    fn with_archive(archive_command: fn(&Path) -> String) -> Shop {
-        let dir = owner_tempdir("lifeboat-shop-").unwrap();
-        std::fs::write(
-            dir.path().join("human.pw"),
-            "correct horse battery staple\n",
-        )
-        .unwrap();
-        lifeboat_testkit::postgres::give_to_owner(dir.path()).unwrap();
-        let run = |args: &[&str]| {
-            let o = as_owner(BIN)
-                .arg("--repo")
-                .arg(dir.path().join("repo"))
-                .arg("--password-file")
-                .arg(dir.path().join("human.pw"))
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "{args:?}: {}", stderr(&o));
-        };
-        run(&["init", "--kdf-memory", "1MiB", "--pack-size", "4MiB"]);
-        run(&[
-            "key",
-            "add",
-            "--generate",
-            dir.path().join("machine.key").to_str().unwrap(),
-        ]);
-        let archive = archive_command(dir.path());
-        let pg = PgServer::start(&["archive_mode = on", &archive]).unwrap();
-        pg.sql("create table orders(id int primary key, note text)")
-            .unwrap();
-        Shop { dir, pg }
-    }
-
-    /// `lifeboat ARGS` as the cluster owner with this shop's repository and machine key.
-    fn lb(&self, args: &[&str]) -> Output {
-        as_owner(BIN)
-            .arg("--repo")
-            .arg(self.repo())
-            .arg("--password-file")
-            .arg(self.key())
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn lb_ok(&self, args: &[&str]) -> String {
-        let o = self.lb(args);
-        assert!(
-            o.status.success(),
-            "lifeboat {args:?} exited {:?}: {}",
-            o.status.code(),
-            stderr(&o)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn backup(&self) -> serde_json::Value {
-        let out = self.lb_ok(&[
-            "pg",
-            "backup",
-            "--source",
-            SOURCE,
-            "--dsn",
-            &self.pg.dsn(),
-            "--json",
-        ]);
-        serde_json::from_str(&out).unwrap()
-    }
-
-    /// Switches `server` to a new WAL segment and waits until the old one is archived.
-    fn archive_now(server: &PgServer) {
-        let seg = server
-            .sql("select pg_walfile_name(pg_current_wal_lsn())")
-            .unwrap();
-        server.sql("select pg_switch_wal()").unwrap();
-        wait_until(&format!("{seg} archived"), || {
-            server
-                .sql("select coalesce(last_archived_wal, '') from pg_stat_archiver")
-                .is_ok_and(|last| last.as_str() >= seg.as_str())
-        });
-    }
-
-    /// `pg restore ARGS` into a new directory; starts the result and returns it once it
-    /// accepts queries (recovered).
-    fn restore_and_start(&self, args: &[&str]) -> PgServer {
-        let target = owner_tempdir("lifeboat-restore-").unwrap();
-        let data = target.path().join("data");
-        let mut a = vec!["pg", "restore", "--source", SOURCE, "--target"];
-        let d = data.to_str().unwrap().to_string();
-        a.push(&d);
-        a.extend_from_slice(args);
-        self.lb_ok(&a);
-        // The restored cluster must not archive into the shop's source.
-        let server = PgServer::adopt(&data, &["archive_mode = off"]).unwrap();
-        // Recovered: promoted ("done"), or paused at the target with --target-action pause.
-        wait_until("recovery to finish or pause", || {
-            server
-                .sql(
-                    "select case when pg_is_in_recovery() \
-                     then pg_get_wal_replay_pause_state() else 'done' end",
-                )
-                .is_ok_and(|s| s == "done" || s == "paused")
-        });
-        server
-    }
-}
-
-/// Polls `cond` with a deadline (never a fixed sleep).
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn ids(server: &PgServer) -> String {
-    server
-        .sql("select coalesce(string_agg(id::text, ',' order by id), '') from orders")
-        .unwrap()
-}
 
 #[test]
 fn point_in_time_restores_hold_exactly_the_rows_committed_before_the_target() {
@@ -209,7 +46,7 @@ fn point_in_time_restores_hold_exactly_the_rows_committed_before_the_target() {
         // Commits 40 ms apart, so a time between two of them is unambiguous.
         shop.pg.sql("select pg_sleep(0.04)").unwrap();
     }
-    Shop::archive_now(&shop.pg);
+    shop.archive_now();
 
     let listing: serde_json::Value =
         serde_json::from_str(&shop.lb_ok(&["pg", "backups", "--source", SOURCE, "--json"]))
@@ -260,7 +97,7 @@ fn restores_follow_a_promoted_standby_or_stay_on_the_old_timeline() {
     standby
         .sql("insert into orders values (100, 'written on timeline 2')")
         .unwrap();
-    Shop::archive_now(&standby);
+    archive_now(&standby);
     wait_until("00000002.history archived", || {
         serde_json::from_slice::<serde_json::Value>(
             &shop
@@ -277,7 +114,7 @@ fn restores_follow_a_promoted_standby_or_stay_on_the_old_timeline() {
     shop.pg
         .sql("insert into orders values (50, 'written on timeline 1')")
         .unwrap();
-    Shop::archive_now(&shop.pg);
+    shop.archive_now();
 
     let latest = shop.restore_and_start(&["--latest"]);
     assert_eq!(
@@ -403,9 +240,9 @@ fn damaged_wal_stops_recovery_and_is_found_by_check() {
         .pg
         .sql("select pg_walfile_name(pg_current_wal_lsn())")
         .unwrap();
-    Shop::archive_now(&shop.pg);
+    shop.archive_now();
     shop.pg.sql("insert into orders values (3, 'c')").unwrap();
-    Shop::archive_now(&shop.pg);
+    shop.archive_now();
     let object = shop.repo().join("wal").join(SOURCE).join(&seg);
     corrupt(&object);
 
@@ -503,9 +340,9 @@ fn retention_removes_exactly_the_wal_no_kept_backup_needs() {
                 round * 1000 + 1000
             ))
             .unwrap();
-        Shop::archive_now(&shop.pg);
+        shop.archive_now();
         backups.push(shop.backup());
-        Shop::archive_now(&shop.pg);
+        shop.archive_now();
     }
     let wal_names = |shop: &Shop| -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(shop.repo().join("wal").join(SOURCE))
@@ -568,7 +405,7 @@ fn asynchronous_archiving_keeps_up_and_a_prefetching_restore_replays_it() {
     shop.pg
         .sql("insert into orders values (2, 'after the burst')")
         .unwrap();
-    Shop::archive_now(&shop.pg);
+    shop.archive_now();
     let failed = shop
         .pg
         .sql("select failed_count from pg_stat_archiver")
@@ -597,7 +434,7 @@ fn a_delta_restore_rewrites_only_what_differs() {
         .sql("insert into orders select g, md5(g::text) from generate_series(1, 50000) g")
         .unwrap();
     shop.backup();
-    Shop::archive_now(&shop.pg);
+    shop.archive_now();
     let target = owner_tempdir("lifeboat-restore-").unwrap();
     let data = target.path().join("data");
     let d = data.to_str().unwrap();
@@ -671,7 +508,7 @@ fn a_missing_segment_is_reported_as_a_gap_that_limits_the_restore() {
                 .sql("select pg_walfile_name(pg_current_wal_lsn())")
                 .unwrap(),
         );
-        Shop::archive_now(&shop.pg);
+        shop.archive_now();
     }
     // Lose the segment holding order 3.
     std::fs::remove_file(shop.repo().join("wal").join(SOURCE).join(&segments[1])).unwrap();

@@ -2,6 +2,8 @@
 //! a cheap key-derivation cost, deterministic data, and tree comparison.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod pg;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
