@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use lifeboat_repo::wal::{PutOutcome, WalInput};
+use lifeboat_repo::wal::{PutOutcome, WalInput, WalSpeed};
 use lifeboat_repo::Repository;
 
 use crate::error::{Error, Result};
@@ -66,12 +66,46 @@ pub struct PushReport {
 /// it; `lifeboat_repo::Error::WalConflict` when the repository holds different content
 /// under that name (nothing is overwritten); storage errors.
 pub fn wal_push(repo: &Repository, source: &str, path: &Path) -> Result<PushReport> {
+    // A backlog of segments waiting (PostgreSQL writes faster than it archives): compress
+    // faster until it is gone.
+    let speed = match path.parent().map(|d| ready_count(d, CATCH_UP_BACKLOG + 1)) {
+        Some(n) if n > CATCH_UP_BACKLOG => WalSpeed::CatchUp,
+        _ => WalSpeed::Normal,
+    };
+    wal_push_with(repo, source, path, speed)
+}
+
+/// More segments than this waiting in `pg_wal/archive_status` switch pushes to
+/// [`WalSpeed::CatchUp`].
+pub const CATCH_UP_BACKLOG: usize = 4;
+
+/// How many `.ready` files `pg_wal/archive_status` holds (counting stops at `limit`).
+pub fn ready_count(pg_wal: &Path, limit: usize) -> usize {
+    std::fs::read_dir(pg_wal.join("archive_status")).map_or(0, |rd| {
+        rd.flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".ready"))
+            .take(limit)
+            .count()
+    })
+}
+
+/// Like [`wal_push`], compressing at `speed` (the asynchronous pusher catches up on a
+/// backlog with [`WalSpeed::CatchUp`]).
+///
+/// # Errors
+/// As [`wal_push`].
+pub fn wal_push_with(
+    repo: &Repository,
+    source: &str,
+    path: &Path,
+    speed: WalSpeed,
+) -> Result<PushReport> {
     let started = Instant::now();
     let name = wal_name(path)?;
     let file = std::fs::File::open(path).map_err(Error::io(path))?;
     let len = file.metadata().map_err(Error::io(path))?.len();
     let outcome = repo
-        .wal_put_from(source, &name, WalInput::File(&file, len), threads())
+        .wal_put_from(source, &name, WalInput::File(&file, len), threads(), speed)
         .map_err(|e| match e {
             lifeboat_repo::Error::Io { source, .. } => Error::Io {
                 path: path.display().to_string(),

@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 
 use lifeboat_repo::Repository;
 
-use crate::archive::{wal_fetch, wal_push, FetchOutcome};
+use crate::archive::{wal_fetch, wal_push_with, FetchOutcome};
 use crate::error::{Error, Result};
 use crate::walname::{Segment, SegmentSize, WalFile};
+use lifeboat_repo::wal::WalSpeed;
 
 /// How long the foreground waits for the pusher before giving up (PostgreSQL retries).
 pub const PUSH_WAIT: Duration = Duration::from_secs(120);
@@ -216,9 +217,19 @@ pub fn pusher(
         }
         idle_since = Instant::now();
         // Each push already uses both cores for compression; two at a time keeps the disk
-        // and the network busy while one compresses.
+        // and the network busy while one compresses. With more segments waiting than
+        // that, compress faster until the backlog is gone: falling behind costs the primary
+        // disk space (and the RPO), a larger repository only costs storage.
+        let speed = if todo.len() > workers.max(1).max(crate::archive::CATCH_UP_BACKLOG) {
+            WalSpeed::CatchUp
+        } else {
+            WalSpeed::Normal
+        };
         let results = lifeboat_repo::repository::par_map(&todo, workers.max(1), |name| {
-            (name.clone(), wal_push(repo, source, &pg_wal.join(name)))
+            (
+                name.clone(),
+                wal_push_with(repo, source, &pg_wal.join(name), speed),
+            )
         });
         for (name, r) in results {
             let (file, text) = match r {

@@ -118,6 +118,22 @@ impl MasterKey {
         BlobId(*blake3::keyed_hash(&self.material.id, data).as_bytes())
     }
 
+    /// A keyed BLAKE3 hasher giving the same result as [`MasterKey::blob_id`] over the
+    /// bytes fed to it, for data that arrives in pieces.
+    pub fn blob_hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.material.id)
+    }
+
+    /// Starts a sealed buffer whose payload the caller appends in steps (a WAL piece
+    /// compressed while it is read); [`SealBuilder::finish`] encrypts it. `capacity` is the
+    /// expected payload size (reserved, touched only as written).
+    pub fn seal_builder(&self, capacity: usize) -> SealBuilder {
+        let mut buf = Vec::with_capacity(capacity + SEAL_OVERHEAD);
+        let nonce = Self::push_nonce(&mut buf);
+        buf.push(ENC_ZSTD);
+        SealBuilder { nonce, buf }
+    }
+
     /// Seals `payload` as it is (no compression).
     pub fn seal_stored(&self, aad: &[u8], payload: &[u8]) -> Vec<u8> {
         self.seal_encoded(aad, ENC_STORED, payload)
@@ -314,6 +330,97 @@ fn decompress(payload: &[u8]) -> Result<Vec<u8>, OpenError> {
     Ok(out)
 }
 
+/// A sealed buffer built in steps (see [`MasterKey::seal_builder`]): nonce and encoding
+/// byte first, then the payload the caller appends, encrypted in place by `finish`.
+#[derive(Debug)]
+pub struct SealBuilder {
+    nonce: [u8; NONCE_LEN],
+    buf: Vec<u8>,
+}
+
+impl SealBuilder {
+    /// The buffer the zstd-compressed payload is appended to (its first bytes are the
+    /// nonce and the encoding byte: append only).
+    pub fn compressed_payload(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Bytes of payload appended so far.
+    pub fn payload_len(&self) -> usize {
+        self.buf.len() - NONCE_LEN - 1
+    }
+
+    /// Drops the payload appended so far and switches to storing the data as it is
+    /// (compression did not pay); append the plaintext with [`SealBuilder::push_stored`].
+    pub fn restart_stored(&mut self) {
+        self.buf.truncate(NONCE_LEN);
+        self.buf.push(ENC_STORED);
+    }
+
+    /// Appends plaintext after [`SealBuilder::restart_stored`].
+    pub fn push_stored(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Encrypts the payload with `key` under `aad` and returns the sealed bytes.
+    pub fn finish(self, key: &MasterKey, aad: &[u8]) -> Vec<u8> {
+        key.seal_tail(aad, self.nonce, self.buf)
+    }
+}
+
+/// One zstd frame being written in steps by [`Compressor::begin_frame`].
+pub struct FrameWriter<'a> {
+    cctx: &'a mut zstd::zstd_safe::CCtx<'static>,
+    out: &'a mut Vec<u8>,
+}
+
+impl FrameWriter<'_> {
+    /// Compresses `data` into the frame.
+    ///
+    /// # Errors
+    /// A zstd error (as `std::io::Error`).
+    pub fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let mut input = zstd::zstd_safe::InBuffer::around(data);
+        while input.pos() < data.len() {
+            self.step(
+                &mut input,
+                zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_continue,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Ends the frame.
+    ///
+    /// # Errors
+    /// A zstd error (as `std::io::Error`).
+    pub fn finish(mut self) -> std::io::Result<()> {
+        let mut input = zstd::zstd_safe::InBuffer::around(&[]);
+        while self.step(
+            &mut input,
+            zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end,
+        )? != 0
+        {}
+        Ok(())
+    }
+
+    fn step(
+        &mut self,
+        input: &mut zstd::zstd_safe::InBuffer<'_>,
+        op: zstd::zstd_safe::zstd_sys::ZSTD_EndDirective,
+    ) -> std::io::Result<usize> {
+        // Room for at least one block of output.
+        if self.out.capacity() - self.out.len() < zstd::zstd_safe::CCtx::out_size() {
+            self.out.reserve(zstd::zstd_safe::CCtx::out_size());
+        }
+        let pos = self.out.len();
+        let mut output = zstd::zstd_safe::OutBuffer::around_pos(&mut *self.out, pos);
+        self.cctx
+            .compress_stream2(&mut output, input, op)
+            .map_err(|code| std::io::Error::other(zstd::zstd_safe::get_error_name(code)))
+    }
+}
+
 /// A reusable zstd compressor with the incompressibility probe.
 pub struct Compressor {
     inner: zstd::bulk::Compressor<'static>,
@@ -321,15 +428,51 @@ pub struct Compressor {
 }
 
 impl Compressor {
-    /// A compressor at zstd `level` (0 disables compression).
+    /// A compressor at zstd `level` (0 disables compression; negative levels are zstd's
+    /// fast modes).
     ///
     /// # Errors
     /// When zstd cannot allocate its context.
     pub fn new(level: i32) -> std::io::Result<Self> {
-        let mut inner = zstd::bulk::Compressor::new(level.max(1))?;
+        // Negative levels are zstd's fast modes; 0 (off) still needs a valid context.
+        let mut inner = zstd::bulk::Compressor::new(if level < 0 { level } else { level.max(1) })?;
         inner.include_contentsize(true)?;
         inner.include_checksum(false)?;
         Ok(Compressor { inner, level })
+    }
+
+    /// A compressor at a fast (negative) zstd `level` that still entropy-codes literals:
+    /// zstd's fast modes skip Huffman coding of literals, which on WAL (mostly literals)
+    /// doubles the output; forcing it back keeps most of level 1's ratio at a fraction of
+    /// its match-finding cost (docs/decisions/0013-wal-objects.md).
+    ///
+    /// # Errors
+    /// When zstd cannot allocate its context.
+    pub fn fast_with_literals(level: i32) -> std::io::Result<Self> {
+        let mut c = Self::new(level)?;
+        c.inner
+            .set_parameter(zstd::zstd_safe::CParameter::LiteralCompressionMode(
+                zstd::zstd_safe::ParamSwitch::Enable,
+            ))?;
+        Ok(c)
+    }
+
+    /// Starts one zstd frame of exactly `len` bytes, appended to `out` as data is written
+    /// to the returned writer: the input need not be in memory at once (a WAL piece is
+    /// compressed from small reads, not from a 4 MiB buffer mapped fresh for each call).
+    ///
+    /// # Errors
+    /// A zstd error (as `std::io::Error`).
+    pub fn begin_frame<'a>(
+        &'a mut self,
+        len: u64,
+        out: &'a mut Vec<u8>,
+    ) -> std::io::Result<FrameWriter<'a>> {
+        let cctx = self.inner.context_mut();
+        cctx.reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+            .and_then(|_| cctx.set_pledged_src_size(Some(len)))
+            .map_err(|code| std::io::Error::other(zstd::zstd_safe::get_error_name(code)))?;
+        Ok(FrameWriter { cctx, out })
     }
 
     /// Appends the compressed `data` to `out` and returns `true`, or appends nothing and

@@ -341,7 +341,7 @@ impl Storage {
     pub fn put_new(&self, path: &str, data: Vec<u8>) -> Result<(), Error> {
         if let Some(root) = &self.inner.local_root {
             self.fault(path)?;
-            return local::put_new(root, path, &data);
+            return local::put_new(root, path, &[&data]);
         }
         if self.inner.create_only {
             // Servers that ignore `If-None-Match` (Garage 2.x) would silently overwrite:
@@ -362,6 +362,20 @@ impl Storage {
             return Err(Error::already_exists(path));
         }
         self.put(path, data)
+    }
+
+    /// Like [`Storage::put_new`] for an object given as consecutive parts (written one
+    /// after the other to a local file; joined for other stores).
+    ///
+    /// # Errors
+    /// As [`Storage::put_new`].
+    pub fn put_new_parts(&self, path: &str, parts: Vec<Vec<u8>>) -> Result<(), Error> {
+        if let Some(root) = &self.inner.local_root {
+            self.fault(path)?;
+            let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+            return local::put_new(root, path, &slices);
+        }
+        self.put_new(path, parts.concat())
     }
 
     /// Whether [`Storage::put_new`] is atomic against concurrent creators of the same path.

@@ -62,10 +62,11 @@ pub(crate) fn sync_parent(root: &Path, path: &str) -> Result<(), Error> {
     sync_dirs(root, &target, true, path)
 }
 
-/// Writes `data` as `path` only if no object of that name exists, atomically: the data
-/// is written and fsynced under `<root>/.tmp`, then hard-linked to its name, which fails
-/// if the name exists, even when another process links at the same instant.
-pub(crate) fn put_new(root: &Path, path: &str, data: &[u8]) -> Result<(), Error> {
+/// Writes `parts` (one after the other) as `path` only if no object of that name exists,
+/// atomically: the data is written and fsynced under `<root>/.tmp`, then hard-linked to
+/// its name, which fails if the name exists, even when another process links at the same
+/// instant.
+pub(crate) fn put_new(root: &Path, path: &str, parts: &[&[u8]]) -> Result<(), Error> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let target = object_path(root, path)?;
     let parent = target.parent().unwrap_or(root);
@@ -82,7 +83,9 @@ pub(crate) fn put_new(root: &Path, path: &str, data: &[u8]) -> Result<(), Error>
             .create_new(true)
             .open(&tmp)
             .map_err(|e| Error::io(path, e))?;
-        f.write_all(data).map_err(|e| Error::io(path, e))?;
+        for data in parts {
+            f.write_all(data).map_err(|e| Error::io(path, e))?;
+        }
         f.sync_all().map_err(|e| Error::io(path, e))?;
         match fs::hard_link(&tmp, &target) {
             Ok(()) => Ok(()),
