@@ -262,6 +262,9 @@ pub fn base_backup(
     // that did change anyway.
     files.force = true;
     files.parent = None;
+    // Relation files change a few bytes in most pages when rows change all over a table:
+    // store them as XOR layers over their previous version (ADR 0016).
+    files.delta_files = Some(is_relation_file);
     if !files.tags.iter().any(|t| t == "postgres") {
         files.tags.push("postgres".into());
     }
@@ -306,6 +309,28 @@ pub fn base_backup(
         files: report,
         postgres,
     })
+}
+
+/// Whether `path` is the main fork of a table or index (`base/<db oid>/<relfilenode>[.<n>]`
+/// or `global/<relfilenode>[.<n>]`), whose 8 KiB pages change in place.
+pub fn is_relation_file(path: &Path) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let (node, seg) = name.split_once('.').unwrap_or((name, "0"));
+    if !digits(node) || !digits(seg) {
+        return false;
+    }
+    let mut up = path
+        .ancestors()
+        .skip(1)
+        .filter_map(|p| p.file_name()?.to_str());
+    match (up.next(), up.next()) {
+        (Some("global"), _) => true,
+        (Some(db), Some("base")) => digits(db),
+        _ => false,
+    }
 }
 
 /// Refuses to back up a data directory that belongs to another cluster than the one the
@@ -409,6 +434,30 @@ mod tests {
         assert!(!m("/srv/pg1/data/pg_wal/x"), "brackets are literal");
         assert!(set.is_match("pg_internal.init"));
         assert!(set.is_match("pgsql_tmp1234.5"));
+    }
+
+    #[test]
+    fn relation_files_are_recognised() {
+        for yes in [
+            "/d/base/5/16384",
+            "/d/base/5/16384.1",
+            "/d/global/1262",
+            "base/16385/2619.12",
+        ] {
+            assert!(is_relation_file(Path::new(yes)), "{yes}");
+        }
+        for no in [
+            "/d/base/5/16384_fsm",
+            "/d/base/5/16384_vm",
+            "/d/base/5/PG_VERSION",
+            "/d/pg_wal/000000010000000000000001",
+            "/d/global/pg_control",
+            "/d/base/x/16384",
+            "/d/pg_xact/0000",
+            "/d/base/5/16384.",
+        ] {
+            assert!(!is_relation_file(Path::new(no)), "{no}");
+        }
     }
 
     #[test]

@@ -382,6 +382,10 @@ pub struct Node {
     /// Data blobs in order (files).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub content: Vec<BlobId>,
+    /// The file is stored as changes against an earlier version of itself: `content` then
+    /// holds the base's blobs followed by each layer's (ADR 0016, format §6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Delta>,
     /// Tree blob (directories).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subtree: Option<BlobId>,
@@ -391,6 +395,67 @@ pub struct Node {
     /// The file could not be read completely; its content is missing or partial.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// Most layers a delta may have; a writer stores the whole file again before this.
+pub const MAX_DELTA_LAYERS: usize = 16;
+
+/// A file stored as XOR layers over an earlier version of itself (PostgreSQL relation
+/// files, whose pages change a few bytes at a time; ADR 0016).
+///
+/// The file is rebuilt as: start from the base (the first `base_blobs` blobs of the node's
+/// `content`, `base_len` bytes); then for each layer in order, cut or zero-extend it to
+/// the layer's `len` and XOR it with the layer's blobs (the next `blobs` of `content`,
+/// exactly `len` bytes). The last layer's `len` is the file's size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    /// Bytes of the base.
+    pub base_len: u64,
+    /// How many of `content`'s blobs are the base.
+    pub base_blobs: u32,
+    /// The layers, oldest first (at least one).
+    pub layers: Vec<DeltaLayer>,
+}
+
+/// One XOR layer of a [`Delta`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaLayer {
+    /// Length of the file after this layer (and of the layer's data).
+    pub len: u64,
+    /// How many blobs of `content` the layer has.
+    pub blobs: u32,
+}
+
+impl Delta {
+    /// Checks the delta against its node: layers present and not too many, blob counts
+    /// adding up to `content`, the last layer as long as the file.
+    ///
+    /// # Errors
+    /// A reason, for [`DecodeError::Invalid`].
+    pub fn validate(&self, content_len: usize, size: u64) -> Result<(), String> {
+        let Some(last) = self.layers.last() else {
+            return Err("a delta without layers".into());
+        };
+        if self.layers.len() > MAX_DELTA_LAYERS {
+            return Err(format!(
+                "{} delta layers (at most {MAX_DELTA_LAYERS})",
+                self.layers.len()
+            ));
+        }
+        let blobs = self
+            .layers
+            .iter()
+            .try_fold(u64::from(self.base_blobs), |n, l| {
+                n.checked_add(u64::from(l.blobs))
+            });
+        if blobs != Some(content_len as u64) {
+            return Err("delta blob counts do not add up to the content".into());
+        }
+        if last.len != size {
+            return Err("the last delta layer is not as long as the file".into());
+        }
+        Ok(())
+    }
 }
 
 impl Node {
@@ -449,6 +514,19 @@ impl Tree {
                         reason: format!("non-directory {:?} has a subtree", n.display_name()),
                     })
                 }
+            }
+            if let Some(d) = &n.delta {
+                if !matches!(n.kind, NodeKind::File) || n.sparse {
+                    return Err(DecodeError::Invalid {
+                        what: "tree",
+                        reason: format!("{:?} has a delta but is no plain file", n.display_name()),
+                    });
+                }
+                d.validate(n.content.len(), n.size)
+                    .map_err(|reason| DecodeError::Invalid {
+                        what: "tree",
+                        reason: format!("{:?}: {reason}", n.display_name()),
+                    })?;
             }
             prev = Some(name);
         }
@@ -588,6 +666,7 @@ mod tests {
             size: 3,
             sparse: false,
             content: vec![BlobId([1; 32])],
+            delta: None,
             xattrs: vec![Xattr {
                 name: b"user.a".to_vec(),
                 value: vec![0, 255],

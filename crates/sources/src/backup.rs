@@ -63,6 +63,10 @@ pub struct BackupOptions {
     pub writer: WriterOptions,
     /// Lease TTL.
     pub lease_ttl: Option<Duration>,
+    /// Files (by path) whose changed versions are stored as XOR layers over the parent
+    /// snapshot's version (ADR 0016): PostgreSQL relation files, where an update changes a
+    /// few bytes of most pages. `None`: whole files, as usual.
+    pub delta_files: Option<fn(&Path) -> bool>,
 }
 
 /// One entry that could not be backed up.
@@ -96,6 +100,7 @@ enum Event {
 
 struct FileResult {
     content: Vec<BlobId>,
+    delta: Option<lifeboat_repo::format::Delta>,
     bytes: u64,
     error: Option<String>,
 }
@@ -104,6 +109,8 @@ struct FileResult {
 /// waiting for the first, wakes once for the whole batch).
 struct FileJob {
     files: Vec<(PathBuf, Sender<FileResult>)>,
+    /// For a job of one file: store it as a layer over this earlier version.
+    layer_over: Option<Node>,
 }
 
 /// At most this many small files per reader job...
@@ -127,6 +134,7 @@ struct Ctx<'a> {
     progress: &'a Progress,
     errors: &'a Mutex<Vec<EntryError>>,
     force: bool,
+    delta_files: Option<fn(&Path) -> bool>,
     summary: Mutex<SnapshotSummary>,
     batch: std::cell::RefCell<Batch>,
     /// Files at least this large are jobs of their own (the chunker's minimum chunk size).
@@ -262,7 +270,8 @@ pub fn backup_with(
                     .name(format!("reader-{i}"))
                     .spawn_scoped(scope, {
                         let errors = &errors;
-                        move || reader_loop(repo, writer, &chunker, &rx, progress, errors)
+                        let index = &*index;
+                        move || reader_loop(repo, index, writer, &chunker, &rx, progress, errors)
                     })
                     .map_err(|e| Error::Io {
                         path: "thread".into(),
@@ -286,6 +295,7 @@ pub fn backup_with(
                 progress,
                 errors: &errors,
                 force: opts.force,
+                delta_files: opts.delta_files,
                 summary: Mutex::new(SnapshotSummary::default()),
                 batch: std::cell::RefCell::new(Batch::default()),
                 large: chunker.min_size() as u64,
@@ -377,19 +387,29 @@ fn flush_batch(ctx: &Ctx<'_>) -> Result<()> {
         return Ok(());
     }
     ctx.jobs
-        .send(FileJob { files })
+        .send(FileJob {
+            files,
+            layer_over: None,
+        })
         .map_err(|_| Error::Invalid("the reader threads stopped".into()))
 }
 
 /// Queues one changed file for reading: large files at once as a job of their own, small
 /// ones in batches.
-fn queue_file(ctx: &Ctx<'_>, path: &Path, size: u64, reply: Sender<FileResult>) -> Result<()> {
-    if size >= ctx.large {
+fn queue_file(
+    ctx: &Ctx<'_>,
+    path: &Path,
+    size: u64,
+    reply: Sender<FileResult>,
+    layer_over: Option<Node>,
+) -> Result<()> {
+    if size >= ctx.large || layer_over.is_some() {
         flush_batch(ctx)?;
         return ctx
             .jobs
             .send(FileJob {
                 files: vec![(path.to_path_buf(), reply)],
+                layer_over,
             })
             .map_err(|_| Error::Invalid("the reader threads stopped".into()));
     }
@@ -496,14 +516,27 @@ fn walk_entry(
             Progress::add(&ctx.progress.bytes_total, node.size);
             if let Some(p) = parent.filter(|p| !ctx.force && unchanged(&node, p, ctx.index)) {
                 node.content = p.content.clone();
+                node.delta = p.delta.clone();
                 ctx.summary.lock().files_unchanged += 1;
                 Progress::add(&ctx.progress.files_done, 1);
                 Progress::add(&ctx.progress.bytes_done, node.size);
                 return send(ctx, Event::Leaf(node));
             }
             ctx.summary.lock().files_read += 1;
+            // A large file that changed since the parent, of a kind that changes a few bytes
+            // per page: store what changed, as a layer over the parent's version.
+            let layer_over = parent
+                .filter(|p| {
+                    ctx.delta_files.is_some_and(|f| f(path))
+                        && !node.sparse
+                        && node.size >= ctx.large
+                        && matches!(p.kind, NodeKind::File)
+                        && crate::delta::can_layer(p)
+                        && p.content.iter().all(|b| ctx.index.has_usable(b))
+                })
+                .cloned();
             let (tx, rx) = bounded(1);
-            queue_file(ctx, path, node.size, tx)?;
+            queue_file(ctx, path, node.size, tx, layer_over)?;
             send(ctx, Event::Pending(node, rx))
         }
         _ => send(ctx, Event::Leaf(node)),
@@ -512,6 +545,7 @@ fn walk_entry(
 
 fn reader_loop(
     repo: &Repository,
+    index: &Index,
     writer: &BlobWriter,
     chunker: &Chunker,
     jobs: &Receiver<FileJob>,
@@ -524,16 +558,34 @@ fn reader_loop(
     let mut inline = writer.inline_sealer().ok();
     let mut replies = Vec::new();
     for job in jobs {
+        let layer_over = job.layer_over;
         for (path, reply) in job.files {
-            let res = read_file(
-                repo,
-                writer,
-                chunker,
-                &path,
-                &mut buf,
-                inline.as_mut(),
-                progress,
-            );
+            let layered = layer_over.as_ref().and_then(|old| {
+                match read_layer(repo, index, writer, chunker, &path, old, &mut buf, progress) {
+                    Ok(r) => Some(Ok(r)),
+                    // The earlier version could not be read back: store the whole file.
+                    Err(e) if !matches!(e, Error::Io { .. }) => {
+                        tracing::warn!(
+                            "{}: storing the whole file, the previous version is unreadable: {e}",
+                            path.display()
+                        );
+                        None
+                    }
+                    Err(e) => Some(Err(e)),
+                }
+            });
+            let res = layered.unwrap_or_else(|| {
+                read_file(
+                    repo,
+                    writer,
+                    chunker,
+                    &path,
+                    &mut buf,
+                    inline.as_mut(),
+                    progress,
+                )
+                .map(|(content, bytes)| (content, None, bytes))
+            });
             let result = file_result(res, &path, progress, errors);
             Progress::add(&progress.files_done, 1);
             replies.push((reply, result));
@@ -545,14 +597,15 @@ fn reader_loop(
 }
 
 fn file_result(
-    res: Result<(Vec<BlobId>, u64)>,
+    res: Result<(Vec<BlobId>, Option<lifeboat_repo::format::Delta>, u64)>,
     path: &Path,
     progress: &Progress,
     errors: &Mutex<Vec<EntryError>>,
 ) -> FileResult {
     match res {
-        Ok((content, bytes)) => FileResult {
+        Ok((content, delta, bytes)) => FileResult {
             content,
+            delta,
             bytes,
             error: None,
         },
@@ -566,6 +619,7 @@ fn file_result(
             });
             FileResult {
                 content: Vec::new(),
+                delta: None,
                 bytes: 0,
                 error: Some(message),
             }
@@ -605,6 +659,85 @@ fn read_file(
             other => other,
         })?;
     Ok((content, total))
+}
+
+/// Stores a changed file as an XOR layer over `old` (its version in the parent snapshot):
+/// returns the new content (the old blobs, then the layer's), its delta and the bytes read.
+///
+/// # Errors
+/// [`Error::Io`] reading the file; any other error means `old` could not be read back (the
+/// caller then stores the whole file).
+#[allow(clippy::too_many_arguments)]
+fn read_layer(
+    repo: &Repository,
+    index: &Index,
+    writer: &BlobWriter,
+    chunker: &Chunker,
+    path: &Path,
+    old: &Node,
+    buf: &mut Vec<u8>,
+    progress: &Progress,
+) -> Result<(Vec<BlobId>, Option<lifeboat_repo::format::Delta>, u64)> {
+    let io = |e: std::io::Error| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let rebuild = crate::delta::Rebuild::new(repo, index, old)?;
+    let file = File::open(path).map_err(io)?;
+    let size = file.metadata().map(|m| m.len()).ok();
+    // Errors from the file are I/O errors; errors rebuilding the old version are not.
+    let reader = crate::delta::XorReader::new(TagIo(file), rebuild);
+    let sink = Sink {
+        repo,
+        writer,
+        chunker,
+        progress,
+    };
+    let mut layer = Vec::new();
+    let changed = std::cell::Cell::new(false);
+    let reader = reader.watch_changes(&changed);
+    let total = sink
+        .store(reader, size, buf, None, &mut layer)
+        .map_err(|e| match e {
+            Error::Io { source, .. } if source.get_ref().is_some_and(|r| r.is::<FileIo>()) => {
+                io(std::io::Error::new(source.kind(), source.to_string()))
+            }
+            Error::Io { source, .. } => Error::Invalid(format!("previous version: {source}")),
+            other => other,
+        })?;
+    if !changed.get() && total == old.size {
+        // Not a byte changed: the old version stands as it is (no empty layer to rebuild).
+        return Ok((old.content.clone(), old.delta.clone(), total));
+    }
+    let blobs = u32::try_from(layer.len())
+        .map_err(|_| Error::Invalid("too many blobs for one layer".into()))?;
+    let delta = crate::delta::next_delta(old, total, blobs)
+        .ok_or_else(|| Error::Invalid("too many layers".into()))?;
+    let mut content = old.content.clone();
+    content.extend(layer);
+    Ok((content, Some(delta), total))
+}
+
+/// Marks errors that come from the file being read (not from rebuilding its old version).
+#[derive(Debug)]
+struct FileIo(String);
+
+impl std::fmt::Display for FileIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FileIo {}
+
+struct TagIo(File);
+
+impl Read for TagIo {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0
+            .read(buf)
+            .map_err(|e| std::io::Error::new(e.kind(), FileIo(e.to_string())))
+    }
 }
 
 /// Where file contents go: chunked, hashed, deduplicated into the write pipeline.
@@ -668,10 +801,12 @@ fn build_trees(
             Event::Pending(mut node, rx) => {
                 let r = rx.recv().unwrap_or(FileResult {
                     content: Vec::new(),
+                    delta: None,
                     bytes: 0,
                     error: Some("reader stopped".into()),
                 });
                 node.content = r.content;
+                node.delta = r.delta;
                 totals.bytes_read += r.bytes;
                 if let Some(e) = r.error {
                     node.error = Some(e);
@@ -756,6 +891,7 @@ pub fn backup_stream<R: Read>(
         size,
         sparse: false,
         content,
+        delta: None,
         subtree: None,
         xattrs: Vec::new(),
         error: None,

@@ -6,6 +6,7 @@
 //! Never here: the repository format (lifeboat-repo) or anything that prints.
 
 pub mod backup;
+pub mod delta;
 pub mod meta;
 pub mod progress;
 pub mod restore;

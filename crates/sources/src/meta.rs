@@ -49,6 +49,7 @@ pub fn node_from_metadata(name: &[u8], md: &Metadata, symlink_target: Option<Vec
         size: if is_file { md.size() } else { 0 },
         sparse: is_file && md.blocks().saturating_mul(512) < md.size(),
         content: Vec::new(),
+        delta: None,
         subtree: None,
         xattrs: Vec::new(),
         error: None,

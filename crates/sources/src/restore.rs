@@ -187,6 +187,7 @@ pub fn restore(
                 && e.node.nlink <= 1
                 && e.node.error.is_none()
                 && !e.node.sparse
+                && e.node.delta.is_none()
                 && same_content(repo, &chunker, &e.path, &e.node)
         })
     } else {
@@ -198,6 +199,7 @@ pub fn restore(
     let mut first_of_inode: HashMap<(u64, u64), usize> = HashMap::new();
     let mut failed: Vec<bool> = vec![false; entries.len()];
     let mut plan: HashMap<PackId, Vec<(BlobId, BlobLoc, usize, u64)>> = HashMap::new();
+    let mut layered: Vec<usize> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let n = &e.node;
         let res: std::io::Result<()> = match &n.kind {
@@ -263,15 +265,20 @@ pub fn restore(
                     });
                 }
                 // Files with several blobs, sparse or empty files are created here; a
-                // single-blob file is created by its only write.
-                let res = if n.content.len() != 1 || n.sparse {
+                // single-blob file is created by its only write. A delta file is rebuilt
+                // from its base and layers after the packs (step 3b).
+                let res = if n.delta.is_some() {
+                    layered.push(i);
+                    create_file(&e.path, n.size, false)
+                } else if n.content.len() != 1 || n.sparse {
                     create_file(&e.path, n.size, n.sparse)
                 } else {
                     Ok(())
                 };
                 let mut offset = 0u64;
                 let mut missing = None;
-                for b in &n.content {
+                let planned: &[BlobId] = if n.delta.is_some() { &[] } else { &n.content };
+                for b in planned {
                     match index.get(b) {
                         Some(loc) => {
                             plan.entry(loc.pack).or_default().push((*b, loc, i, offset));
@@ -320,6 +327,14 @@ pub fn restore(
     };
     par_map(&packs, opts.threads, |(pack, blobs)| {
         restore_pack(&ctx, pack, blobs);
+    });
+    // 3b. Files stored as layers over an earlier version: rebuilt as streams.
+    par_map(&layered, opts.threads, |&i| {
+        if let Err(e) = rebuild_file(repo, index, &entries[i], progress, &written) {
+            errors
+                .lock()
+                .insert(i, format!("cannot restore the file's content: {e}"));
+        }
     });
     report.bytes = written.into_inner();
     for (i, msg) in errors.into_inner() {
@@ -386,6 +401,45 @@ pub fn restore(
     report.errors.sort_by(|a, b| a.path.cmp(&b.path));
     report.errors.dedup();
     Ok(report)
+}
+
+/// Writes a delta file (ADR 0016) from its base and layers, front to back.
+fn rebuild_file(
+    repo: &Repository,
+    index: &Index,
+    e: &Entry,
+    progress: &Progress,
+    written: &std::sync::atomic::AtomicU64,
+) -> Result<()> {
+    use std::io::{Read, Write};
+    let io = |err: std::io::Error| Error::Io {
+        path: e.path.display().to_string(),
+        source: err,
+    };
+    let mut rebuild = crate::delta::Rebuild::new(repo, index, &e.node)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&e.path)
+        .map_err(io)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = rebuild
+            .read(&mut buf)
+            .map_err(|err| match err.into_inner() {
+                Some(inner) => Error::Invalid(inner.to_string()),
+                None => Error::Invalid("rebuilding failed".into()),
+            })?;
+        if n == 0 {
+            break;
+        }
+        f.write_all(&buf[..n]).map_err(io)?;
+        written.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Progress::add(&progress.bytes_done, n as u64);
+    }
+    f.set_len(e.node.size).map_err(io)?;
+    Progress::add(&progress.files_done, 1);
+    Ok(())
 }
 
 fn walk_tolerant(
@@ -730,6 +784,13 @@ pub fn dump(
             "{} is not a regular file; use `lifeboat restore` for directories",
             String::from_utf8_lossy(path)
         )));
+    }
+    if node.delta.is_some() {
+        let mut rebuild = crate::delta::Rebuild::new(repo, index, &node)?;
+        return std::io::copy(&mut rebuild, out).map_err(|e| Error::Io {
+            path: "stdout".into(),
+            source: e,
+        });
     }
     let mut n = 0u64;
     for b in &node.content {
