@@ -22,6 +22,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(!n.name.contains(&b'/') && !n.name.contains(&0));
         assert!(prev.is_none_or(|p| p < n.name.as_slice()));
         assert_eq!(matches!(n.kind, NodeKind::Dir), n.subtree.is_some());
+        // A delta only on a plain file, its counts adding up (restore relies on both).
+        if let Some(d) = &n.delta {
+            assert!(matches!(n.kind, NodeKind::File) && !n.sparse);
+            assert!(d.validate(n.content.len(), n.size).is_ok());
+        }
         prev = Some(&n.name);
     }
 });

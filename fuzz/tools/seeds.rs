@@ -7,8 +7,8 @@ use std::path::Path;
 use lifeboat_fuzz::{key, seal_raw, PASSWORD};
 use lifeboat_repo::crypto::{Compressor, KeyMaterial};
 use lifeboat_repo::format::{
-    aad, to_cbor, BlobKind, ChunkerParams, IndexFile, IndexPack, Node, NodeKind, PackEntry,
-    RepoConfig, Snapshot, SnapshotSummary, Tree, Xattr, FORMAT_VERSION,
+    aad, to_cbor, BlobKind, ChunkerParams, Delta, DeltaLayer, IndexFile, IndexPack, Node,
+    NodeKind, PackEntry, RepoConfig, Snapshot, SnapshotSummary, Tree, Xattr, FORMAT_VERSION,
 };
 use lifeboat_repo::keys::KeyFile;
 use lifeboat_repo::lease::LeaseInfo;
@@ -41,6 +41,7 @@ fn node(name: &[u8], kind: NodeKind) -> Node {
         size: 3,
         sparse: false,
         content: vec![],
+        delta: None,
         xattrs: vec![],
         error: None,
     }
@@ -51,10 +52,23 @@ fn tree() -> Tree {
     file.content = vec![BlobId([1; 32]), BlobId([3; 32])];
     file.sparse = true;
     file.xattrs = vec![Xattr { name: b"user.k".to_vec(), value: vec![0, 255] }];
+    // A table file stored as two XOR layers over its base (ADR 0016).
+    let mut layered = node(b"16384", NodeKind::File);
+    layered.content = vec![BlobId([1; 32]), BlobId([3; 32]), BlobId([4; 32]), BlobId([5; 32])];
+    layered.size = 24_576;
+    layered.delta = Some(Delta {
+        base_len: 16_384,
+        base_blobs: 2,
+        layers: vec![
+            DeltaLayer { len: 8_192, blobs: 1 },
+            DeltaLayer { len: 24_576, blobs: 1 },
+        ],
+    });
     let mut broken = node(b"broken", NodeKind::File);
     broken.error = Some("permission denied".into());
     Tree {
         nodes: vec![
+            layered,
             file,
             node(b"b", NodeKind::Dir),
             node(b"blk", NodeKind::BlockDev { rdev: 0x0801 }),
