@@ -908,15 +908,21 @@ pub fn run(args: Args) -> Result<u8> {
         Command::Pg(c) => crate::pg::run(g, c),
         Command::Demo(c) => crate::demo::run(g, &c),
         Command::Migrate(_) => {
-            let repo = open(g)?;
-            let v = repo.config().version;
-            let current = lifeboat_repo::format::FORMAT_VERSION;
+            let mut repo = open(g)?;
+            let v = repo.migrate()?;
+            let current = repo.config().version;
+            let migrated = v != current;
             if g.json {
-                json(&serde_json::json!({"version": v, "current": current, "migrated": false}))?;
+                json(&serde_json::json!({"version": v, "current": current, "migrated": migrated}))?;
             } else if !g.quiet {
-                line(&format!(
-                    "repository format version {v}; this lifeboat writes version {current}: nothing to migrate"
-                ))?;
+                line(&if migrated {
+                    format!(
+                        "migrated from format version {v} to {current}; lifeboat releases that \
+                         read only version {v} now refuse this repository"
+                    )
+                } else {
+                    format!("repository format version {v}: nothing to migrate")
+                })?;
             }
             Ok(EXIT_OK)
         }

@@ -142,6 +142,18 @@ pub fn copy(
             src.storage().describe()
         )));
     }
+    if src.supports_deltas() && !dst.supports_deltas() {
+        return Err(Error::Invalid(format!(
+            "{} has format version {}, {} version {}: snapshots may hold delta files that \
+             version {} cannot describe; run `lifeboat migrate --repo {}` first",
+            src.storage().describe(),
+            src.config().version,
+            dst.storage().describe(),
+            dst.config().version,
+            dst.config().version,
+            dst.storage().describe()
+        )));
+    }
     let _read = Lease::acquire(src, LeaseKind::Read, "copy (source)", DEFAULT_TTL)?;
     let write = Lease::acquire(dst, LeaseKind::Write, "copy (target)", DEFAULT_TTL)?;
     // The caller listed `snapshots` before the read lease existed: one forgotten since may

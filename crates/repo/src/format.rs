@@ -11,8 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use lifeboat_types::{BlobId, IndexId, PackId, SnapshotId};
 
-/// The repository format version written by this build.
-pub const FORMAT_VERSION: u32 = 1;
+/// The repository format version written by this build. Version 2 added the `delta` field
+/// of tree nodes (ADR 0016); a version-1 reader would take a delta file's blobs for its
+/// data, so only version-2 repositories get deltas, and older binaries refuse them.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The first format version whose trees may hold delta files.
+pub const DELTA_VERSION: u32 = 2;
 
 /// Repository paths, relative to the storage root.
 pub mod paths {

@@ -42,6 +42,9 @@ pub struct InitOptions {
     pub hostname: String,
     /// User name recorded in the key file.
     pub username: String,
+    /// Format version to create (1 ..= [`FORMAT_VERSION`]; older ones for tests of
+    /// `migrate` and for repositories that older binaries must still read).
+    pub format_version: u32,
 }
 
 impl Default for InitOptions {
@@ -58,6 +61,7 @@ impl Default for InitOptions {
             },
             hostname: local_hostname(),
             username: local_username(),
+            format_version: FORMAT_VERSION,
         }
     }
 }
@@ -215,8 +219,14 @@ impl Repository {
         chunker
             .validate()
             .map_err(|e| Error::Invalid(e.to_string()))?;
+        if !(1..=FORMAT_VERSION).contains(&opts.format_version) {
+            return Err(Error::Invalid(format!(
+                "format version {} (this lifeboat writes 1 to {FORMAT_VERSION})",
+                opts.format_version
+            )));
+        }
         let config = RepoConfig {
-            version: FORMAT_VERSION,
+            version: opts.format_version,
             id: hex::encode(repo_id),
             chunker,
             compression: opts.compression,
@@ -371,6 +381,53 @@ impl Repository {
     /// The repository config.
     pub fn config(&self) -> &RepoConfig {
         &self.config
+    }
+
+    /// Whether trees of this repository may hold delta files (format version ≥ 2).
+    pub fn supports_deltas(&self) -> bool {
+        self.config.version >= crate::format::DELTA_VERSION
+    }
+
+    /// Brings the repository to [`FORMAT_VERSION`] and returns the version it had. Every
+    /// step so far only adds what older versions lack (version 2: delta files), so nothing
+    /// is rewritten but the config, the single commit point; older binaries then refuse the
+    /// repository instead of misreading it. Refused while another process holds a lease
+    /// (one that started under the old version must not see the new one).
+    ///
+    /// # Errors
+    /// [`Error::Leased`] while other commands run; storage errors.
+    pub fn migrate(&mut self) -> Result<u32> {
+        let from = self.config.version;
+        if from >= FORMAT_VERSION {
+            return Ok(from);
+        }
+        let lease = crate::lease::Lease::acquire(
+            self,
+            crate::lease::LeaseKind::Prune,
+            "migrate",
+            crate::lease::DEFAULT_TTL,
+        )?;
+        let now = crate::lease::now_s();
+        let others: Vec<String> = crate::lease::list_leases(self)?
+            .into_iter()
+            .filter(|(path, info)| path != lease.path() && info.is_live(now))
+            .map(|(_, info)| info.describe())
+            .collect();
+        if let Some(first) = others.first() {
+            return Err(Error::Leased {
+                what: format!("{first} (and {} more)", others.len() - 1),
+                hint: "run migrate again when no other lifeboat command uses the repository".into(),
+            });
+        }
+        lease.check_valid()?;
+        let config = RepoConfig {
+            version: FORMAT_VERSION,
+            ..self.config.clone()
+        };
+        let sealed = self.key.seal_stored(aad::CONFIG, &to_cbor(&config));
+        self.storage.put(paths::CONFIG, sealed)?;
+        self.config = config;
+        Ok(from)
     }
 
     /// The master key.
@@ -758,6 +815,29 @@ impl Repository {
                 Err(e) => return Err(e.into()),
             };
         self.open_blob(&path, loc.kind, id, loc.raw_len, &mut sealed)
+    }
+
+    /// Like [`Repository::read_blob`], decoding into `out` (its allocation reused: rebuilding
+    /// a delta file reads thousands of blobs, and fresh buffers cost a page fault per 4 KiB).
+    ///
+    /// # Errors
+    /// As [`Repository::read_blob`].
+    pub fn read_blob_to(&self, index: &Index, id: &BlobId, out: &mut Vec<u8>) -> Result<()> {
+        let loc = index.get(id).ok_or(Error::BlobMissing { id: *id })?;
+        let path = paths::pack(&loc.pack);
+        let mut sealed =
+            match self
+                .storage
+                .get_range(&path, u64::from(loc.offset), u64::from(loc.length))
+            {
+                Ok(b) => b,
+                Err(e) if e.is_not_found() => return Err(Error::PackMissing { pack: loc.pack }),
+                Err(e) if e.kind() == ErrorKind::Truncated => {
+                    return Err(Error::damaged(&path, "truncated"))
+                }
+                Err(e) => return Err(e.into()),
+            };
+        self.open_blob_to(&path, loc.kind, id, loc.raw_len, &mut sealed, out)
     }
 
     /// Opens one sealed blob read from `path` and verifies its id.

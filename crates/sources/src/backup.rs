@@ -295,7 +295,8 @@ pub fn backup_with(
                 progress,
                 errors: &errors,
                 force: opts.force,
-                delta_files: opts.delta_files,
+                // Version-1 repositories must stay readable by version-1 binaries.
+                delta_files: opts.delta_files.filter(|_| repo.supports_deltas()),
                 summary: Mutex::new(SnapshotSummary::default()),
                 batch: std::cell::RefCell::new(Batch::default()),
                 large: chunker.min_size() as u64,

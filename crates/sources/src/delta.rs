@@ -61,16 +61,7 @@ impl<'a> Stream<'a> {
                 };
                 self.next += 1;
                 self.pos = 0;
-                match ctx.load(id)? {
-                    Loaded::Zeros(n) => {
-                        self.cur.clear();
-                        self.cur_zeros = n;
-                    }
-                    Loaded::Data(d) => {
-                        self.cur = d;
-                        self.cur_zeros = 0;
-                    }
-                }
+                self.cur_zeros = ctx.load_into(id, &mut self.cur)?;
                 if self.cur_len() == 0 {
                     continue;
                 }
@@ -91,11 +82,6 @@ impl<'a> Stream<'a> {
     }
 }
 
-enum Loaded {
-    Zeros(usize),
-    Data(Vec<u8>),
-}
-
 /// Blob access for rebuilding: the index, and which blob ids are runs of zeros (an unchanged
 /// page XORs to zeros, and those chunks all share one id per length).
 struct Blobs<'a> {
@@ -112,7 +98,9 @@ impl Blobs<'_> {
             .ok_or(Error::BlobMissing { id: *id })
     }
 
-    fn load(&mut self, id: &BlobId) -> Result<Loaded> {
+    /// Loads blob `id` into `buf` and returns 0, or, for a run of zeros, clears `buf` and
+    /// returns its length without reading it.
+    fn load_into(&mut self, id: &BlobId, buf: &mut Vec<u8>) -> Result<usize> {
         let len = self.raw_len(id)?;
         let key = self.repo.key();
         let zero = *self
@@ -120,17 +108,12 @@ impl Blobs<'_> {
             .entry(len)
             .or_insert_with(|| key.blob_id(&vec![0u8; len as usize]));
         if zero == *id {
-            return Ok(Loaded::Zeros(len as usize));
+            buf.clear();
+            return Ok(len as usize);
         }
-        let data = self.repo.read_blob(self.index, id)?;
-        if data.len() != len as usize {
-            return Err(Error::Invalid(format!(
-                "blob {} holds {} bytes where the index says {len}",
-                id.short(),
-                data.len()
-            )));
-        }
-        Ok(Loaded::Data(data))
+        // The plaintext is checked against the id (and so its length against the index).
+        self.repo.read_blob_to(self.index, id, buf)?;
+        Ok(0)
     }
 }
 

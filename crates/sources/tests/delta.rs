@@ -13,6 +13,10 @@ use lifeboat_sources::Progress;
 use lifeboat_storage::{Location, Storage, StorageOptions};
 
 fn repo(dir: &Path) -> Repository {
+    repo_of_version(dir, lifeboat_repo::format::FORMAT_VERSION)
+}
+
+fn repo_of_version(dir: &Path, format_version: u32) -> Repository {
     let storage = Storage::open(
         &Location::Local(dir.to_path_buf()),
         &StorageOptions::default(),
@@ -20,6 +24,7 @@ fn repo(dir: &Path) -> Repository {
     .unwrap();
     let opts = InitOptions {
         kdf: KdfParams::insecure_for_tests(),
+        format_version,
         ..InitOptions::default()
     };
     Repository::init(storage, b"pw", &opts).unwrap()
@@ -210,4 +215,63 @@ fn a_damaged_base_fails_the_restore_of_that_file_naming_it() {
         }
         Err(e) => assert!(!e.to_string().is_empty()),
     }
+}
+
+#[test]
+fn a_version_1_repository_gets_whole_files_until_it_is_migrated() {
+    // Version-1 binaries would read a delta file's blobs as its data: no deltas there.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("repo");
+    let mut r = repo_of_version(&dir, 1);
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let opts = BackupOptions {
+        delta_files: Some(is_table),
+        force: true,
+        ..BackupOptions::default()
+    };
+    let mut data = pages(4 << 20, 5);
+    let mut step = |r: &Repository, round: u8| {
+        touch_every_page(&mut data, round);
+        std::fs::write(src.join("table"), &data).unwrap();
+        let before = stored_bytes(&dir);
+        backup(r, std::slice::from_ref(&src), &opts, &Progress::default()).unwrap();
+        stored_bytes(&dir) - before
+    };
+    let full = step(&r, 0);
+    let v1 = step(&r, 1);
+    assert!(
+        v1 * 2 > full,
+        "version 1 stored {v1} of {full}: a delta was written"
+    );
+    assert_eq!(r.migrate().unwrap(), 1);
+    assert_eq!(r.config().version, lifeboat_repo::format::FORMAT_VERSION);
+    // Reopened, it says version 2; the next changed version is a small layer.
+    let storage = Storage::open(&Location::Local(dir.clone()), &StorageOptions::default()).unwrap();
+    let r2 = Repository::open(storage, b"pw").unwrap();
+    assert!(r2.supports_deltas());
+    let v2 = step(&r2, 2);
+    assert!(v2 * 10 < full, "after migrate: {v2} of {full}");
+    assert_eq!(r.migrate().unwrap(), lifeboat_repo::format::FORMAT_VERSION);
+}
+
+#[test]
+fn copy_refuses_a_target_older_than_its_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = repo(&tmp.path().join("a"));
+    let storage = Storage::open(
+        &Location::Local(tmp.path().join("b")),
+        &StorageOptions::default(),
+    )
+    .unwrap();
+    let opts = InitOptions {
+        kdf: KdfParams::insecure_for_tests(),
+        format_version: 1,
+        ..InitOptions::default()
+    };
+    let dst = Repository::init_like(storage, b"pw", &opts, &src).unwrap();
+    let err = lifeboat_repo::copy::copy(&src, &dst, &[], &Default::default(), &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lifeboat migrate"), "{err}");
 }
