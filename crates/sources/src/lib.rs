@@ -2,7 +2,9 @@
 //!
 //! Main entry points: [`backup::backup`] (file trees, with metadata, skipping files unchanged
 //! since the parent snapshot), [`backup::backup_stream`] (stdin, e.g. `pg_dump | lifeboat
-//! backup --stdin`), [`restore::restore`] and [`restore::dump`].
+//! backup --stdin`), [`restore::restore`] and [`restore::dump`]; [`delta`] rebuilds and
+//! writes files stored as XOR layers over their previous version (`BackupOptions::
+//! delta_files`, used by `pg backup`).
 //! Never here: the repository format (lifeboat-repo) or anything that prints.
 
 pub mod backup;
