@@ -82,6 +82,9 @@ pub enum Command {
     /// PostgreSQL: base backups, WAL archiving and streaming, point-in-time restore.
     #[command(subcommand)]
     Pg(PgCmd),
+    /// The daemon's config file (lifeboat.toml).
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// The main job on embedded defaults: back up a directory into a local repository,
     /// list snapshots, restore, and verify the restore bit for bit.
     Demo(DemoCmd),
@@ -265,6 +268,18 @@ pub struct CopyCmd {
     /// Skip reading back each new pack from the target.
     #[arg(long)]
     pub no_verify: bool,
+}
+
+/// `config`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Check a config file and report every mistake with file, line, column and the fix
+    /// (exit 0 valid, 2 not).
+    Validate {
+        /// The config file.
+        #[arg(long, env = "LIFEBOAT_CONFIG", default_value = "lifeboat.toml")]
+        config: PathBuf,
+    },
 }
 
 /// `key`.

@@ -21,7 +21,7 @@ use lifeboat_sources::Progress;
 use lifeboat_storage::{Location, Storage, StorageOptions};
 use lifeboat_types::{ByteSize, Secret, SnapshotId};
 
-use crate::cli::{Args, Command, Global, KeyCmd};
+use crate::cli::{Args, Command, ConfigCmd, Global, KeyCmd};
 use crate::output::{self, bytes, json, line};
 use crate::progress::Bar;
 use crate::{Exit, EXIT_DAMAGE, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
@@ -906,6 +906,58 @@ pub fn run(args: Args) -> Result<u8> {
             Ok(EXIT_OK)
         }
         Command::Pg(c) => crate::pg::run(g, c),
+        Command::Config(ConfigCmd::Validate { config }) => {
+            match lifeboat_config::load(&config, &env) {
+                Ok(c) => {
+                    let coordinator = match &c.coordinator {
+                        lifeboat_config::Coordinator::Embedded { .. } => "embedded".to_string(),
+                        lifeboat_config::Coordinator::Etcd { endpoints } => {
+                            format!("etcd ({} endpoints)", endpoints.len())
+                        }
+                    };
+                    if g.json {
+                        json(&serde_json::json!({
+                            "valid": true,
+                            "file": config.display().to_string(),
+                            "cluster": c.cluster.name,
+                            "members": c.cluster.members.iter().map(|m| &m.name).collect::<Vec<_>>(),
+                            "coordinator": coordinator,
+                        }))?;
+                    } else if !g.quiet {
+                        line(&format!(
+                            "{}: valid; cluster {} with {} member(s), {:?} replication, {:?} failover, coordinator {coordinator}",
+                            config.display(),
+                            c.cluster.name,
+                            c.cluster.members.len(),
+                            c.cluster.replication,
+                            c.cluster.failover,
+                        ))?;
+                    }
+                    Ok(EXIT_OK)
+                }
+                Err(problems) => {
+                    if g.json {
+                        let list: Vec<serde_json::Value> = problems
+                            .list
+                            .iter()
+                            .map(|p| {
+                                serde_json::json!({"line": p.line, "column": p.column,
+                                    "key": p.key, "message": p.message, "fix": p.fix})
+                            })
+                            .collect();
+                        json(&serde_json::json!({
+                            "valid": false,
+                            "file": problems.file,
+                            "problems": list,
+                        }))?;
+                    } else {
+                        eprintln!("{problems}");
+                        eprintln!("{} problem(s) in {}", problems.list.len(), problems.file);
+                    }
+                    Ok(EXIT_USAGE)
+                }
+            }
+        }
         Command::Demo(c) => crate::demo::run(g, &c),
         Command::Migrate(_) => {
             let mut repo = open(g)?;

@@ -686,3 +686,60 @@ fn a_wide_directory_of_small_and_large_files_restores_exactly() {
     let check = env.run(&["check", "--read-data"]);
     assert_eq!(code(&check), 0, "{}", stderr(&check));
 }
+
+#[test]
+fn config_validate_reports_every_mistake_with_its_line_and_exits_2() {
+    let env = Env::new();
+    let good = env.path("lifeboat.toml");
+    std::fs::write(env.path("api.token"), "a-token-of-24-characters\n").unwrap();
+    std::fs::write(
+        &good,
+        "[cluster]\nname = \"orders\"\n\n\
+         [[cluster.member]]\nname = \"db1\"\nhost = \"127.0.0.1\"\nport = 5432\ndata_dir = \"/srv/pg1\"\n\n\
+         [[cluster.member]]\nname = \"db2\"\nhost = \"127.0.0.1\"\nport = 5433\ndata_dir = \"/srv/pg2\"\n\n\
+         [api]\ntoken_file = \"api.token\"\n",
+    )
+    .unwrap();
+    let out = env.ok(&["config", "validate", "--config", good.to_str().unwrap()]);
+    assert!(out.contains("valid") && out.contains("2 member"), "{out}");
+    let v = env.json(&["config", "validate", "--config", good.to_str().unwrap()]);
+    assert_eq!(v["valid"], true, "{v}");
+    assert_eq!(v["members"], serde_json::json!(["db1", "db2"]), "{v}");
+
+    let bad = env.path("bad.toml");
+    std::fs::write(
+        &bad,
+        "[cluster]\nname = \"orders\"\nreplication = \"semi\"\n\n\
+         [[cluster.member]]\nname = \"db1\"\nhost = \"127.0.0.1\"\nport = \"5432\"\ndata_dir = \"/srv/pg1\"\n\n\
+         [health]\nintervall = \"1s\"\n",
+    )
+    .unwrap();
+    let o = env.run(&["config", "validate", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let err = stderr(&o);
+    let f = bad.display().to_string();
+    for (line, key) in [
+        (3, "cluster.replication"),
+        (8, "cluster.member[1].port"),
+        (12, "health.intervall"),
+        (1, "api"),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&format!("{f}:{line}:")) && l.contains(key)),
+            "no {key} at line {line}:\n{err}"
+        );
+    }
+    assert!(err.contains("did you mean `interval`?"), "{err}");
+    let o = env.run(&[
+        "--json",
+        "config",
+        "validate",
+        "--config",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 2);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["problems"].as_array().unwrap().len(), 4, "{v}");
+}
