@@ -417,7 +417,9 @@ fn two_prunes_at_once_one_refuses() {
         let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
         assert!(
             outs.iter().any(|o| o.status.success()),
-            "both prunes refused"
+            "both prunes refused:\n{}\n---\n{}",
+            String::from_utf8_lossy(&outs[0].stderr),
+            String::from_utf8_lossy(&outs[1].stderr)
         );
         for o in outs.iter().filter(|o| !o.status.success()) {
             let e = String::from_utf8_lossy(&o.stderr);
