@@ -408,11 +408,20 @@ const PRUNE_STANDOFF: Duration = Duration::from_secs(10);
 /// that goes on saw no other live prune lease after writing its own.
 fn exclude_other_prunes(repo: &Repository, lease: &Lease) -> Result<()> {
     let me = lease.info();
-    let my_key = (me.created, lease.path().to_string());
     let deadline = std::time::Instant::now() + PRUNE_STANDOFF;
     loop {
         let now = now_s();
-        let others: Vec<(String, crate::lease::LeaseInfo)> = list_leases(repo)?
+        let listed = list_leases(repo)?;
+        // Both sides compare the `created` times as stored (read back from the files), so
+        // they agree on the order even when two prunes start within the clock's resolution
+        // (equal times: the path decides). In-memory values once differed from their JSON
+        // round trip by one ulp, and two prunes each took the other for the older.
+        let mine = listed
+            .iter()
+            .find(|(path, _)| path == lease.path())
+            .map_or(me.created, |(_, info)| info.created);
+        let my_key = (mine, lease.path().to_string());
+        let others: Vec<(String, crate::lease::LeaseInfo)> = listed
             .into_iter()
             .filter(|(path, info)| {
                 info.kind == LeaseKind::Prune && path != lease.path() && info.is_live(now)
