@@ -526,3 +526,56 @@ fn repack_packs(
     writer.finish()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KdfParams;
+    use crate::lease::DEFAULT_TTL;
+    use crate::repository::InitOptions;
+
+    #[test]
+    fn a_prune_started_at_the_same_instant_is_ordered_by_name() {
+        let storage = lifeboat_storage::Storage::memory().unwrap();
+        let opts = InitOptions {
+            kdf: KdfParams::insecure_for_tests(),
+            ..InitOptions::default()
+        };
+        let repo = Repository::init(storage, b"pw", &opts).unwrap();
+        let lease = Lease::acquire(&repo, LeaseKind::Prune, "prune", DEFAULT_TTL).unwrap();
+        // Another prune whose lease has exactly our start time (two processes that read
+        // the clock within its resolution), under a name that sorts first: it is the
+        // older, so we refuse at once. (Its side, with us the younger, refuses too: that
+        // is the "both refused" race this guards against if the times disagreed.)
+        let other = lease.info();
+        let path = format!("{}/{}", paths::LOCKS, "0".repeat(32));
+        assert!(path.as_str() < lease.path());
+        repo.storage()
+            .put(&path, serde_json::to_vec(&other).unwrap())
+            .unwrap();
+        let started = std::time::Instant::now();
+        let err = exclude_other_prunes(&repo, &lease).unwrap_err();
+        assert!(matches!(err, Error::Leased { .. }), "{err}");
+        assert!(
+            started.elapsed() < PRUNE_STANDOFF / 2,
+            "refused by the order, not the deadline"
+        );
+        repo.storage().delete(&path).unwrap();
+        assert!(exclude_other_prunes(&repo, &lease).is_ok());
+
+        // The same start time under a name that sorts last: we are the older and wait for
+        // it to give up, instead of refusing (which, with it refusing too, stopped both).
+        let younger = format!("{}/{}", paths::LOCKS, "f".repeat(32));
+        assert!(younger.as_str() > lease.path());
+        repo.storage()
+            .put(&younger, serde_json::to_vec(&other).unwrap())
+            .unwrap();
+        let (repo2, y) = (repo.clone(), younger.clone());
+        let gives_up = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            repo2.storage().delete(&y).unwrap();
+        });
+        assert!(exclude_other_prunes(&repo, &lease).is_ok());
+        gives_up.join().unwrap();
+    }
+}
