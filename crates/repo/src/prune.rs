@@ -564,18 +564,23 @@ mod tests {
         assert!(exclude_other_prunes(&repo, &lease).is_ok());
 
         // The same start time under a name that sorts last: we are the older and wait for
-        // it to give up, instead of refusing (which, with it refusing too, stopped both).
+        // it to go (here: its lease lapses after half a second), instead of refusing (which,
+        // with it refusing too, stopped both).
         let younger = format!("{}/{}", paths::LOCKS, "f".repeat(32));
         assert!(younger.as_str() > lease.path());
+        let lapsing = crate::lease::LeaseInfo {
+            refreshed: now_s(),
+            ttl_s: 0.5,
+            ..other
+        };
         repo.storage()
-            .put(&younger, serde_json::to_vec(&other).unwrap())
+            .put(&younger, serde_json::to_vec(&lapsing).unwrap())
             .unwrap();
-        let (repo2, y) = (repo.clone(), younger.clone());
-        let gives_up = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            repo2.storage().delete(&y).unwrap();
-        });
+        let started = std::time::Instant::now();
         assert!(exclude_other_prunes(&repo, &lease).is_ok());
-        gives_up.join().unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "went on while the younger prune's lease was live"
+        );
     }
 }

@@ -800,20 +800,7 @@ impl Repository {
     /// # Errors
     /// [`Error::BlobMissing`], [`Error::PackMissing`], [`Error::Damaged`] naming the pack.
     pub fn read_blob(&self, index: &Index, id: &BlobId) -> Result<Vec<u8>> {
-        let loc = index.get(id).ok_or(Error::BlobMissing { id: *id })?;
-        let path = paths::pack(&loc.pack);
-        let mut sealed =
-            match self
-                .storage
-                .get_range(&path, u64::from(loc.offset), u64::from(loc.length))
-            {
-                Ok(b) => b,
-                Err(e) if e.is_not_found() => return Err(Error::PackMissing { pack: loc.pack }),
-                Err(e) if e.kind() == ErrorKind::Truncated => {
-                    return Err(Error::damaged(&path, "truncated"))
-                }
-                Err(e) => return Err(e.into()),
-            };
+        let (loc, path, mut sealed) = self.read_sealed(index, id)?;
         self.open_blob(&path, loc.kind, id, loc.raw_len, &mut sealed)
     }
 
@@ -823,21 +810,27 @@ impl Repository {
     /// # Errors
     /// As [`Repository::read_blob`].
     pub fn read_blob_to(&self, index: &Index, id: &BlobId, out: &mut Vec<u8>) -> Result<()> {
+        let (loc, path, mut sealed) = self.read_sealed(index, id)?;
+        self.open_blob_to(&path, loc.kind, id, loc.raw_len, &mut sealed, out)
+    }
+
+    /// The sealed bytes of blob `id`, with its location and its pack's path.
+    fn read_sealed(
+        &self,
+        index: &Index,
+        id: &BlobId,
+    ) -> Result<(crate::index::BlobLoc, String, Vec<u8>)> {
         let loc = index.get(id).ok_or(Error::BlobMissing { id: *id })?;
         let path = paths::pack(&loc.pack);
-        let mut sealed =
-            match self
-                .storage
-                .get_range(&path, u64::from(loc.offset), u64::from(loc.length))
-            {
-                Ok(b) => b,
-                Err(e) if e.is_not_found() => return Err(Error::PackMissing { pack: loc.pack }),
-                Err(e) if e.kind() == ErrorKind::Truncated => {
-                    return Err(Error::damaged(&path, "truncated"))
-                }
-                Err(e) => return Err(e.into()),
-            };
-        self.open_blob_to(&path, loc.kind, id, loc.raw_len, &mut sealed, out)
+        match self
+            .storage
+            .get_range(&path, u64::from(loc.offset), u64::from(loc.length))
+        {
+            Ok(b) => Ok((loc, path, b)),
+            Err(e) if e.is_not_found() => Err(Error::PackMissing { pack: loc.pack }),
+            Err(e) if e.kind() == ErrorKind::Truncated => Err(Error::damaged(&path, "truncated")),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Opens one sealed blob read from `path` and verifies its id.

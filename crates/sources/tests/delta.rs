@@ -30,6 +30,28 @@ fn repo_of_version(dir: &Path, format_version: u32) -> Repository {
     Repository::init(storage, b"pw", &opts).unwrap()
 }
 
+/// Restores a whole snapshot (root tree `tree`) into `target`.
+fn restore_all(
+    r: &Repository,
+    index: &lifeboat_repo::Index,
+    tree: &lifeboat_types::BlobId,
+    target: &Path,
+) -> lifeboat_repo::Result<lifeboat_sources::restore::RestoreReport> {
+    let sel = Selection {
+        tree,
+        subpath: b"",
+        snapshot: "s",
+    };
+    restore(
+        r,
+        index,
+        sel,
+        target,
+        &RestoreOptions::default(),
+        &Progress::default(),
+    )
+}
+
 fn is_table(path: &Path) -> bool {
     path.file_name().is_some_and(|n| n == "table")
 }
@@ -132,20 +154,7 @@ fn every_version_of_a_layered_file_restores_exactly() {
     for (i, (id, want)) in versions.iter().enumerate() {
         let (_, snap) = r.find_snapshot(&id.to_hex()).unwrap();
         let target = tmp.path().join(format!("restore-{i}"));
-        let sel = Selection {
-            tree: &snap.tree,
-            subpath: b"",
-            snapshot: "s",
-        };
-        let rep = restore(
-            &r,
-            &index,
-            sel,
-            &target,
-            &RestoreOptions::default(),
-            &Progress::default(),
-        )
-        .unwrap();
+        let rep = restore_all(&r, &index, &snap.tree, &target).unwrap();
         assert!(rep.errors.is_empty(), "version {i}: {:?}", rep.errors);
         let got = std::fs::read(target.join("src/table")).unwrap();
         assert!(
@@ -192,19 +201,7 @@ fn a_damaged_base_fails_the_restore_of_that_file_naming_it() {
     let index = r.load_index().unwrap();
     let (_, snap) = r.find_snapshot(&rep.snapshot_id.to_hex()).unwrap();
     let target = tmp.path().join("restore");
-    let sel = Selection {
-        tree: &snap.tree,
-        subpath: b"",
-        snapshot: "s",
-    };
-    let res = restore(
-        &r,
-        &index,
-        sel,
-        &target,
-        &RestoreOptions::default(),
-        &Progress::default(),
-    );
+    let res = restore_all(&r, &index, &snap.tree, &target);
     match res {
         Ok(rep) => {
             assert!(
