@@ -33,6 +33,9 @@ const BENCH_PACKAGES: &[&str] = &[
     "pgbackrest",
     "hyperfine",
     "bc",
+    "haproxy",
+    "patroni",
+    "postgresql-15-auto-failover",
 ];
 /// Debian packages the test suite and its builds need: PostgreSQL 15 for the database
 /// tests (its server binaries in /usr/lib/postgresql/15/bin; the default cluster the
@@ -44,6 +47,11 @@ const TEST_PACKAGES: &[&str] = &[
     "postgresql-15",
     "postgresql-client-15",
     "util-linux",
+    // etcd for the coordinator's tests (ADR 0019), protoc for etcd-client's build script,
+    // iproute2 for the network namespaces of the partition tests.
+    "etcd-server",
+    "protobuf-compiler",
+    "iproute2",
 ];
 /// Debian packages for building fuzz targets (libFuzzer is C++).
 const FUZZ_PACKAGES: &[&str] = &["build-essential"];
