@@ -4,14 +4,16 @@
 //! Lives here: [`GarageServer`] (a real S3-compatible server), [`PgServer`] (a real
 //! PostgreSQL 15 cluster, primaries and standbys), [`HangingServer`] (accepts
 //! TCP connections and never answers), [`StatusServer`] (answers every HTTP request with one
-//! status code), [`free_port`].
+//! status code), [`EtcdServer`] and [`EtcdCluster`] (real etcd members), [`free_port`].
 //! Never here: product code, anything that listens beyond 127.0.0.1, or skipping a test
 //! because a binary is missing — a missing binary is an error naming `cargo xtask setup`.
 
+pub mod etcd;
 mod garage;
 pub mod postgres;
 mod stub;
 
+pub use etcd::{EtcdCluster, EtcdServer};
 pub use garage::{garage_bin, GarageServer, DEFAULT_GARAGE_BIN, GARAGE_BIN_ENV};
 pub use postgres::PgServer;
 pub use stub::{HangingServer, StatusServer};
