@@ -1,0 +1,127 @@
+//! The Lifeboat proxy standalone, with a fixed route (for benchmarks until the daemon runs
+//! it behind the failover controller).
+//!
+//! ```text
+//! proxy --listen ADDR --primary ADDR [--read-listen ADDR --replica ADDR...]
+//!       [--threads N] [--hold-ms MS] [--buffer BYTES]
+//! ```
+//!
+//! `--threads 1` (the default) runs the proxy on a current-thread runtime, `N > 1` on a
+//! multi-thread runtime with N workers (ADR 0020 compares them). It runs until SIGINT or
+//! SIGTERM and then prints each port's counters to stderr.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use lifeboat_traffic::{Port, ProxyOptions, Role, Route};
+
+struct Args {
+    listen: SocketAddr,
+    primary: SocketAddr,
+    read_listen: Option<SocketAddr>,
+    replicas: Vec<SocketAddr>,
+    threads: usize,
+    options: ProxyOptions,
+}
+
+const USAGE: &str = "usage: proxy --listen ADDR --primary ADDR [--read-listen ADDR --replica ADDR...] [--threads N] [--hold-ms MS] [--buffer BYTES]";
+
+fn parse() -> Result<Args, String> {
+    let mut listen = None;
+    let mut primary = None;
+    let mut read_listen = None;
+    let mut replicas = Vec::new();
+    let mut threads = 1;
+    let mut options = ProxyOptions::default();
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let addr = |v: String| -> Result<SocketAddr, String> {
+            v.parse().map_err(|e| format!("{flag} {v}: {e}"))
+        };
+        let num = |v: String| -> Result<u64, String> {
+            v.parse().map_err(|e| format!("{flag} {v}: {e}"))
+        };
+        match flag.as_str() {
+            "--listen" => listen = Some(addr(value()?)?),
+            "--primary" => primary = Some(addr(value()?)?),
+            "--read-listen" => read_listen = Some(addr(value()?)?),
+            "--replica" => replicas.push(addr(value()?)?),
+            "--threads" => threads = num(value()?)?.max(1) as usize,
+            "--hold-ms" => options = options.with_hold(Duration::from_millis(num(value()?)?)),
+            "--buffer" => options = options.with_buffer_size(num(value()?)? as usize),
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    Ok(Args {
+        listen: listen.ok_or_else(|| format!("--listen is required\n{USAGE}"))?,
+        primary: primary.ok_or_else(|| format!("--primary is required\n{USAGE}"))?,
+        read_listen,
+        replicas,
+        threads,
+        options,
+    })
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let (tx, rx) = tokio::sync::watch::channel(Route {
+        generation: 1,
+        primary: Some(args.primary),
+        replicas: args.replicas.clone(),
+    });
+    let mut ports = vec![(Role::Write, args.listen)];
+    ports.extend(args.read_listen.map(|a| (Role::Read, a)));
+    let mut counters = Vec::new();
+    for (role, addr) in ports {
+        let port = Port::bind(role, addr, rx.clone(), args.options.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        eprintln!("proxy: {role:?} port on {}", port.local_addr());
+        counters.push((role, port.counters()));
+        tokio::spawn(port.serve());
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("install SIGTERM handler: {e}"))?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r.map_err(|e| format!("wait for SIGINT: {e}"))?,
+    }
+    for (role, c) in counters {
+        eprintln!("proxy: {role:?} port counters: {:?}", c.snapshot());
+    }
+    drop(tx);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut builder = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.threads);
+        b
+    };
+    let rt = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: build the runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(3)
+        }
+    }
+}
