@@ -449,7 +449,7 @@ impl Embedded {
     pub(crate) async fn request_approval(&self, generation: u64, to: Option<&str>) -> Result<()> {
         let approval = Approval {
             to: to.map(str::to_string),
-            requested_at: SystemTime::now(),
+            requested_at: crate::now_ms(),
             generation,
             approved_at: None,
         };
@@ -487,7 +487,7 @@ impl Embedded {
             };
             let mut approval: Approval =
                 serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
-            approval.approved_at = Some(SystemTime::now());
+            approval.approved_at = Some(crate::now_ms());
             if to.is_some() {
                 approval.to = to;
             }

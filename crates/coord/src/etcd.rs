@@ -563,7 +563,7 @@ impl Etcd {
     pub(crate) async fn request_approval(&self, generation: u64, to: Option<&str>) -> Result<()> {
         let approval = Approval {
             to: to.map(str::to_string),
-            requested_at: SystemTime::now(),
+            requested_at: crate::now_ms(),
             generation,
             approved_at: None,
         };
@@ -591,7 +591,7 @@ impl Etcd {
             };
             let mut approval: Approval =
                 serde_json::from_slice(current.value()).map_err(|e| self.corrupt("approval", e))?;
-            approval.approved_at = Some(SystemTime::now());
+            approval.approved_at = Some(crate::now_ms());
             if let Some(to) = to {
                 approval.to = Some(to.to_string());
             }

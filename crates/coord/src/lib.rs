@@ -367,6 +367,11 @@ pub(crate) fn from_unix_ms(ms: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
+/// Now, truncated to the millisecond stored (so a value reads back equal to itself).
+pub(crate) fn now_ms() -> SystemTime {
+    from_unix_ms(to_unix_ms(SystemTime::now()))
+}
+
 /// How long ago `at_ms` was, by this process's wall clock (0 when in the future).
 pub(crate) fn age_of(at_ms: i64) -> Duration {
     let now = to_unix_ms(SystemTime::now());
