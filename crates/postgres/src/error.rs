@@ -39,6 +39,15 @@ pub enum Error {
     /// Arguments or settings that cannot work.
     #[error("{0}")]
     Invalid(String),
+    /// A high-availability cluster operation failed (its errors name the member).
+    #[error(transparent)]
+    Cluster(Box<crate::cluster::ClusterError>),
+}
+
+impl From<crate::cluster::ClusterError> for Error {
+    fn from(e: crate::cluster::ClusterError) -> Self {
+        Error::Cluster(Box::new(e))
+    }
 }
 
 impl Error {
@@ -58,6 +67,7 @@ impl Error {
         match self {
             Error::Repo(e) => e.is_usage(),
             Error::Invalid(_) => true,
+            Error::Cluster(e) => matches!(**e, crate::cluster::ClusterError::Invalid(_)),
             _ => false,
         }
     }

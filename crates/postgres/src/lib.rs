@@ -11,6 +11,8 @@
 //! - [`spool`]: asynchronous archiving and WAL prefetch through a local spool directory.
 //! - [`replication`]: a blocking client of PostgreSQL's streaming replication protocol
 //!   (what `pg_receivewal` speaks).
+//! - [`cluster`]: high-availability operations on a primary and its standbys (init, clone,
+//!   promote, fence, repoint, rejoin, synchronous standbys, generation).
 //! - [`verify`]: the restore test: restore into a scratch directory, recover, query, clean up.
 //!
 //! Everything stores into the repository of `lifeboat-repo`: base backups are snapshots
@@ -20,6 +22,7 @@
 pub mod archive;
 pub mod backup;
 pub mod catalog;
+pub mod cluster;
 pub mod error;
 pub mod replication;
 pub mod restore;
