@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
-use tokio_postgres::{NoTls, SimpleQueryMessage};
+use tokio_postgres::{NoTls, SimpleQueryMessage, SimpleQueryRow};
 
 use crate::observation::{parse_lsn, PgState, ReplicationRow};
 use crate::ProbeError;
@@ -37,11 +37,17 @@ SELECT r.rec,
   current_setting('lifeboat.generation', true)
 FROM (SELECT pg_is_in_recovery() AS rec) r LEFT JOIN pg_stat_wal_receiver w ON true";
 
+/// The column of [`HEALTH_QUERY`] holding `lifeboat.generation`.
+const GENERATION_COLUMN: usize = 12;
+
 /// An open connection; its I/O task stops when the client is dropped (cleanly, with a
 /// Terminate message) or is aborted by [`PgConn::kill`].
 pub(crate) struct PgConn {
     client: Option<tokio_postgres::Client>,
     task: Option<JoinHandle<()>>,
+    /// The unreadable `lifeboat.generation` last warned about (warn once per value and
+    /// connection, not at every probe).
+    warned_generation: Option<String>,
 }
 
 impl PgConn {
@@ -73,6 +79,7 @@ impl PgConn {
         Ok(PgConn {
             client: Some(client),
             task: Some(task),
+            warned_generation: None,
         })
     }
 
@@ -87,6 +94,27 @@ impl PgConn {
             Some(c) => c.simple_query(HEALTH_QUERY).await,
             // Unreachable in practice: the client is only taken in drop/kill.
             None => Ok(Vec::new()),
+        }
+    }
+
+    /// Warns (once per value) when `lifeboat.generation` is set but is not a number.
+    fn warn_bad_generation(&mut self, state: &PgState, messages: &[SimpleQueryMessage]) {
+        if state.generation.is_some() {
+            self.warned_generation = None;
+            return;
+        }
+        let raw = first_row(messages)
+            .and_then(|r| r.get(GENERATION_COLUMN))
+            .map(str::trim)
+            .filter(|g| !g.is_empty());
+        if let Some(raw) = raw {
+            if self.warned_generation.as_deref() != Some(raw) {
+                tracing::warn!(
+                    value = raw,
+                    "lifeboat.generation is set but is not a number; probes report no generation"
+                );
+                self.warned_generation = Some(raw.to_string());
+            }
         }
     }
 
@@ -167,8 +195,13 @@ pub(crate) async fn probe(
     };
     match timeout_at(deadline, c.query()).await {
         Ok(Ok(messages)) => {
+            let mut c = c;
+            let state = read_state(&messages);
+            if let Ok(s) = &state {
+                c.warn_bad_generation(s, &messages);
+            }
             *conn = Some(c);
-            read_state(&messages)
+            state
         }
         Ok(Err(e)) => {
             let detail = describe(&e);
@@ -208,15 +241,16 @@ fn describe(e: &tokio_postgres::Error) -> String {
 
 /// Reads the health query's one row.
 fn read_state(messages: &[SimpleQueryMessage]) -> Result<PgState, ProbeError> {
-    let row = messages
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r),
-            _ => None,
-        })
-        .ok_or_else(|| answer("the health query returned no row"))?;
+    let row = first_row(messages).ok_or_else(|| answer("the health query returned no row"))?;
     let cols: Vec<Option<&str>> = (0..row.len()).map(|i| row.get(i)).collect();
     state_from_columns(&cols)
+}
+
+fn first_row(messages: &[SimpleQueryMessage]) -> Option<&SimpleQueryRow> {
+    messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => Some(r),
+        _ => None,
+    })
 }
 
 fn answer(detail: impl Into<String>) -> ProbeError {
@@ -278,19 +312,11 @@ pub(crate) fn state_from_columns(cols: &[Option<&str>]) -> Result<PgState, Probe
         None => Vec::new(),
         Some(json) => read_replication(json)?,
     };
-    let generation = match col(12).map(str::trim).filter(|g| !g.is_empty()) {
-        None => None,
-        Some(g) => match g.parse::<u64>() {
-            Ok(n) => Some(n),
-            Err(_) => {
-                tracing::warn!(
-                    value = g,
-                    "lifeboat.generation is set but not a number; reporting no generation"
-                );
-                None
-            }
-        },
-    };
+    // A value that is not a number is reported as no generation; the caller warns once.
+    let generation = col(GENERATION_COLUMN)
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .and_then(|g| g.parse::<u64>().ok());
     Ok(PgState {
         in_recovery,
         current_lsn,

@@ -311,3 +311,33 @@ fn starting_outside_a_runtime_is_an_error_not_a_panic() {
     let e = Monitor::start(ProbeSettings::default(), vec![]).unwrap_err();
     assert!(matches!(e, Error::NoRuntime), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_the_shutdown_token_stops_the_probers() {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let member = Member {
+        name: "closed".into(),
+        target: Target::Tcp {
+            host: "127.0.0.1".into(),
+            port: lifeboat_testkit::free_port().unwrap(),
+        },
+    };
+    let monitor =
+        Monitor::start_with_shutdown(ProbeSettings::default(), vec![member], &shutdown).unwrap();
+    let mut watch = monitor.subscribe("closed").unwrap();
+    let first = poll("a first probe", WAIT, || async { monitor.health("closed") }).await;
+    assert!(!first.last.ok && first.verdict == Verdict::Unknown);
+    assert!(first
+        .last
+        .error
+        .as_deref()
+        .is_some_and(|e| e.contains("refused")));
+    shutdown.cancel();
+    let ended = tokio::time::timeout(WAIT, async { while watch.changed().await.is_ok() {} }).await;
+    assert!(
+        ended.is_ok(),
+        "the prober kept running after the shutdown signal"
+    );
+    // The monitor still answers with the last state.
+    assert_eq!(monitor.snapshot().len(), 1);
+}
