@@ -566,6 +566,8 @@ pub enum RejoinPath {
     Rewound,
     /// `pg_rewind` found nothing to undo (it had not diverged).
     NoRewindNeeded,
+    /// There was no data directory (a replaced disk), so it was cloned.
+    Cloned,
     /// Rewinding failed, so it was cloned anew with `pg_basebackup`.
     Recloned {
         /// Where its old data directory now is (kept, never deleted).
@@ -581,7 +583,8 @@ pub struct RejoinReport {
     /// Rewound or re-cloned.
     pub path: RejoinPath,
     /// Lifeboat slots the old primary kept for its former standbys, dropped (they would
-    /// hold WAL on it forever).
+    /// hold WAL on it forever). pg_rewind (PostgreSQL 14+) already removes them when it
+    /// rewinds, so this names slots only after [`RejoinPath::NoRewindNeeded`].
     pub dropped_slots: Vec<String>,
     /// From the call to streaming.
     pub took: Duration,
@@ -1204,14 +1207,12 @@ impl Pg {
     ) -> ClusterResult<InitReport> {
         member.validate()?;
         let started = Instant::now();
-        if let Ok(mut entries) = fs::read_dir(&member.data_dir) {
-            if entries.next().is_some() {
-                return Err(ClusterError::Invalid(format!(
-                    "member {}: {} is not empty; use adopt for an existing cluster",
-                    member.name,
-                    member.data_dir.display()
-                )));
-            }
+        if !is_empty_or_missing(&member.data_dir) {
+            return Err(ClusterError::Invalid(format!(
+                "member {}: {} is not empty (or not readable); use adopt for an existing cluster",
+                member.name,
+                member.data_dir.display()
+            )));
         }
         let method = match (settings.auth, &self.password) {
             (HostAuth::Trust, _) => "trust",
@@ -1492,14 +1493,13 @@ impl Pg {
         primary.validate()?;
         standby.validate()?;
         let started = Instant::now();
-        if let Ok(mut entries) = fs::read_dir(&standby.data_dir) {
-            if entries.next().is_some() {
-                return Err(ClusterError::Invalid(format!(
-                    "member {}: {} is not empty; Lifeboat never clones over a data directory",
-                    standby.name,
-                    standby.data_dir.display()
-                )));
-            }
+        if !is_empty_or_missing(&standby.data_dir) {
+            return Err(ClusterError::Invalid(format!(
+                "member {}: {} is not empty (or not readable); Lifeboat never clones over a \
+                 data directory",
+                standby.name,
+                standby.data_dir.display()
+            )));
         }
         let (slot, slot_created) = self.ensure_slot(primary, standby)?;
         let mut cmd = self.program(standby, "pg_basebackup")?;
@@ -1882,6 +1882,16 @@ impl Pg {
                 member: new_primary.name.clone(),
             });
         }
+        if !old_primary.data_dir.join("PG_VERSION").is_file()
+            && is_empty_or_missing(&old_primary.data_dir)
+        {
+            self.clone_standby(new_primary, old_primary)?;
+            return Ok(RejoinReport {
+                path: RejoinPath::Cloned,
+                dropped_slots: Vec::new(),
+                took: started.elapsed(),
+            });
+        }
         self.wait_no_processes(old_primary)?;
         self.ensure_slot(new_primary, old_primary)?;
         // A freshly promoted primary's pg_control still names the old timeline until its
@@ -1902,6 +1912,8 @@ impl Pg {
         });
         let path = match rewound {
             Ok(p) => p,
+            // The new primary failing is no reason to throw the old one's data away.
+            Err(e) if e.member() == Some(new_primary.name.as_str()) => return Err(e),
             Err(e) => {
                 let rewind_error = e.to_string();
                 tracing::warn!(member = %old_primary.name, "rewind failed, re-cloning: {rewind_error}");
@@ -1947,6 +1959,14 @@ impl Pg {
         // pg_rewind's crash recovery runs `postgres --single`, which refuses standby mode:
         // a fenced (crashed, standby.signal) target has its signal files moved aside for
         // it, and put back afterwards whatever happens.
+        // A rewind interrupted by a crash of this process left its signal files aside.
+        for name in ["standby.signal", "recovery.signal"] {
+            let signal = target.data_dir.join(name);
+            let aside = target.data_dir.join(format!("{name}.lifeboat-rewind"));
+            if aside.exists() && !signal.exists() {
+                fs::rename(&aside, &signal).map_err(Self::io_error(target, &aside, "move back"))?;
+            }
+        }
         let cd = self.controldata(target)?;
         let state = cd
             .get("Database cluster state")
@@ -2004,6 +2024,12 @@ impl Pg {
         primary: &Member,
         rewind_error: &str,
     ) -> ClusterResult<PathBuf> {
+        // The clone runs as the old directory's owner, not as whoever the empty place
+        // would suggest.
+        let pg = match self.run_as(member)? {
+            Some(user) => self.clone().with_os_user(user),
+            None => self.clone(),
+        };
         let aside = sibling(&member.data_dir, "lifeboat-old");
         fs::rename(&member.data_dir, &aside).map_err(Self::io_error(
             member,
@@ -2011,7 +2037,7 @@ impl Pg {
             "move aside",
         ))?;
         tracing::info!(member = %member.name, "moved {} to {}", member.data_dir.display(), aside.display());
-        match self.clone_standby(primary, member) {
+        match pg.clone_standby(primary, member) {
             Ok(_) => Ok(aside),
             Err(clone) => {
                 let _ = self.stop(member, StopMode::Immediate);
@@ -2254,6 +2280,14 @@ fn sibling(dir: &Path, tag: &str) -> PathBuf {
         n += 1;
     }
     p
+}
+
+/// Whether `dir` is missing or an empty directory.
+fn is_empty_or_missing(dir: &Path) -> bool {
+    match fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
 }
 
 /// The last lines of `stderr` (or `stdout` when stderr is empty), indented.

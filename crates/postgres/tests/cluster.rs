@@ -372,6 +372,14 @@ fn three_members_crash_repoint_and_rewind() {
         )
         .unwrap();
     assert_eq!(slots, ["lifeboat_p:true", "lifeboat_s2:true"]);
+
+    // A member whose data directory is gone (a replaced disk) rejoins by a plain clone.
+    pg.stop(s2, StopMode::Fast).unwrap();
+    std::fs::rename(&s2.data_dir, c.dir.path().join("s2-old-disk")).unwrap();
+    let rejoin = pg.rejoin(s2, s1).unwrap();
+    println!("rejoin without a data dir: {}", ms(rejoin.took));
+    assert_eq!(rejoin.path, RejoinPath::Cloned);
+    c.wait_for(s2, "select v from t where id = 3", &["streams to all"]);
 }
 
 /// adopt says exactly what to change, running and stopped; scram with a password works and
