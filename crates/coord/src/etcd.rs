@@ -14,8 +14,12 @@
 //! Lives here: the transactions (promote: compare `generation`, then put `generation` and
 //! `primary` and delete `approval` in one txn; leader: put `leader` only if its
 //! `create_revision` is 0), the leases and their keepalive streams, a prefix watch.
-//! Never here: an etcd request without the call timeout around it, or a retry of a txn
-//! whose outcome is unknown (a timed-out promote is reported, not repeated).
+//! A request that failed in transport (a refused or broken connection: a member died, or
+//! has no leader yet) is sent again within the same call timeout, to whichever member the
+//! client's balancer picks next; so every request is written to be harmless when applied
+//! twice (plain puts, compare-and-swap txns that read back their own effect).
+//! Never here: an etcd request without the call timeout around it, or a retry that could
+//! apply a change twice.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,13 +103,14 @@ struct StoredEvent {
 
 /// The etcd coordinator: a client (cheap to clone per call) and this agent's report lease.
 pub struct Etcd {
-    client: Client,
+    /// Boxed: the client is ~2 KB, and [`crate::Coordinator`] is an enum.
+    client: Box<Client>,
     endpoints: String,
     cluster: String,
     prefix: String,
     timeout: Duration,
     report_ttl: Duration,
-    agent: tokio::sync::Mutex<Option<AgentLease>>,
+    agent: tokio::sync::Mutex<Option<Box<AgentLease>>>,
 }
 
 impl std::fmt::Debug for Etcd {
@@ -118,6 +123,30 @@ impl std::fmt::Debug for Etcd {
             .finish_non_exhaustive()
     }
 }
+
+/// At most this many sends of one request that failed in transport (see [`Etcd::call`]).
+const MAX_SENDS: usize = 20;
+
+/// Pause before sending a request again.
+const RESEND_PAUSE: Duration = Duration::from_millis(20);
+
+/// Whether a request failed in transport or found no etcd leader, so that sending it again
+/// (to another member, or after an election) may succeed. It may have been applied (a
+/// connection that broke after the request went out): requests must be harmless twice.
+fn resendable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => match s.code() as i32 {
+            GRPC_UNAVAILABLE => true,
+            GRPC_UNKNOWN => s.message().contains("transport error"),
+            _ => false,
+        },
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
+const GRPC_UNKNOWN: i32 = 2;
+const GRPC_UNAVAILABLE: i32 = 14;
 
 /// How many times [`Etcd::approve`] and [`Etcd::record`] retry a lost compare (another
 /// writer in between) before giving up with the last error.
@@ -144,7 +173,8 @@ impl Etcd {
         let endpoints = options.endpoints.join(",");
         let connect = ConnectOptions::new()
             .with_connect_timeout(options.call_timeout)
-            .with_timeout(options.call_timeout)
+            // No tonic request timeout: `call` bounds every request (tonic's would cut a
+            // request short with "cancelled" instead of our clear timeout error).
             // Fail fast with "no leader" from a member cut off from the quorum instead of
             // waiting for the timeout.
             .with_require_leader(true)
@@ -159,7 +189,7 @@ impl Etcd {
                 source,
             })?;
         Ok(Etcd {
-            client,
+            client: Box::new(client),
             prefix: format!("/lifeboat/{}/", options.cluster),
             cluster: options.cluster,
             endpoints,
@@ -214,22 +244,72 @@ impl Etcd {
         }
     }
 
-    /// Runs one etcd request under the call timeout.
-    async fn call<T>(
-        &self,
-        op: &'static str,
-        request: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
-    ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, request).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.etcd_err(op, e)),
-            Err(_) => Err(self.timed_out(op)),
+    /// Runs one etcd request under the call timeout. A request that failed in transport
+    /// ([`resendable`]: a dead member, a broken connection, no leader yet) is sent again
+    /// until the deadline. The error is [`Error::EtcdTimeout`] when a send was still
+    /// outstanding at the deadline (its fate unknown), else the last error seen.
+    async fn call<T, F, Fut>(&self, op: &'static str, mut request: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut refused = None;
+        for _ in 0..MAX_SENDS {
+            match tokio::time::timeout_at(deadline, request(Client::clone(&self.client))).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if resendable(&e) => {
+                    refused = Some(e);
+                    tokio::time::sleep_until(deadline.min(Instant::now() + RESEND_PAUSE)).await;
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => return Err(self.etcd_err(op, e)),
+                // A send outstanding at the deadline may still be applied later (a member
+                // without quorum keeps it): say "did not answer", not the earlier error.
+                Err(_) => return Err(self.timed_out(op)),
+            }
         }
+        Err(match refused {
+            Some(e) => self.etcd_err(op, e),
+            None => self.timed_out(op),
+        })
     }
 
     async fn txn(&self, op: &'static str, txn: Txn) -> Result<etcd_client::TxnResponse> {
-        let mut kv = self.client.kv_client();
-        self.call(op, kv.txn(txn)).await
+        self.call(op, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
+    async fn get(
+        &self,
+        op: &'static str,
+        key: String,
+        options: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse> {
+        self.call(op, |mut c| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { c.get(key, options).await }
+        })
+        .await
+    }
+
+    async fn put(
+        &self,
+        op: &'static str,
+        key: String,
+        value: Vec<u8>,
+        options: Option<PutOptions>,
+    ) -> Result<etcd_client::PutResponse> {
+        self.call(op, |mut c| {
+            let (key, value, options) = (key.clone(), value.clone(), options.clone());
+            async move { c.put(key, value, options).await }
+        })
+        .await
     }
 
     /// The value of the first key of the `i`-th response (a get) of a txn.
@@ -310,26 +390,37 @@ impl Etcd {
                 TxnOp::put(self.key("primary"), member, None),
                 TxnOp::delete(self.key("approval"), None),
             ])
-            .or_else([TxnOp::get(gen_key, None)]);
+            .or_else([
+                TxnOp::get(gen_key, None),
+                TxnOp::get(self.key("primary"), None),
+            ]);
         let resp = self.txn("promote", txn).await?;
         if resp.succeeded() {
-            Ok(next)
-        } else {
-            let found = self.generation_of(Self::get_value(&resp.op_responses(), 0))?;
-            Err(Error::Stale { expected, found })
+            return Ok(next);
         }
+        let r = resp.op_responses();
+        let found = self.generation_of(Self::get_value(&r, 0))?;
+        let primary = Self::get_value(&r, 1);
+        if found == next && primary.as_deref() == Some(member.as_bytes()) {
+            // Our own earlier send was applied and its answer lost (see `call`); or another
+            // caller made the same member primary in the same generation: the same outcome.
+            return Ok(next);
+        }
+        Err(Error::Stale { expected, found })
     }
 
     async fn grant(&self, op: &'static str, ttl: Duration) -> Result<i64> {
-        let mut lease = self.client.lease_client();
-        let resp = self.call(op, lease.grant(ttl_secs(ttl), None)).await?;
+        let secs = ttl_secs(ttl);
+        let resp = self
+            .call(op, |mut c| async move { c.lease_grant(secs, None).await })
+            .await?;
         Ok(resp.id())
     }
 
     /// Revokes a lease, best effort (it lapses on its own otherwise).
     async fn revoke(&self, id: i64) {
-        let mut lease = self.client.lease_client();
-        if let Err(e) = self.call("revoke a lease", lease.revoke(id)).await {
+        let revoke = |mut c: Client| async move { c.lease_revoke(id).await };
+        if let Err(e) = self.call("revoke a lease", revoke).await {
             tracing::debug!(lease = id, error = %e, "revoking an etcd lease failed; it lapses by its TTL");
         }
     }
@@ -345,12 +436,18 @@ impl Etcd {
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
-                key,
+                key.clone(),
                 member,
                 Some(PutOptions::new().with_lease(id)),
-            )]);
+            )])
+            .or_else([TxnOp::get(key, None)]);
         let taken = match self.txn("take the leader key", txn).await {
-            Ok(resp) => resp.succeeded(),
+            // Present with our lease: our own earlier send was applied (see `call`).
+            Ok(resp) => {
+                resp.succeeded()
+                    || matches!(resp.op_responses().first(),
+                        Some(TxnOpResponse::Get(g)) if g.kvs().first().is_some_and(|kv| kv.lease() == id))
+            }
             Err(e) => {
                 self.revoke(id).await;
                 return Err(e);
@@ -364,55 +461,73 @@ impl Etcd {
             member: member.to_string(),
             ttl,
             acquired_until: sent + ttl,
-            inner: LeaseInner::Etcd(LeaseHandle {
+            inner: LeaseInner::Etcd(Box::new(LeaseHandle {
                 id,
                 keepalive: tokio::sync::Mutex::new(None),
-            }),
+            })),
         }))
     }
 
     /// One keepalive of lease `id` on `slot`'s stream (opening one when empty; opening
-    /// sends the first keepalive). `Ok(false)`: the lease is gone. The stream is kept only
-    /// after a complete exchange, so a timed-out answer never pairs with a later request.
+    /// sends the first keepalive), under the call timeout. `Ok(false)`: the lease is gone.
+    /// A broken stream (its member died) is replaced by a new one within the same call.
+    /// The stream is kept only after a complete exchange, so a timed-out answer never
+    /// pairs with a later request.
     async fn keep_alive_once(
         &self,
         op: &'static str,
         id: i64,
         slot: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
     ) -> Result<bool> {
-        let taken = slot.take();
-        let mut lease = self.client.lease_client();
-        let exchange = async move {
-            match taken {
-                None => {
-                    let pair = lease.keep_alive(id).await?;
-                    Ok::<_, etcd_client::Error>((true, pair))
+        let deadline = Instant::now() + self.timeout;
+        let mut last = None;
+        for _ in 0..MAX_SENDS {
+            let taken = slot.take();
+            let mut client = Client::clone(&self.client);
+            let exchange = async move {
+                match taken {
+                    None => {
+                        let pair = client.lease_keep_alive(id).await?;
+                        Ok::<_, etcd_client::Error>((true, pair))
+                    }
+                    Some((mut keeper, mut stream)) => {
+                        keeper.keep_alive().await?;
+                        let alive = match stream.message().await? {
+                            Some(resp) => resp.ttl() > 0,
+                            None => {
+                                return Err(etcd_client::Error::LeaseKeepAliveError(
+                                    "the keepalive stream ended".into(),
+                                ))
+                            }
+                        };
+                        Ok((alive, (keeper, stream)))
+                    }
                 }
-                Some((mut keeper, mut stream)) => {
-                    keeper.keep_alive().await?;
-                    let alive = match stream.message().await? {
-                        Some(resp) => resp.ttl() > 0,
-                        None => {
-                            return Err(etcd_client::Error::LeaseKeepAliveError(
-                                "the keepalive stream ended".into(),
-                            ))
-                        }
-                    };
-                    Ok((alive, (keeper, stream)))
+            };
+            match tokio::time::timeout_at(deadline, exchange).await {
+                Ok(Ok((alive, pair))) => {
+                    if alive {
+                        *slot = Some(pair);
+                    }
+                    return Ok(alive);
                 }
+                Ok(Err(e)) if lease_gone(&e) => return Ok(false),
+                Ok(Err(e)) => {
+                    // A stream that broke, or a refused connection: open a new stream
+                    // (the balancer picks a member) until the deadline.
+                    last = Some(e);
+                    tokio::time::sleep_until(deadline.min(Instant::now() + RESEND_PAUSE)).await;
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                Err(_) => return Err(self.timed_out(op)),
             }
-        };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok((alive, pair))) => {
-                if alive {
-                    *slot = Some(pair);
-                }
-                Ok(alive)
-            }
-            Ok(Err(e)) if lease_gone(&e) => Ok(false),
-            Ok(Err(e)) => Err(self.etcd_err(op, e)),
-            Err(_) => Err(self.timed_out(op)),
         }
+        Err(match last {
+            Some(e) => self.etcd_err(op, e),
+            None => self.timed_out(op),
+        })
     }
 
     pub(crate) async fn renew(&self, lease: &LeaderLease) -> Result<Instant> {
@@ -445,11 +560,9 @@ impl Etcd {
                 backend: "etcd",
             });
         };
-        let mut client = self.client.lease_client();
-        match self
-            .call("release the leader lease", client.revoke(handle.id))
-            .await
-        {
+        let id = handle.id;
+        let revoke = |mut c: Client| async move { c.lease_revoke(id).await };
+        match self.call("release the leader lease", revoke).await {
             Ok(_) => Ok(()),
             Err(Error::Etcd { source, .. }) if lease_gone(&source) => Ok(()),
             Err(e) => Err(e),
@@ -457,9 +570,12 @@ impl Etcd {
     }
 
     pub(crate) async fn leader(&self) -> Result<Option<String>> {
-        let mut kv = self.client.kv_client();
+        let key = self.key("leader");
         let resp = self
-            .call("read the leader", kv.get(self.key("leader"), None))
+            .call("read the leader", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
             .await?;
         resp.kvs()
             .first()
@@ -469,7 +585,7 @@ impl Etcd {
 
     /// This agent's report lease, granted when absent or gone, renewed when a third of its
     /// TTL passed since the last renewal.
-    async fn agent_lease(&self, agent: &mut Option<AgentLease>) -> Result<i64> {
+    async fn agent_lease(&self, agent: &mut Option<Box<AgentLease>>) -> Result<i64> {
         if let Some(a) = agent.as_mut() {
             if a.renewed.elapsed() < self.report_ttl / 3 {
                 return Ok(a.id);
@@ -487,11 +603,11 @@ impl Etcd {
         let id = self
             .grant("grant the report lease", self.report_ttl)
             .await?;
-        *agent = Some(AgentLease {
+        *agent = Some(Box::new(AgentLease {
             id,
             keepalive: None,
             renewed: sent,
-        });
+        }));
         Ok(id)
     }
 
@@ -505,32 +621,33 @@ impl Etcd {
         let mut agent = self.agent.lock().await;
         for attempt in 0..2 {
             let id = self.agent_lease(&mut agent).await?;
-            let mut kv = self.client.kv_client();
-            let put = kv.put(
-                key.clone(),
-                value.clone(),
-                Some(PutOptions::new().with_lease(id)),
-            );
-            match tokio::time::timeout(self.timeout, put).await {
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(e)) if lease_gone(&e) && attempt == 0 => {
+            let put = self
+                .put(
+                    "publish a report",
+                    key.clone(),
+                    value.clone(),
+                    Some(PutOptions::new().with_lease(id)),
+                )
+                .await;
+            match put {
+                Ok(_) => return Ok(()),
+                Err(Error::Etcd { source, .. }) if lease_gone(&source) && attempt == 0 => {
                     // Lapsed between renewals (the agent stalled): take a new one, once.
                     *agent = None;
                 }
-                Ok(Err(e)) => return Err(self.etcd_err("publish a report", e)),
-                Err(_) => return Err(self.timed_out("publish a report")),
+                Err(e) => return Err(e),
             }
         }
         Err(self.timed_out("publish a report"))
     }
 
     pub(crate) async fn reports(&self) -> Result<Vec<MemberReport>> {
-        let mut kv = self.client.kv_client();
         let prefix = self.key("members/");
         let resp = self
-            .call(
+            .get(
                 "read reports",
-                kv.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+                prefix.clone(),
+                Some(GetOptions::new().with_prefix()),
             )
             .await?;
         let mut out = Vec::with_capacity(resp.kvs().len());
@@ -550,11 +667,12 @@ impl Etcd {
     }
 
     pub(crate) async fn set_maintenance(&self, on: bool) -> Result<()> {
-        let mut kv = self.client.kv_client();
         let value = if on { "true" } else { "false" };
-        self.call(
+        self.put(
             "set maintenance",
-            kv.put(self.key("maintenance"), value, None),
+            self.key("maintenance"),
+            value.into(),
+            None,
         )
         .await?;
         Ok(())
@@ -568,22 +686,15 @@ impl Etcd {
             approved_at: None,
         };
         let value = serde_json::to_vec(&approval).map_err(|e| self.corrupt("approval", e))?;
-        let mut kv = self.client.kv_client();
-        self.call(
-            "request approval",
-            kv.put(self.key("approval"), value, None),
-        )
-        .await?;
+        self.put("request approval", self.key("approval"), value, None)
+            .await?;
         Ok(())
     }
 
     pub(crate) async fn approve(&self, to: Option<&str>) -> Result<Approval> {
         let key = self.key("approval");
         for _ in 0..CAS_ATTEMPTS {
-            let mut kv = self.client.kv_client();
-            let resp = self
-                .call("read approval", kv.get(key.clone(), None))
-                .await?;
+            let resp = self.get("read approval", key.clone(), None).await?;
             let Some(current) = resp.kvs().first() else {
                 return Err(Error::NothingToApprove {
                     cluster: self.cluster.clone(),
@@ -614,9 +725,12 @@ impl Etcd {
     }
 
     pub(crate) async fn clear_approval(&self) -> Result<()> {
-        let mut kv = self.client.kv_client();
-        self.call("clear approval", kv.delete(self.key("approval"), None))
-            .await?;
+        let key = self.key("approval");
+        self.call("clear approval", |mut c| {
+            let key = key.clone();
+            async move { c.delete(key, None).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -639,8 +753,11 @@ impl Etcd {
             let key = self.key(&format!("history/{at:016}-{suffix}"));
             let txn = Txn::new()
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(key, value.clone(), None)]);
-            if self.txn("record history", txn).await?.succeeded() {
+                .and_then([TxnOp::put(key.clone(), value.clone(), None)])
+                .or_else([TxnOp::get(key, None)]);
+            let resp = self.txn("record history", txn).await?;
+            // Present with our value: our own earlier send was applied (see `call`).
+            if resp.succeeded() || Self::get_value(&resp.op_responses(), 0) == Some(value.clone()) {
                 return Ok(());
             }
         }
@@ -651,13 +768,12 @@ impl Etcd {
     }
 
     pub(crate) async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
-        let mut kv = self.client.kv_client();
         let options = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Descend)
             .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
         let resp = self
-            .call("read history", kv.get(self.key("history/"), Some(options)))
+            .get("read history", self.key("history/"), Some(options))
             .await?;
         let mut out = Vec::with_capacity(resp.kvs().len());
         for kv in resp.kvs().iter().rev() {
@@ -673,7 +789,7 @@ impl Etcd {
 
     pub(crate) async fn changes(&self) -> Result<Changes> {
         let (tx, rx) = tokio::sync::watch::channel(0u64);
-        let client = self.client.clone();
+        let client = Client::clone(&self.client);
         let prefix = self.prefix.clone();
         let watch = |mut client: Client, prefix: String| async move {
             client
@@ -681,10 +797,7 @@ impl Etcd {
                 .await
         };
         let first = self
-            .call(
-                "watch the cluster's keys",
-                watch(client.clone(), prefix.clone()),
-            )
+            .call("watch the cluster's keys", |c| watch(c, prefix.clone()))
             .await?;
         let timeout = self.timeout;
         let endpoints = self.endpoints.clone();

@@ -110,7 +110,7 @@ pub struct LeaderLease {
 #[derive(Debug)]
 enum LeaseInner {
     Embedded(embedded::LeaseToken),
-    Etcd(etcd::LeaseHandle),
+    Etcd(Box<etcd::LeaseHandle>),
 }
 
 impl LeaderLease {

@@ -1,6 +1,8 @@
 //! One suite, both backends: every case runs against the embedded coordinator (a real
 //! SQLite file in a temp dir) and against a real single-member etcd.
 
+#![allow(clippy::unwrap_used)] // tests: a failed setup step should panic
+
 use std::time::Duration;
 
 use lifeboat_coord::{Coordinator, EmbeddedOptions, Error, EtcdOptions};
