@@ -787,6 +787,19 @@ impl Etcd {
         Ok(out)
     }
 
+    pub(crate) async fn close(self) -> Result<()> {
+        let Some(agent) = self.agent.lock().await.take() else {
+            return Ok(());
+        };
+        let id = agent.id;
+        let revoke = |mut c: Client| async move { c.lease_revoke(id).await };
+        match self.call("revoke the report lease", revoke).await {
+            Ok(_) => Ok(()),
+            Err(Error::Etcd { source, .. }) if lease_gone(&source) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     pub(crate) async fn changes(&self) -> Result<Changes> {
         let (tx, rx) = tokio::sync::watch::channel(0u64);
         let client = Client::clone(&self.client);

@@ -346,6 +346,19 @@ impl Coordinator {
         dispatch!(self, c => c.history(limit).await)
     }
 
+    /// Closes the coordinator. Etcd: revokes this agent's report lease, so its reports
+    /// vanish now instead of after [`EtcdOptions::report_ttl`] (a leader lease is given
+    /// back with [`Coordinator::release`], not here). Embedded: nothing beyond dropping it.
+    ///
+    /// # Errors
+    /// Etcd errors (the report lease then lapses on its own).
+    pub async fn close(self) -> Result<()> {
+        match self {
+            Coordinator::Embedded(_) => Ok(()),
+            Coordinator::Etcd(c) => c.close().await,
+        }
+    }
+
     /// A notification that fires when the state may have changed (see [`Changes`]).
     ///
     /// # Errors

@@ -183,6 +183,9 @@ async fn expired_lease_lets_another_take_it(f: Fixture) {
     let b = f.open().await;
     let ttl = Duration::from_secs(1);
     let lease = a.acquire_leader("db1", ttl).await.unwrap().expect("free");
+    assert!(lease.acquired_until() <= Instant::now() + ttl);
+    // The last renewal: its answer is the local deadline the holder self-fences by.
+    let valid_until = a.renew(&lease).await.unwrap();
     let start = Instant::now();
     let taken = poll(
         "db2 takes the lapsed lease",
@@ -191,9 +194,13 @@ async fn expired_lease_lets_another_take_it(f: Fixture) {
     )
     .await;
     let took = start.elapsed();
+    // Safety: nobody else holds it before the holder's own (conservative) deadline.
+    let now = Instant::now();
+    assert!(now >= valid_until, "taken before the holder's deadline");
     println!(
-        "{}: lease of ttl {ttl:?} taken by another {took:?} after acquisition",
-        if f.is_etcd() { "etcd" } else { "embedded" }
+        "{}: lease of ttl {ttl:?} taken by another {took:?} after its last renewal, {:?} after the holder's local deadline",
+        if f.is_etcd() { "etcd" } else { "embedded" },
+        now - valid_until
     );
     assert!(took >= ttl - Duration::from_millis(100), "{took:?}");
     assert_eq!(a.leader().await.unwrap().as_deref(), Some("db2"));
@@ -236,6 +243,12 @@ async fn reports_of_dead_agents(f: Fixture) {
         let db2 = r.iter().find(|r| r.member == "db2").expect("kept");
         assert!(db2.age >= Duration::from_millis(300), "{:?}", db2.age);
     }
+    // An agent that closes takes its report with it (etcd at once; embedded keeps it).
+    let c = f.open().await;
+    c.publish("db3", &json!({})).await.unwrap();
+    c.close().await.unwrap();
+    let r = a.reports().await.unwrap();
+    assert_eq!(r.iter().any(|r| r.member == "db3"), !f.is_etcd());
     // The live agent's report stays.
     a.publish("db1", &json!({"lsn": "0/4"})).await.unwrap();
     let r = a.reports().await.unwrap();
