@@ -36,10 +36,15 @@ pub struct Config {
 }
 
 /// `[cluster]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Cluster {
     /// Its name (in status, alerts and coordinator keys).
     pub name: String,
+    /// The database user the daemon connects as (`user`, default `postgres`): a superuser,
+    /// or a role with replication and `pg_monitor`.
+    pub user: String,
+    /// Its password (`password` or `password_file`); none with trust or peer auth.
+    pub password: Option<Secret<String>>,
     /// Whether a commit waits for a standby.
     pub replication: Replication,
     /// Whether failover happens on its own or waits for approval.
@@ -528,7 +533,28 @@ impl Cx<'_> {
 
     fn cluster(&mut self, t: &Table<'_>) -> Option<Cluster> {
         let p = "cluster";
-        self.unknown_keys(t, p, &["name", "replication", "failover", "member"]);
+        self.unknown_keys(
+            t,
+            p,
+            &[
+                "name",
+                "replication",
+                "failover",
+                "member",
+                "user",
+                "password",
+                "password_file",
+            ],
+        );
+        let user = match self.string(t, p, "user", false) {
+            Some((s, _)) => Some(s),
+            None => t.get("user").is_none().then(|| "postgres".to_string()),
+        };
+        let password = match self.secret(t, p, "password") {
+            None => Some(None),
+            Some(Some((s, _, _))) => Some(Some(Secret::new(s))),
+            Some(None) => None,
+        };
         let name = self.string(t, p, "name", true).map(|(s, span)| {
             if !valid_name(&s) {
                 self.problem(
@@ -589,6 +615,8 @@ impl Cx<'_> {
         }
         Some(Cluster {
             name: name?,
+            user: user?,
+            password: password?,
             replication: replication?,
             failover: failover?,
             members: members?,
@@ -811,6 +839,57 @@ impl Cx<'_> {
         })
     }
 
+    /// `KEY` or `KEY_file` (a file whose first line is the secret): `None` when neither is
+    /// set, `Some(None)` after a problem, else the value, its span and the key used.
+    fn secret(
+        &mut self,
+        t: &Table<'_>,
+        p: &str,
+        key: &str,
+    ) -> Option<Option<(String, Range<usize>, String)>> {
+        let file_key = format!("{key}_file");
+        let full = join(p, key);
+        match (t.get(key), t.get(file_key.as_str())) {
+            (None, None) => None,
+            (Some(a), Some(_)) => {
+                self.problem(
+                    a.span(),
+                    &full,
+                    format!("both {key} and {file_key} are set"),
+                    &format!("keep one: {file_key} keeps the secret out of the config"),
+                );
+                Some(None)
+            }
+            (Some(_), None) => Some(
+                self.string(t, p, key, true)
+                    .map(|(s, span)| (s, span, full.clone())),
+            ),
+            (None, Some(_)) => {
+                let full_file = join(p, &file_key);
+                let Some((f, span)) = self.string(t, p, &file_key, true) else {
+                    return Some(None);
+                };
+                let path = self.dir.join(&f);
+                Some(match std::fs::read_to_string(&path) {
+                    Ok(s) => Some((
+                        s.lines().next().unwrap_or("").trim().to_string(),
+                        span,
+                        full_file,
+                    )),
+                    Err(e) => {
+                        self.problem(
+                            span,
+                            &full_file,
+                            format!("cannot read {}: {e}", path.display()),
+                            "create the file (mode 0600) with the secret on its first line",
+                        );
+                        None
+                    }
+                })
+            }
+        }
+    }
+
     fn api(&mut self, t: &Table<'_>) -> Option<Api> {
         let p = "api";
         self.unknown_keys(t, p, &["listen", "token", "token_file"]);
@@ -819,36 +898,9 @@ impl Cx<'_> {
             Some(None) => Some(SocketAddr::from(([127, 0, 0, 1], 8008))),
             None => None,
         };
-        let token = match (t.get("token"), t.get("token_file")) {
-            (Some(a), Some(_)) => {
-                self.problem(
-                    a.span(),
-                    "api.token",
-                    "both token and token_file are set".into(),
-                    "keep one: token_file keeps the secret out of the config",
-                );
-                None
-            }
-            (Some(_), None) => self
-                .string(t, p, "token", true)
-                .map(|(s, span)| (s, span, "api.token")),
-            (None, Some(_)) => {
-                let (f, span) = self.string(t, p, "token_file", true)?;
-                let path = self.dir.join(&f);
-                match std::fs::read_to_string(&path) {
-                    Ok(s) => Some((s.trim().to_string(), span, "api.token_file")),
-                    Err(e) => {
-                        self.problem(
-                            span,
-                            "api.token_file",
-                            format!("cannot read {}: {e}", path.display()),
-                            "create the file (mode 0600) with the token on its first line",
-                        );
-                        None
-                    }
-                }
-            }
-            (None, None) => {
+        let token = match self.secret(t, p, "token") {
+            Some(found) => found,
+            None => {
                 self.problem(
                     0..0,
                     "api.token",
@@ -859,6 +911,7 @@ impl Cx<'_> {
             }
         };
         let token = token.and_then(|(s, span, key)| {
+            let key = key.as_str();
             if s.len() < 16 {
                 // Never the value itself: only its length.
                 self.problem(

@@ -1,0 +1,330 @@
+//! The executor: carries one action of the state machine out against the coordinator and
+//! PostgreSQL, and says how it went as an [`Outcome`].
+//!
+//! Every action but `Claim` first checks that the coordinator still holds the action's
+//! generation: an action decided under a generation that has moved on is refused
+//! (`Outcome::Stale`), so a controller that was overtaken cannot fence or promote.
+//! It must never decide anything: which member, in which order, is the machine's call.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lifeboat_coord::Coordinator;
+use lifeboat_failover::{Action, ActionKind, Outcome};
+use lifeboat_postgres::cluster::{ClusterError, Member, Pg, StopMode, SyncMode};
+
+/// How long a promotion may take before it counts as failed.
+const PROMOTE_WAIT: Duration = Duration::from_secs(10);
+/// How long a switchover's target may take to receive the stopped primary's last WAL.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
+
+/// Carries actions out (cheap to clone: shared handles).
+#[derive(Clone)]
+pub struct Executor {
+    pg: Pg,
+    members: Arc<Vec<Member>>,
+    coord: Arc<Coordinator>,
+}
+
+impl Executor {
+    /// An executor over `members` (the config's, in order).
+    #[must_use]
+    pub fn new(pg: Pg, members: Vec<Member>, coord: Arc<Coordinator>) -> Self {
+        Self {
+            pg,
+            members: Arc::new(members),
+            coord,
+        }
+    }
+
+    /// The member called `name`.
+    #[must_use]
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    /// The PostgreSQL handle.
+    #[must_use]
+    pub fn pg(&self) -> &Pg {
+        &self.pg
+    }
+
+    /// Carries `action` out. Notices (routes, alerts) are the daemon's; they return `None`.
+    pub async fn run(&self, action: &Action) -> Option<Outcome> {
+        if let ActionKind::Claim { expected, member } = &action.kind {
+            return Some(match self.coord.promote(*expected, member).await {
+                Ok(g) => Outcome::Claimed(g),
+                Err(lifeboat_coord::Error::Stale { found, .. }) => Outcome::Stale(found),
+                Err(e) => Outcome::Failed(e.to_string()),
+            });
+        }
+        if matches!(
+            action.kind,
+            ActionKind::Route { .. } | ActionKind::Alert { .. }
+        ) {
+            return None;
+        }
+        match self.coord.state().await {
+            Ok(s) if s.generation > action.generation => return Some(Outcome::Stale(s.generation)),
+            Ok(_) => {}
+            Err(e) => return Some(Outcome::Failed(format!("coordinator: {e}"))),
+        }
+        let this = self.clone();
+        let action = action.clone();
+        let started = Instant::now();
+        let kind = format!("{:?}", action.kind);
+        let outcome = tokio::task::spawn_blocking(move || this.blocking(&action))
+            .await
+            .unwrap_or_else(|e| Outcome::Failed(format!("the executor panicked: {e}")));
+        tracing::info!(took = ?started.elapsed(), ?outcome, "{kind}");
+        Some(outcome)
+    }
+
+    fn find(&self, name: &str) -> Result<&Member, Outcome> {
+        self.member(name)
+            .ok_or_else(|| Outcome::Failed(format!("no member {name} in the config")))
+    }
+
+    fn blocking(&self, action: &Action) -> Outcome {
+        let r = match &action.kind {
+            ActionKind::Fence { member } => self.find(member).map(|m| self.fence(m)),
+            ActionKind::StopClean { member } => self.find(member).map(|m| self.stop_clean(m)),
+            ActionKind::Promote {
+                member,
+                wait_for_lsn,
+                sync_names,
+            } => self
+                .find(member)
+                .map(|m| self.promote(m, *wait_for_lsn, sync_names, action.generation)),
+            ActionKind::Repoint { member, primary } => self
+                .find(member)
+                .and_then(|m| Ok((m, self.find(primary)?)))
+                .map(|(m, p)| self.repoint(m, p)),
+            ActionKind::Rejoin { member, primary } => self
+                .find(member)
+                .and_then(|m| Ok((m, self.find(primary)?)))
+                .map(|(m, p)| self.rejoin(m, p)),
+            ActionKind::Recover { member, primary } => self
+                .find(member)
+                .and_then(|m| Ok((m, self.find(primary)?)))
+                .map(|(m, p)| self.recover(m, p)),
+            ActionKind::SetSync { primary, names } => self.find(primary).map(|p| {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                let r = if names.is_empty() {
+                    self.pg.set_synchronous_standbys(p, &[], SyncMode::Any(1))
+                } else {
+                    self.pg
+                        .set_synchronous_standbys(p, &names, SyncMode::Any(1))
+                };
+                done(r.map(|_| ()))
+            }),
+            ActionKind::Claim { .. } | ActionKind::Route { .. } | ActionKind::Alert { .. } => {
+                Ok(Outcome::Ok)
+            }
+        };
+        r.unwrap_or_else(|o| o)
+    }
+
+    /// Makes `m` unable to take writes, at once: `standby.signal` first (any restart comes
+    /// up in recovery), then SIGKILL to the postmaster and every child of it. A stopped
+    /// (SIGSTOP) server dies too: SIGKILL needs no cooperation, and nothing of it resumes.
+    fn fence(&self, m: &Member) -> Outcome {
+        if !m.data_dir.join("PG_VERSION").exists() {
+            return Outcome::Failed(format!(
+                "{} is not on this host ({} not found): only its route is closed",
+                m.name,
+                m.data_dir.display()
+            ));
+        }
+        if let Err(e) = write_signal(&m.data_dir) {
+            return Outcome::Failed(format!(
+                "writing standby.signal into {}: {e}",
+                m.data_dir.display()
+            ));
+        }
+        match self.pg.postmaster_pid(m) {
+            Ok(Some(pid)) => {
+                kill_tree(pid);
+                Outcome::Ok
+            }
+            Ok(None) => Outcome::Ok,
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+
+    /// A switchover's first step: stop the primary with a fast shutdown (its WAL reaches
+    /// the connected standbys first), leave `standby.signal` so it restarts read-only, and
+    /// report its last checkpoint position.
+    fn stop_clean(&self, m: &Member) -> Outcome {
+        if let Err(e) = write_signal(&m.data_dir) {
+            return Outcome::Failed(format!("writing standby.signal: {e}"));
+        }
+        if let Err(e) = self.pg.stop(m, StopMode::Fast) {
+            return Outcome::Failed(e.to_string());
+        }
+        match checkpoint_location(self.pg.bin_dir(), &m.data_dir) {
+            Ok(lsn) => Outcome::Stopped(lsn),
+            Err(e) => Outcome::Failed(e),
+        }
+    }
+
+    fn promote(
+        &self,
+        m: &Member,
+        wait_for_lsn: Option<u64>,
+        sync: &[String],
+        generation: u64,
+    ) -> Outcome {
+        if let Some(target) = wait_for_lsn {
+            let deadline = Instant::now() + CATCH_UP_WAIT;
+            loop {
+                let got = self
+                    .pg
+                    .status(m)
+                    .ok()
+                    .and_then(|s| s.receive_lsn.or(s.replay_lsn))
+                    .map(|l| l.0);
+                if got.is_some_and(|l| l > target) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Outcome::Failed(format!(
+                        "{} did not receive the old primary's WAL up to {target:X} within {CATCH_UP_WAIT:?}",
+                        m.name
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        // Before it takes a single write: which standbys its commits must wait for.
+        let names: Vec<&str> = sync.iter().map(String::as_str).collect();
+        if let Err(e) = self
+            .pg
+            .set_synchronous_standbys(m, &names, SyncMode::Any(1))
+        {
+            return Outcome::Failed(format!("setting synchronous_standby_names: {e}"));
+        }
+        match self.pg.promote(m, PROMOTE_WAIT) {
+            Ok(_) | Err(ClusterError::AlreadyPrimary { .. }) => {}
+            Err(e) => return Outcome::Failed(e.to_string()),
+        }
+        done(self.pg.set_generation(m, generation))
+    }
+
+    fn repoint(&self, m: &Member, primary: &Member) -> Outcome {
+        match self.pg.repoint(m, primary) {
+            Ok(_) => Outcome::Ok,
+            // It cannot follow (it received WAL past the fork): rewind it.
+            Err(e) => {
+                tracing::warn!(member = %m.name, "repoint failed ({e}); rejoining instead");
+                self.rejoin(m, primary)
+            }
+        }
+    }
+
+    fn rejoin(&self, m: &Member, primary: &Member) -> Outcome {
+        if let Ok(Some(pid)) = self.pg.postmaster_pid(m) {
+            if let Err(e) = write_signal(&m.data_dir) {
+                return Outcome::Failed(format!("writing standby.signal: {e}"));
+            }
+            kill_tree(pid);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        done(self.pg.rejoin(m, primary).map(|r| {
+            tracing::info!(member = %m.name, path = ?r.path, took = ?r.took, "rejoined");
+        }))
+    }
+
+    fn recover(&self, m: &Member, primary: &Member) -> Outcome {
+        match self.pg.is_running(m) {
+            Ok(false) => {
+                if let Err(e) = self.pg.start(m) {
+                    tracing::warn!(member = %m.name, "start failed ({e}); rejoining");
+                    return self.rejoin(m, primary);
+                }
+            }
+            Ok(true) => {}
+            Err(e) => return Outcome::Failed(e.to_string()),
+        }
+        match self.pg.wait_streaming(m, primary, None) {
+            Ok(_) => Outcome::Ok,
+            Err(_) => self.repoint(m, primary),
+        }
+    }
+}
+
+fn done<T>(r: Result<T, ClusterError>) -> Outcome {
+    match r {
+        Ok(_) => Outcome::Ok,
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// Writes an empty `standby.signal` into `data_dir` and syncs it.
+fn write_signal(data_dir: &Path) -> std::io::Result<()> {
+    let path = data_dir.join("standby.signal");
+    let f = std::fs::File::create(&path)?;
+    f.sync_all()?;
+    // Owned like the data directory, so the server's own tools can remove it later.
+    if let Ok(meta) = std::fs::metadata(data_dir) {
+        use std::os::unix::fs::MetadataExt;
+        let _ = std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid()));
+    }
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+/// SIGKILL to `pid` and every process whose parent it is (PostgreSQL's backends).
+fn kill_tree(pid: u32) {
+    let children = children_of(pid);
+    for p in std::iter::once(pid).chain(children) {
+        if let Some(p) = i32::try_from(p)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+                    let rest = &s[s.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// The "Latest checkpoint location" of a stopped cluster, from `pg_controldata`.
+fn checkpoint_location(bin_dir: &Path, data_dir: &Path) -> Result<u64, String> {
+    let out = std::process::Command::new(bin_dir.join("pg_controldata"))
+        .arg(data_dir)
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| format!("pg_controldata: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Latest checkpoint location:"))
+        .and_then(|v| lifeboat_health::parse_lsn(v.trim()))
+        .ok_or_else(|| {
+            format!(
+                "pg_controldata {} printed no checkpoint location: {}",
+                data_dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })
+}
