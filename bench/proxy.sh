@@ -20,6 +20,8 @@
 #   RUNS=3 T=15 SCALE=10
 #   LB_THREADS=1         the example's --threads (1 = current-thread runtime; ADR 0020)
 #   LB_ARGS=             more arguments for the example (e.g. "--buffer 65536")
+#   LB_EXTRA=            arguments of a second Lifeboat proxy measured beside the first as mode
+#                        "lifeboat-x" (e.g. LB_EXTRA="--threads 2": runtimes compared in one run)
 #   LB_BIN=<path>        use this proxy binary instead of building (then say which in LABEL)
 #   LABEL=               appended to the results dir name (proxy-<rev>[-LABEL])
 #   QUIET_BUSY=0.3 QUIET_TIMEOUT=60   before each measurement wait until the machine used
@@ -54,11 +56,11 @@ log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
 # ---- processes we start, stopped by PID at exit ----------------------------------------------
 WORK="$(mktemp -d /tmp/lifeboat-proxy-bench.XXXXXX)"
 chmod 755 "$WORK"
-HPID="" LPID="" PGPID=""
+HPID="" LPID="" XPID="" PGPID=""
 cleanup() {
   local p
-  for p in $LPID $HPID; do kill "$p" 2>/dev/null || true; done
-  for p in $LPID $HPID; do wait "$p" 2>/dev/null || true; done
+  for p in $LPID $XPID $HPID; do kill "$p" 2>/dev/null || true; done
+  for p in $LPID $XPID $HPID; do wait "$p" 2>/dev/null || true; done
   if [ -n "$PGPID" ] && kill -0 "$PGPID" 2>/dev/null; then
     kill -INT "$PGPID" 2>/dev/null || true       # fast shutdown
     for _ in $(seq 100); do kill -0 "$PGPID" 2>/dev/null || break; sleep 0.1; done
@@ -86,7 +88,7 @@ fi
 cp "$LB_BIN" "$WORK/proxy"
 
 # ---- PostgreSQL ------------------------------------------------------------------------------
-PG_PORT=$(free_port); HA_PORT=$(free_port); LB_PORT=$(free_port)
+PG_PORT=$(free_port); HA_PORT=$(free_port); LB_PORT=$(free_port); LX_PORT=$(free_port)
 mkdir -p "$WORK/sock"; chown -R postgres: "$WORK"
 asp "$PGBIN/initdb" -U postgres --auth=trust -D "$WORK/data" >"$WORK/initdb.log"
 cat >>"$WORK/data/postgresql.conf" <<EOF
@@ -114,11 +116,20 @@ HPID=$!
   >"$WORK/proxy.log" 2>&1 &
 LPID=$!
 wait_port "$HA_PORT"; wait_port "$LB_PORT"
+MODES=(direct haproxy lifeboat)
+if [ -n "${LB_EXTRA:-}" ]; then
+  # shellcheck disable=SC2086
+  "$WORK/proxy" --listen "127.0.0.1:$LX_PORT" --primary "127.0.0.1:$PG_PORT" $LB_EXTRA >"$WORK/proxy-x.log" 2>&1 &
+  XPID=$!
+  wait_port "$LX_PORT"
+  MODES+=(lifeboat-x)
+  log "lifeboat-x $XPID on $LX_PORT ($LB_EXTRA)"
+fi
 log "haproxy $HPID on $HA_PORT ($(grep -c '^processor' /proc/cpuinfo) cpus, default nbthread: $(ls /proc/$HPID/task | wc -l) threads), lifeboat $LPID on $LB_PORT (--threads $LB_THREADS $LB_ARGS)"
 
 {
   echo "date_utc: $(date -u +%FT%TZ)"
-  echo "command: RUNS=$RUNS T=$T SCALE=$SCALE LB_THREADS=$LB_THREADS LB_ARGS='$LB_ARGS' bash bench/proxy.sh"
+  echo "command: RUNS=$RUNS T=$T SCALE=$SCALE LB_THREADS=$LB_THREADS LB_ARGS='$LB_ARGS' LB_EXTRA='${LB_EXTRA:-}' bash bench/proxy.sh"
   echo "rev: $REV$DIRTY; proxy sha256 $(sha256sum "$WORK/proxy" | cut -c1-16)"
   echo "cpu: $(lscpu | awk -F': +' '/Model name/{print $2}') x $(nproc)"
   echo "ram: $(free -g | awk '/Mem:/{print $2}') GiB; kernel $(uname -r); $(. /etc/os-release; echo "$PRETTY_NAME")"
@@ -152,6 +163,7 @@ bench_one() {  # MODE CONN RUN
     direct) port=$PG_PORT pid="" ;;
     haproxy) port=$HA_PORT pid=$HPID ;;
     lifeboat) port=$LB_PORT pid=$LPID ;;
+    lifeboat-x) port=$LX_PORT pid=$XPID ;;
   esac
   [ "$conn" = new ] && c=-C
   out="$RES/pgbench-$mode-$conn-r$r.txt"
@@ -171,19 +183,19 @@ bench_one() {  # MODE CONN RUN
     | tee -a "$CSV"
 }
 
-log "runs: $RUNS x {persistent, new} x {direct, haproxy, lifeboat}, pgbench -S -c 8 -j 2 -T $T -n; results in $RES"
-MODES=(direct haproxy lifeboat)
+log "runs: $RUNS x {persistent, new} x {${MODES[*]}}, pgbench -S -c 8 -j 2 -T $T -n; results in $RES"
+NM=${#MODES[@]}
 for conn in persistent new; do
   for ((r = 1; r <= RUNS; r++)); do
-    for ((i = 0; i < 3; i++)); do
-      bench_one "${MODES[$(( (i + r - 1) % 3 ))]}" "$conn" "$r"
+    for ((i = 0; i < NM; i++)); do
+      bench_one "${MODES[$(( (i + r - 1) % NM ))]}" "$conn" "$r"
     done
   done
 done
 
 # ---- summary --------------------------------------------------------------------------------
-kill "$LPID" 2>/dev/null || true; wait "$LPID" 2>/dev/null || true; LPID=""
-cp "$WORK/proxy.log" "$RES/proxy.log"
+for p in $LPID $XPID; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; LPID="" XPID=""
+cp "$WORK/proxy.log" "$RES/proxy.log"; [ -z "${LB_EXTRA:-}" ] || cp "$WORK/proxy-x.log" "$RES/proxy-x.log"
 python3 - "$CSV" "$RES" <<'PY' | tee "$RES/summary.md"
 import csv, sys, statistics as st
 rows = list(csv.DictReader(open(sys.argv[1])))
@@ -196,7 +208,7 @@ print("| connections | mode | TPS | latency ms | conn ms | proxy CPU µs/txn | T
 print("|---|---|---|---|---|---|---|---|")
 for conn in ("persistent", "new"):
     d = med("direct", conn, "tps")
-    for mode in ("direct", "haproxy", "lifeboat"):
+    for mode in ("direct", "haproxy", "lifeboat", "lifeboat-x"):
         t = med(mode, conn, "tps")
         if not t:
             continue
@@ -207,11 +219,12 @@ for conn in ("persistent", "new"):
         print(f"| {conn} | {mode} | {t[0]:.0f} ({t[1]:.0f}-{t[2]:.0f}) | {lat[0]:.3f} | {cms} | {cpus} | {t[0] / d[0]:.2f} | {mc[0]:.1f} |")
 print()
 for conn in ("persistent", "new"):
-    h = med("haproxy", conn, "tps"); l = med("lifeboat", conn, "tps")
-    hc = med("haproxy", conn, "proxy_cpu_us_per_txn"); lc = med("lifeboat", conn, "proxy_cpu_us_per_txn")
-    if h and l:
-        print(f"- {conn}: lifeboat/haproxy TPS {l[0] / h[0]:.3f}; proxy CPU per transaction lifeboat/haproxy "
-              f"{lc[0] / hc[0]:.2f} ({lc[0]:.1f} vs {hc[0]:.1f} µs)")
+    for lb in ("lifeboat", "lifeboat-x"):
+        h = med("haproxy", conn, "tps"); l = med(lb, conn, "tps")
+        hc = med("haproxy", conn, "proxy_cpu_us_per_txn"); lc = med(lb, conn, "proxy_cpu_us_per_txn")
+        if h and l:
+            print(f"- {conn}: {lb}/haproxy TPS {l[0] / h[0]:.3f}; proxy CPU per transaction {lb}/haproxy "
+                  f"{lc[0] / hc[0]:.2f} ({lc[0]:.1f} vs {hc[0]:.1f} µs)")
 noisy = [r for r in rows if float(r["quiet_wait_s"]) >= 60 or int(r["foreign_rustc"] or 0) > 0]
 print(f"- runs started while foreign compilers ran or after a quiet-wait timeout: {len(noisy)} of {len(rows)}")
 PY

@@ -6,6 +6,7 @@
 //!
 //! Metric names, when rendered: `lifeboat_traffic_accepted_total`,
 //! `lifeboat_traffic_active_connections`, `lifeboat_traffic_forwarded_total{target}`,
+//! `lifeboat_traffic_connected_connections{target}`,
 //! `lifeboat_traffic_closed_on_switch_total`, `lifeboat_traffic_held_total`,
 //! `lifeboat_traffic_holding_connections`, `lifeboat_traffic_hold_timeouts_total`,
 //! `lifeboat_traffic_connect_failures_total`.
@@ -25,7 +26,8 @@ pub struct Counters {
     holding: AtomicU64,
     hold_timeouts: AtomicU64,
     connect_failures: AtomicU64,
-    forwarded: Mutex<BTreeMap<SocketAddr, u64>>,
+    /// Per backend: connections forwarded so far, and open now.
+    backends: Mutex<BTreeMap<SocketAddr, (u64, u64)>>,
 }
 
 /// The counters of one port at one moment.
@@ -38,6 +40,9 @@ pub struct CountersSnapshot {
     pub active: u64,
     /// Connections forwarded, by backend (counted when the backend connection is made).
     pub forwarded: BTreeMap<SocketAddr, u64>,
+    /// Forwarded connections open now, by backend. After a switch, the failover executor
+    /// can wait for the old primary's count to reach 0 before it fences the node.
+    pub connected: BTreeMap<SocketAddr, u64>,
     /// Forwarded connections closed because the route moved away from their backend.
     pub closed_on_switch: u64,
     /// Clients that had to wait because the route had no backend for them.
@@ -56,19 +61,28 @@ impl CountersSnapshot {
     pub fn forwarded_total(&self) -> u64 {
         self.forwarded.values().sum()
     }
+
+    /// Forwarded connections open now to `backend`.
+    pub fn connected_to(&self, backend: SocketAddr) -> u64 {
+        self.connected.get(&backend).copied().unwrap_or(0)
+    }
 }
 
 impl Counters {
     /// Reads every counter (each one atomically; the set is not one atomic picture).
     pub fn snapshot(&self) -> CountersSnapshot {
+        let (forwarded, connected) = {
+            let m = self.backends();
+            (
+                m.iter().map(|(a, (f, _))| (*a, *f)).collect(),
+                m.iter().map(|(a, (_, c))| (*a, *c)).collect(),
+            )
+        };
         CountersSnapshot {
             accepted: self.accepted.load(Relaxed),
             active: self.active.load(Relaxed),
-            forwarded: self
-                .forwarded
-                .lock()
-                .map(|m| m.clone())
-                .unwrap_or_else(|poisoned| poisoned.into_inner().clone()),
+            forwarded,
+            connected,
             closed_on_switch: self.closed_on_switch.load(Relaxed),
             held: self.held.load(Relaxed),
             holding: self.holding.load(Relaxed),
@@ -101,12 +115,39 @@ impl Counters {
         self.connect_failures.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn forwarded(&self, target: SocketAddr) {
-        let mut m = self
-            .forwarded
+    /// Counts a connection forwarded to `target`; it counts as connected until the guard
+    /// is dropped.
+    pub(crate) fn forwarded(&self, target: SocketAddr) -> ConnectedGuard<'_> {
+        let mut m = self.backends();
+        let e = m.entry(target).or_insert((0, 0));
+        e.0 += 1;
+        e.1 += 1;
+        ConnectedGuard {
+            counters: self,
+            target,
+        }
+    }
+
+    /// The per-backend map; a panic elsewhere while it was held cannot leave it invalid
+    /// (every update is a single increment), so a poisoned lock is used as it is.
+    fn backends(&self) -> std::sync::MutexGuard<'_, BTreeMap<SocketAddr, (u64, u64)>> {
+        self.backends
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *m.entry(target).or_insert(0) += 1;
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Counts a forwarded connection as connected until dropped.
+pub(crate) struct ConnectedGuard<'a> {
+    counters: &'a Counters,
+    target: SocketAddr,
+}
+
+impl Drop for ConnectedGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(e) = self.counters.backends().get_mut(&self.target) {
+            e.1 = e.1.saturating_sub(1);
+        }
     }
 }
 

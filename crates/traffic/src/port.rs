@@ -252,9 +252,9 @@ async fn forward(
             debug!(client = %peer, side, error = %e, "TCP_NODELAY not set");
         }
     }
-    shared.counters.forwarded(fwd.target);
+    let connected = shared.counters.forwarded(fwd.target);
     let size = shared.options.buffer_size;
-    tokio::select! {
+    let ended = tokio::select! {
         // The switch check first: once the route has moved away, not one more byte goes to
         // the old backend.
         biased;
@@ -268,8 +268,13 @@ async fn forward(
         copied = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, size, size) => {
             copied.map(|_| ()).map_err(|source| Error::Forward { client: peer, target: fwd.target, source })
         }
-    }
-    // Returning drops both sockets: the client and the backend see the close at once.
+    };
+    // Both sockets close (the client and the backend see it at once), then the backend's
+    // connected count drops: when it reads 0, nothing is open to that backend any more.
+    drop(backend);
+    drop(client);
+    drop(connected);
+    ended
 }
 
 /// Resolves when the route no longer keeps `fwd` (`true`) or its sender is gone (`false`).

@@ -132,6 +132,7 @@ fn write_port_follows_the_primary_and_closes_old_connections_at_once() {
             old.push((c, conn));
         }
         assert_eq!(client_backends(&a).await, 3);
+        assert_eq!(counters.snapshot().connected_to(local(a.port())), 3);
 
         // The switch: every connection to a closes, on both sides, without client traffic.
         let t0 = Instant::now();
@@ -147,6 +148,10 @@ fn write_port_follows_the_primary_and_closes_old_connections_at_once() {
         })
         .await;
         let server_closed = t0.elapsed();
+        counters_until(&counters, "nothing connected to a", |s| {
+            s.connected_to(local(a.port())) == 0
+        })
+        .await;
         eprintln!(
             "measured: switch closed 3 clients in {:.2} ms; a's backends gone after {:.1} ms",
             client_closed.as_secs_f64() * 1e3,
