@@ -265,10 +265,42 @@ impl Embedded {
         })
     }
 
-    pub(crate) async fn promote(&self, expected: u64, member: &str) -> Result<u64> {
+    pub(crate) async fn promote(
+        &self,
+        expected: u64,
+        member: &str,
+        lease: Option<&LeaderLease>,
+    ) -> Result<u64> {
+        let lease = match lease.map(|l| (l, &l.inner)) {
+            None => None,
+            Some((l, LeaseInner::Embedded(t))) => Some((l.member.clone(), t.id)),
+            Some((_, LeaseInner::Etcd(_))) => {
+                return Err(Error::WrongBackend {
+                    lease: "etcd",
+                    backend: "embedded",
+                })
+            }
+        };
         let member = member.to_string();
         let location = self.path.display().to_string();
         self.txn("promote", true, move |tx, cluster| {
+            if let Some((holder, id)) = lease {
+                let live: Option<i64> = tx
+                    .query_row(
+                        "SELECT lease FROM leader
+                         WHERE cluster = ?1 AND lease = ?2 AND expires_ms > ?3",
+                        params![cluster, id, to_unix_ms(SystemTime::now())],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if live.is_none() {
+                    return Err(Fail::Answer(Error::LeaseLost {
+                        member: holder,
+                        id,
+                        why: "it expired or was released".into(),
+                    }));
+                }
+            }
             let stored: i64 = tx.query_row(
                 "SELECT generation FROM cluster WHERE name = ?1",
                 params![cluster],

@@ -172,3 +172,44 @@ pub(crate) fn check_name(what: &'static str, name: &str) -> Result<()> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["shop", "db-1", "pg_2.example"] {
+            assert!(check_name("member", good).is_ok(), "{good}");
+        }
+        let long = "a".repeat(64);
+        for bad in ["", ".", "..", "a/b", "a b", "ä", long.as_str()] {
+            assert!(check_name("member", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stale_is_an_answer_not_a_transient_failure() {
+        let e = Error::Stale {
+            expected: 3,
+            found: 4,
+        };
+        assert!(!e.is_transient());
+        assert_eq!(
+            e.to_string(),
+            "generation 3 is stale: the coordinator is at generation 4 (another promotion \
+             came first); re-read the state, never retry"
+        );
+        let t = Error::EtcdTimeout {
+            endpoints: "127.0.0.1:2379".into(),
+            op: "promote",
+            timeout: Duration::from_millis(500),
+        };
+        assert!(t.is_transient());
+        assert_eq!(
+            t.to_string(),
+            "etcd at 127.0.0.1:2379 did not answer promote within 500 ms: is it running, with \
+             a quorum of members? check `url` in [coordinator]"
+        );
+    }
+}

@@ -374,8 +374,24 @@ impl Etcd {
         })
     }
 
-    pub(crate) async fn promote(&self, expected: u64, member: &str) -> Result<u64> {
+    pub(crate) async fn promote(
+        &self,
+        expected: u64,
+        member: &str,
+        lease: Option<&LeaderLease>,
+    ) -> Result<u64> {
+        let lease = match lease.map(|l| (l, &l.inner)) {
+            None => None,
+            Some((l, LeaseInner::Etcd(h))) => Some((l, h.id)),
+            Some((_, LeaseInner::Embedded(_))) => {
+                return Err(Error::WrongBackend {
+                    lease: "embedded",
+                    backend: "etcd",
+                })
+            }
+        };
         let gen_key = self.key("generation");
+        let leader_key = self.key("leader");
         let guard = if expected == 0 {
             // Generation 0 is never written: "still 0" means "never promoted".
             Compare::version(gen_key.clone(), CompareOp::Equal, 0)
@@ -383,8 +399,13 @@ impl Etcd {
             Compare::value(gen_key.clone(), CompareOp::Equal, expected.to_string())
         };
         let next = expected.saturating_add(1);
+        let mut guards = vec![guard];
+        if let Some((_, id)) = lease {
+            // The leader key still carries this lease: the caller leads right now.
+            guards.push(Compare::lease(leader_key.clone(), CompareOp::Equal, id));
+        }
         let txn = Txn::new()
-            .when([guard])
+            .when(guards)
             .and_then([
                 TxnOp::put(gen_key.clone(), next.to_string(), None),
                 TxnOp::put(self.key("primary"), member, None),
@@ -393,12 +414,24 @@ impl Etcd {
             .or_else([
                 TxnOp::get(gen_key, None),
                 TxnOp::get(self.key("primary"), None),
+                TxnOp::get(leader_key, None),
             ]);
         let resp = self.txn("promote", txn).await?;
         if resp.succeeded() {
             return Ok(next);
         }
         let r = resp.op_responses();
+        if let Some((l, id)) = lease {
+            let holds = matches!(r.get(2),
+                Some(TxnOpResponse::Get(g)) if g.kvs().first().is_some_and(|kv| kv.lease() == id));
+            if !holds {
+                return Err(Error::LeaseLost {
+                    member: l.member.clone(),
+                    id,
+                    why: "the leader key no longer carries it".into(),
+                });
+            }
+        }
         let found = self.generation_of(Self::get_value(&r, 0))?;
         let primary = Self::get_value(&r, 1);
         if found == next && primary.as_deref() == Some(member.as_bytes()) {
@@ -848,5 +881,18 @@ impl Etcd {
             }
         });
         Ok(Changes { rx })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_rounds_up_to_whole_seconds() {
+        assert_eq!(ttl_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ttl_secs(Duration::from_secs(2)), 2);
+        assert_eq!(ttl_secs(Duration::from_millis(2001)), 3);
+        assert_eq!(ttl_secs(Duration::ZERO), 1);
     }
 }

@@ -143,8 +143,9 @@ impl LeaderLease {
 /// Wakes its holder when the cluster's state may have changed.
 ///
 /// Embedded: after every change made through this process's [`Coordinator`]. Etcd: after
-/// every change under `/lifeboat/<cluster>/` by anyone (an etcd watch), and after the watch
-/// had to be re-established (changes may have been missed: re-read the state).
+/// every change under `/lifeboat/<cluster>/` by anyone (an etcd watch; members' reports and
+/// history included), and after the watch had to be re-established (changes may have been
+/// missed: re-read the state). The etcd watch runs in a task until this is dropped.
 /// It says *that* something changed, never what: re-read with [`Coordinator::state`].
 #[derive(Debug)]
 pub struct Changes {
@@ -155,7 +156,8 @@ impl Changes {
     /// Waits until something changed since the last call (or since [`Coordinator::changes`]).
     ///
     /// # Errors
-    /// [`Error::Closed`] once the coordinator that made it is gone.
+    /// [`Error::Closed`] once the embedded coordinator that made it is gone (an etcd
+    /// watch keeps running while this lives).
     pub async fn changed(&mut self) -> Result<()> {
         self.rx.changed().await.map_err(|_| Error::Closed)
     }
@@ -226,7 +228,24 @@ impl Coordinator {
     /// [`Error::EtcdTimeout`] the promotion may or may not have happened: re-read.
     pub async fn promote(&self, expected: u64, member: &str) -> Result<u64> {
         error::check_name("member", member)?;
-        dispatch!(self, c => c.promote(expected, member).await)
+        dispatch!(self, c => c.promote(expected, member, None).await)
+    }
+
+    /// Like [`Coordinator::promote`], and only while `lease` is the live leader lease, checked
+    /// in the same transaction: a leader whose lease lapsed (and who may not have noticed
+    /// yet) cannot promote, even with the current generation.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] when `lease` is no longer the leader's (checked first);
+    /// otherwise as [`Coordinator::promote`].
+    pub async fn promote_as_leader(
+        &self,
+        lease: &LeaderLease,
+        expected: u64,
+        member: &str,
+    ) -> Result<u64> {
+        error::check_name("member", member)?;
+        dispatch!(self, c => c.promote(expected, member, Some(lease)).await)
     }
 
     /// Takes the leader lease for `member` with time to live `ttl`, if no live lease is

@@ -213,6 +213,34 @@ async fn expired_lease_lets_another_take_it(f: Fixture) {
     a.release(lease).await.unwrap();
 }
 
+async fn promote_as_leader_needs_the_live_lease(f: Fixture) {
+    let a = f.open().await;
+    let b = f.open().await;
+    let ttl = Duration::from_secs(1);
+    let lease = a.acquire_leader("db1", ttl).await.unwrap().expect("free");
+    assert_eq!(a.promote_as_leader(&lease, 0, "db2").await.unwrap(), 1);
+    match a.promote_as_leader(&lease, 0, "db3").await {
+        Err(Error::Stale { expected, found }) => assert_eq!((expected, found), (0, 1)),
+        other => panic!("stale, got {other:?}"),
+    }
+    // The lease lapses and another member takes it: the old leader's promote is refused
+    // although its generation is current.
+    let taken = poll(
+        "db2 takes the lapsed lease",
+        Duration::from_secs(5),
+        || async { b.acquire_leader("db2", ttl).await.unwrap() },
+    )
+    .await;
+    match a.promote_as_leader(&lease, 1, "db1").await {
+        Err(Error::LeaseLost { member, .. }) => assert_eq!(member, "db1"),
+        other => panic!("a deposed leader must not promote, got {other:?}"),
+    }
+    assert_eq!(b.promote_as_leader(&taken, 1, "db3").await.unwrap(), 2);
+    b.release(taken).await.unwrap();
+    let s = a.state().await.unwrap();
+    assert_eq!((s.generation, s.primary.as_deref()), (2, Some("db3")));
+}
+
 async fn reports_of_dead_agents(f: Fixture) {
     let a = f.open().await;
     let b = f.open().await;
@@ -364,6 +392,7 @@ conformance!(
     generation_survives_reopen,
     leader_lease_is_exclusive,
     expired_lease_lets_another_take_it,
+    promote_as_leader_needs_the_live_lease,
     reports_of_dead_agents,
     maintenance_and_approval_round_trip,
     history_keeps_order,
