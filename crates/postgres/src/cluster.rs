@@ -48,6 +48,9 @@ pub const SLOT_PREFIX: &str = "lifeboat_";
 /// How many lines of a server log (or of a command's stderr) an error carries.
 const LOG_LINES: usize = 20;
 
+/// `wal_keep_size` (MB) while pg_rewind runs crash recovery on its target: all of it.
+const KEEP_ALL_WAL_MB: u32 = 1 << 30;
+
 /// How often waits look again.
 const POLL: Duration = Duration::from_millis(25);
 
@@ -200,6 +203,21 @@ pub enum ClusterError {
         #[source]
         clone: Box<ClusterError>,
     },
+    /// A standby cannot follow a primary: it has WAL past the point where the primary's
+    /// timeline forked (it received writes the new primary never got). Rejoin it instead
+    /// ([`Pg::rejoin`] rewinds it).
+    #[error(
+        "member {member} cannot stream from {primary}: it has WAL the new primary's timeline \
+         does not (server said: {line}); fence it and rejoin it (pg_rewind) instead"
+    )]
+    Diverged {
+        /// The standby's name.
+        member: String,
+        /// The primary's name.
+        primary: String,
+        /// The server log line that says so.
+        line: String,
+    },
     /// Arguments that cannot work (a bad member name, an unknown owner, …).
     #[error("{0}")]
     Invalid(String),
@@ -235,7 +253,8 @@ impl ClusterError {
             | ClusterError::NotPrimary { member }
             | ClusterError::StillRunning { member, .. }
             | ClusterError::StaleGeneration { member, .. }
-            | ClusterError::Rejoin { member, .. } => Some(member),
+            | ClusterError::Rejoin { member, .. }
+            | ClusterError::Diverged { member, .. } => Some(member),
             ClusterError::MissingBinary { .. } | ClusterError::Invalid(_) => None,
         }
     }
@@ -1591,17 +1610,38 @@ impl Pg {
     /// given).
     ///
     /// # Errors
-    /// [`ClusterError::Timeout`] with the last state seen and the standby's log.
+    /// [`ClusterError::Diverged`] as soon as the standby's log (when it is on this host)
+    /// says it cannot follow the primary's timeline; [`ClusterError::Timeout`] with the
+    /// last state seen and the standby's log.
     pub fn wait_streaming(
         &self,
         standby: &Member,
         primary: &Member,
         timeline: Option<u32>,
     ) -> ClusterResult<WalReceiver> {
+        let from = log_len(standby);
+        self.wait_streaming_since(standby, primary, timeline, from)
+    }
+
+    /// [`Pg::wait_streaming`], reading the standby's log from byte `log_from`.
+    fn wait_streaming_since(
+        &self,
+        standby: &Member,
+        primary: &Member,
+        timeline: Option<u32>,
+        mut log_from: u64,
+    ) -> ClusterResult<WalReceiver> {
         let deadline = Instant::now() + self.timeouts.streaming;
         let mut client: Option<postgres::Client> = None;
         let mut last = String::from("nothing yet");
         loop {
+            if let Some(line) = diverged_line(standby, &mut log_from) {
+                return Err(ClusterError::Diverged {
+                    member: standby.name.clone(),
+                    primary: primary.name.clone(),
+                    line: self.redact(line),
+                });
+            }
             if client.is_none() {
                 match self.connect(standby) {
                     Ok(c) => client = Some(c),
@@ -1839,6 +1879,7 @@ impl Pg {
             message: "no timeline in the answer".into(),
         })?;
         let (slot, _) = self.ensure_slot(new_primary, standby)?;
+        let log_from = log_len(standby);
         let mut c = self.connect(standby)?;
         self.query(
             standby,
@@ -1860,7 +1901,7 @@ impl Pg {
         )?;
         self.query(standby, &mut c, "pg_reload_conf", "select pg_reload_conf()")?;
         drop(c);
-        self.wait_streaming(standby, new_primary, Some(timeline))?;
+        self.wait_streaming_since(standby, new_primary, Some(timeline), log_from)?;
         Ok(RepointReport {
             slot,
             timeline,
@@ -1920,9 +1961,10 @@ impl Pg {
         let rewound = self.rewind(old_primary, new_primary).and_then(|path| {
             self.configure_standby(new_primary, old_primary)?;
             let timeline = self.status(new_primary)?.timeline;
-            let started = self
-                .start(old_primary)
-                .and_then(|()| self.wait_streaming(old_primary, new_primary, timeline));
+            let log_from = log_len(old_primary);
+            let started = self.start(old_primary).and_then(|()| {
+                self.wait_streaming_since(old_primary, new_primary, timeline, log_from)
+            });
             if let Err(e) = started {
                 // Leave nothing running that the re-clone would trip over.
                 let _ = self.stop(old_primary, StopMode::Immediate);
@@ -1976,9 +2018,6 @@ impl Pg {
 
     /// Runs pg_rewind on a stopped `target` from `source`.
     fn rewind(&self, target: &Member, source: &Member) -> ClusterResult<RejoinPath> {
-        // pg_rewind's crash recovery runs `postgres --single`, which refuses standby mode:
-        // a fenced (crashed, standby.signal) target has its signal files moved aside for
-        // it, and put back afterwards whatever happens.
         // A rewind interrupted by a crash of this process left its signal files aside.
         for name in ["standby.signal", "recovery.signal"] {
             let signal = target.data_dir.join(name);
@@ -1994,7 +2033,20 @@ impl Pg {
             .unwrap_or_default();
         let clean = state == "shut down" || state == "shut down in recovery";
         let mut moved = Vec::new();
+        let mut auto_conf = None;
         if !clean {
+            // pg_rewind first runs crash recovery with `postgres --single`, which refuses
+            // standby mode: a fenced (crashed, standby.signal) target has its signal files
+            // moved aside for it, and put back afterwards whatever happens.
+            // That recovery ends with a checkpoint that recycles the WAL before it, where
+            // the last checkpoint before the fork is, which pg_rewind then needs (seen with
+            // a crashed standby that had received WAL the new primary lacks): keep all WAL
+            // for it. pg_rewind replaces postgresql.auto.conf with the source's; on failure
+            // the target's own comes back.
+            let path = target.data_dir.join("postgresql.auto.conf");
+            let text = fs::read_to_string(&path).map_err(Self::io_error(target, &path, "read"))?;
+            self.set_auto_conf(target, &[("wal_keep_size", KEEP_ALL_WAL_MB.to_string())])?;
+            auto_conf = Some(text);
             for name in ["standby.signal", "recovery.signal"] {
                 let from = target.data_dir.join(name);
                 if from.exists() {
@@ -2017,6 +2069,9 @@ impl Pg {
             cmd,
             self.timeouts.rewind,
         );
+        if let (Err(_), Some(text)) = (&r, &auto_conf) {
+            self.write_data_file(target, "postgresql.auto.conf", text)?;
+        }
         for (from, to) in moved {
             if to.exists() {
                 if from.exists() {
@@ -2322,6 +2377,36 @@ fn indent_tail(stderr: &str, stdout: &str) -> String {
         .iter()
         .map(|l| format!("\n  {l}"))
         .collect()
+}
+
+/// The length of `member`'s server log (0 when there is none here).
+fn log_len(member: &Member) -> u64 {
+    fs::metadata(member.log_path())
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+/// The first line at or after byte `*from` of `member`'s server log saying that it cannot
+/// follow its primary's timeline; advances `*from` past the complete lines read.
+fn diverged_line(member: &Member, from: &mut u64) -> Option<String> {
+    const MARKERS: [&str; 3] = [
+        "is not in this server's history",
+        "forked off current database system timeline",
+        "is not a child of this server's history",
+    ];
+    let mut f = fs::File::open(member.log_path()).ok()?;
+    if f.metadata().ok()?.len() < *from {
+        *from = 0; // rotated or truncated
+    }
+    f.seek(std::io::SeekFrom::Start(*from)).ok()?;
+    let mut buf = Vec::new();
+    f.take(16 << 20).read_to_end(&mut buf).ok()?;
+    let complete = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    *from += complete as u64;
+    String::from_utf8_lossy(&buf[..complete])
+        .lines()
+        .find(|l| MARKERS.iter().any(|m| l.contains(m)))
+        .map(|l| l.trim().to_string())
 }
 
 /// Whether process `pid` exists and is not a zombie.

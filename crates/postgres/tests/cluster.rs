@@ -299,28 +299,33 @@ fn two_members_sync_promote_fence_and_reclone() {
     assert_eq!(w.received_tli, Some(2));
 }
 
-/// Three members: the primary crashes after a write neither standby got; s1 is promoted,
-/// s2 is repointed to it, and the old primary rejoins by pg_rewind, its divergent row gone.
+/// Four members: the primary crashes after a write s1 and s2 never got but s3 did; s1 is
+/// promoted; s2 is repointed to it; s3 cannot follow (it diverged) and says so at once, and
+/// rejoins by pg_rewind like the old primary; divergent rows are gone everywhere.
 #[test]
-fn three_members_crash_repoint_and_rewind() {
-    let c = Cluster::new(&["p", "s1", "s2"]);
-    let (pg, p, s1, s2) = (&c.pg, c.m("p"), c.m("s1"), c.m("s2"));
+fn crash_promote_repoint_and_rewind() {
+    let c = Cluster::new(&["p", "s1", "s2", "s3"]);
+    let (pg, p, s1, s2, s3) = (&c.pg, c.m("p"), c.m("s1"), c.m("s2"), c.m("s3"));
 
     pg.init_primary(p, &c.settings()).unwrap();
-    pg.clone_standby(p, s1).unwrap();
-    pg.clone_standby(p, s2).unwrap();
+    for s in [s1, s2, s3] {
+        pg.clone_standby(p, s).unwrap();
+    }
     c.sql(
         p,
         "create table t (id int primary key, v text); insert into t values (1, 'one')",
     )
     .unwrap();
-    c.wait_for(s1, "select v from t where id = 1", &["one"]);
-    c.wait_for(s2, "select v from t where id = 1", &["one"]);
+    for s in [s1, s2, s3] {
+        c.wait_for(s, "select v from t where id = 1", &["one"]);
+    }
 
-    // s2 stops first, so it never holds WAL that s1 lacks; then a write only p gets.
+    // s2 stops first, so it never holds WAL that s1 lacks; s3 keeps streaming and gets
+    // the write that s1 and s2 miss.
     pg.stop(s2, StopMode::Fast).unwrap();
     pg.stop(s1, StopMode::Fast).unwrap();
     c.sql(p, "insert into t values (100, 'divergent')").unwrap();
+    c.wait_for(s3, "select v from t where id = 100", &["divergent"]);
     c.kill(p);
     let fence = pg.fence(p).unwrap();
     assert!(!fence.was_running);
@@ -329,7 +334,7 @@ fn three_members_crash_repoint_and_rewind() {
     pg.start(s1).unwrap();
     pg.start(s2).unwrap();
     let promoted = pg.promote(s1, Duration::from_secs(5)).unwrap();
-    println!("promote (3 members): {}", ms(promoted.took));
+    println!("promote (after a crash): {}", ms(promoted.took));
     assert_eq!(promoted.timeline, 2);
     c.sql(s1, "insert into t values (2, 'after failover')")
         .unwrap();
@@ -342,10 +347,34 @@ fn three_members_crash_repoint_and_rewind() {
     c.wait_for(s2, "select v from t where id = 2", &["after failover"]);
     c.wait_for(s2, "select count(*) from t where id = 100", &["0"]);
 
+    // s3 has WAL past the fork: repoint says so instead of waiting out its timeout.
+    let t = Instant::now();
+    let diverged = pg.repoint(s3, s1).unwrap_err();
+    println!(
+        "repoint of a diverged standby failed after {}: {diverged}",
+        ms(t.elapsed())
+    );
+    assert!(
+        matches!(diverged, ClusterError::Diverged { .. }),
+        "{diverged}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(20));
+    pg.fence(s3).unwrap();
+    let rejoin = pg.rejoin(s3, s1).unwrap();
+    println!(
+        "rejoin of the diverged standby: {} ({:?})",
+        ms(rejoin.took),
+        rejoin.path
+    );
+    assert_eq!(rejoin.path, RejoinPath::Rewound);
+    c.wait_for(s3, "select count(*) from t where id = 100", &["0"]);
+    // The WAL kept for pg_rewind's crash recovery is not kept any longer.
+    assert_eq!(c.sql(s3, "show wal_keep_size").unwrap(), ["0"]);
+
     // The crashed old primary rejoins by rewind; its divergent row is gone.
     let rejoin = pg.rejoin(p, s1).unwrap();
     println!(
-        "rejoin by pg_rewind: {} ({:?})",
+        "rejoin of the crashed primary by pg_rewind: {} ({:?})",
         ms(rejoin.took),
         rejoin.path
     );
@@ -363,15 +392,19 @@ fn three_members_crash_repoint_and_rewind() {
     c.wait_for(p, "select v from t where id = 2", &["after failover"]);
     c.sql(s1, "insert into t values (3, 'streams to all')")
         .unwrap();
-    c.wait_for(p, "select v from t where id = 3", &["streams to all"]);
-    c.wait_for(s2, "select v from t where id = 3", &["streams to all"]);
+    for m in [p, s2, s3] {
+        c.wait_for(m, "select v from t where id = 3", &["streams to all"]);
+    }
     let slots = c
         .sql(
             s1,
             "select slot_name || ':' || active from pg_replication_slots order by 1",
         )
         .unwrap();
-    assert_eq!(slots, ["lifeboat_p:true", "lifeboat_s2:true"]);
+    assert_eq!(
+        slots,
+        ["lifeboat_p:true", "lifeboat_s2:true", "lifeboat_s3:true"]
+    );
 
     // A member whose data directory is gone (a replaced disk) rejoins by a plain clone.
     pg.stop(s2, StopMode::Fast).unwrap();
