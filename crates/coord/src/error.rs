@@ -113,6 +113,14 @@ pub enum Error {
         /// The join error.
         detail: String,
     },
+    /// Other writers changed a key between every read and write of a read-modify-write.
+    #[error("{what} changed under {attempts} attempts in a row to update it; try again")]
+    Contended {
+        /// The value being updated.
+        what: &'static str,
+        /// How many compare-and-swaps were tried.
+        attempts: usize,
+    },
     /// The coordinator behind a [`crate::Changes`] is gone.
     #[error("the coordinator was closed; no more change notifications")]
     Closed,
@@ -124,7 +132,7 @@ impl Error {
     /// transient failures: never retry them.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::EtcdTimeout { .. } => true,
+            Error::EtcdTimeout { .. } | Error::Contended { .. } => true,
             Error::Etcd { source, .. } => match source {
                 etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
                 etcd_client::Error::GRpcStatus(s) => matches!(

@@ -751,10 +751,10 @@ impl Etcd {
                 return Ok(approval);
             }
         }
-        Err(self.corrupt(
-            "approval",
-            format!("it changed under {CAS_ATTEMPTS} approvals in a row; try again"),
-        ))
+        Err(Error::Contended {
+            what: "the pending approval",
+            attempts: CAS_ATTEMPTS,
+        })
     }
 
     pub(crate) async fn clear_approval(&self) -> Result<()> {
@@ -794,10 +794,10 @@ impl Etcd {
                 return Ok(());
             }
         }
-        Err(self.corrupt(
-            "history/",
-            format!("{CAS_ATTEMPTS} generated keys in a row already existed"),
-        ))
+        Err(Error::Contended {
+            what: "a new history key",
+            attempts: CAS_ATTEMPTS,
+        })
     }
 
     pub(crate) async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
