@@ -323,6 +323,16 @@ impl Member {
         PathBuf::from(s)
     }
 
+    /// The password file of the member as a standby: `<data_dir>.pgpass` beside the data
+    /// directory. `primary_conninfo` names it (`passfile=`) instead of holding the
+    /// password, which PostgreSQL would print into its log on every reload.
+    pub fn passfile_path(&self) -> PathBuf {
+        let normal: PathBuf = self.data_dir.components().collect();
+        let mut s = normal.into_os_string();
+        s.push(".pgpass");
+        PathBuf::from(s)
+    }
+
     /// `host:port`, for messages.
     pub fn target(&self) -> String {
         format!("{}:{}", self.host, self.port)
@@ -657,8 +667,9 @@ impl Pg {
         self
     }
 
-    /// Connects with `password` (also for replication, pg_basebackup and pg_rewind; it is
-    /// written into standbys' `primary_conninfo`, in their postgresql.auto.conf, mode 0600).
+    /// Connects with `password` (also pg_basebackup and pg_rewind, through `PGPASSWORD`).
+    /// Standbys get it in a password file beside their data directory
+    /// ([`Member::passfile_path`], mode 0600) that their `primary_conninfo` names.
     pub fn with_password(mut self, password: Secret<String>) -> Self {
         self.password = Some(password);
         self
@@ -814,7 +825,8 @@ impl Pg {
         s
     }
 
-    /// `primary_conninfo` for `standby` streaming from `primary` (with the password).
+    /// `primary_conninfo` for `standby` streaming from `primary`; with a password, it
+    /// names the standby's password file ([`Member::passfile_path`]), never the password.
     fn primary_conninfo(&self, primary: &Member, standby: &Member) -> String {
         let mut s = format!(
             "host={} port={} user={} application_name={}",
@@ -823,10 +835,24 @@ impl Pg {
             conninfo_value(&self.user),
             conninfo_value(&standby.name)
         );
-        if let Some(p) = &self.password {
-            s.push_str(&format!(" password={}", conninfo_value(p.expose())));
+        if self.password.is_some() {
+            s.push_str(&format!(
+                " passfile={}",
+                conninfo_value(&standby.passfile_path().display().to_string())
+            ));
         }
         s
+    }
+
+    /// Writes `standby`'s password file (mode 0600, owned by its data directory's owner)
+    /// when there is a password.
+    fn write_passfile(&self, standby: &Member) -> ClusterResult<()> {
+        let Some(p) = &self.password else {
+            return Ok(());
+        };
+        let esc = |v: &str| v.replace('\\', "\\\\").replace(':', "\\:");
+        let line = format!("*:*:*:{}:{}\n", esc(&self.user), esc(p.expose()));
+        self.write_owned(standby, &standby.passfile_path(), &line)
     }
 
     fn redact(&self, text: String) -> String {
@@ -998,10 +1024,28 @@ impl Pg {
     /// Writes `text` to `name` in `member`'s data directory (temp file, fsync, rename),
     /// owned by the data directory's owner.
     fn write_data_file(&self, member: &Member, name: &str, text: &str) -> ClusterResult<()> {
-        let dir = &member.data_dir;
-        let path = dir.join(name);
+        self.write_owned(member, &member.data_dir.join(name), text)
+    }
+
+    /// Writes `text` to `path` (temp file, fsync, rename; mode 0600), owned by the owner of
+    /// `member`'s data directory.
+    fn write_owned(&self, member: &Member, path: &Path, text: &str) -> ClusterResult<()> {
+        let Some(dir) = path.parent() else {
+            return Err(ClusterError::Invalid(format!(
+                "{} has no directory",
+                path.display()
+            )));
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!("{name}.lifeboat-tmp"));
-        let md = fs::metadata(dir).map_err(Self::io_error(member, dir, "stat"))?;
+        let md = fs::metadata(&member.data_dir).map_err(Self::io_error(
+            member,
+            &member.data_dir,
+            "stat",
+        ))?;
         {
             let mut f = fs::OpenOptions::new()
                 .write(true)
@@ -1019,7 +1063,7 @@ impl Pg {
             std::os::unix::fs::chown(&tmp, Some(md.uid()), Some(md.gid()))
                 .map_err(Self::io_error(member, &tmp, "chown"))?;
         }
-        fs::rename(&tmp, &path).map_err(Self::io_error(member, &path, "rename into place"))?;
+        fs::rename(&tmp, path).map_err(Self::io_error(member, path, "rename into place"))?;
         if let Ok(d) = fs::File::open(dir) {
             let _ = d.sync_all();
         }
@@ -1567,6 +1611,7 @@ impl Pg {
     /// Sets a stopped standby's port, conninfo and slot, and makes sure standby.signal is
     /// there.
     fn configure_standby(&self, primary: &Member, standby: &Member) -> ClusterResult<()> {
+        self.write_passfile(standby)?;
         self.set_auto_conf(
             standby,
             &[
@@ -1855,7 +1900,8 @@ impl Pg {
     /// `primary_conninfo` and `primary_slot_name` with `ALTER SYSTEM` and reloads (no
     /// restart since PostgreSQL 13), then waits until its walreceiver streams from the new
     /// primary on the new primary's timeline (`recovery_target_timeline = 'latest'`, the
-    /// default, follows the switch).
+    /// default, follows the switch). With a password, the standby's password file
+    /// ([`Member::passfile_path`]) must exist on its host: clone and rejoin write it.
     ///
     /// # Errors
     /// [`ClusterError::NotPrimary`] when `new_primary` is in recovery;
@@ -1879,6 +1925,10 @@ impl Pg {
             message: "no timeline in the answer".into(),
         })?;
         let (slot, _) = self.ensure_slot(new_primary, standby)?;
+        if standby.data_dir.is_dir() {
+            // Here, so its password file can be brought up to date.
+            self.write_passfile(standby)?;
+        }
         let log_from = log_len(standby);
         let mut c = self.connect(standby)?;
         self.query(

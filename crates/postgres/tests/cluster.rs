@@ -421,7 +421,7 @@ fn crash_promote_repoint_and_rewind() {
 fn adopt_reports_what_to_change_and_errors_hide_the_password() {
     let password = "n0t-in-any-error";
     let c = Cluster::with_pg(
-        &["old", "s"],
+        &["old", "s", "q", "r"],
         Pg::new("postgres").with_password(Secret::new(password.to_string())),
     );
     let (pg, old, s) = (&c.pg, c.m("old"), c.m("s"));
@@ -476,4 +476,36 @@ fn adopt_reports_what_to_change_and_errors_hide_the_password() {
         assert!(stopped.contains(want), "missing {want:?} in {stopped}");
     }
     assert!(!format!("{running:?} {stopped}").contains(password));
+
+    // Replication with scram: the standby reads the password from its password file; it
+    // is in no log, in no postgresql.auto.conf.
+    let (q, r) = (c.m("q"), c.m("r"));
+    let settings = InitSettings {
+        auth: HostAuth::ScramSha256,
+        ..c.settings()
+    };
+    pg.init_primary(q, &settings).unwrap();
+    pg.clone_standby(q, r).unwrap();
+    c.sql(q, "create table t (v text); insert into t values ('scram')")
+        .unwrap();
+    c.wait_for(r, "select v from t", &["scram"]);
+    pg.repoint(r, q).unwrap();
+    let passfile = std::fs::metadata(r.passfile_path()).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&passfile.permissions()) & 0o777,
+        0o600
+    );
+    for f in [
+        q.log_path(),
+        r.log_path(),
+        r.data_dir.join("postgresql.auto.conf"),
+        q.data_dir.join("postgresql.auto.conf"),
+    ] {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            !text.contains(password),
+            "{} holds the password",
+            f.display()
+        );
+    }
 }
