@@ -2569,6 +2569,43 @@ mod tests {
     }
 
     #[test]
+    fn divergence_is_read_from_new_complete_log_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Member::new("s", "h", 1, dir.path().join("s"));
+        let mut from = 0;
+        assert_eq!(diverged_line(&m, &mut from), None, "no log yet");
+        let old = "LOG:  new timeline 2 forked off current database system timeline 1 before \
+                   current recovery point 0/5\n";
+        fs::write(m.log_path(), old).unwrap();
+        // Lines from before the wait are skipped.
+        from = old.len() as u64;
+        assert_eq!(diverged_line(&m, &mut from), None);
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(m.log_path())
+            .unwrap();
+        f.write_all(b"LOG:  started streaming\nFATAL:  requested starting point 0/5 on timeline 1 is not in this server's hist")
+            .unwrap();
+        assert_eq!(
+            diverged_line(&m, &mut from),
+            None,
+            "an incomplete line waits"
+        );
+        f.write_all(b"ory\n").unwrap();
+        let line = diverged_line(&m, &mut from).unwrap();
+        assert!(
+            line.starts_with("FATAL:  requested starting point"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn pids_that_are_gone_are_not_alive() {
+        assert!(alive(std::process::id()));
+        assert!(!alive(u32::MAX));
+    }
+
+    #[test]
     fn member_names_are_checked() {
         assert!(Member::new("ok-1_a", "h", 1, "/d").validate().is_ok());
         assert!(Member::new("", "h", 1, "/d").validate().is_err());
