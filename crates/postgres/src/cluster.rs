@@ -995,8 +995,18 @@ impl Pg {
 
     /// The last lines of `member`'s server log (empty when there is none here).
     pub fn log_tail(&self, member: &Member) -> LogTail {
+        /// Enough for the last lines of any log, however large the file.
+        const TAIL_BYTES: u64 = 64 << 10;
         let path = member.log_path();
-        let text = match fs::read(&path) {
+        let read = || -> std::io::Result<Vec<u8>> {
+            let mut f = fs::File::open(&path)?;
+            let len = f.metadata()?.len();
+            f.seek(std::io::SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))?;
+            let mut buf = Vec::new();
+            f.take(TAIL_BYTES).read_to_end(&mut buf)?;
+            Ok(buf)
+        };
+        let text = match read() {
             Ok(b) => self.redact(String::from_utf8_lossy(&b).into_owned()),
             Err(_) => return LogTail::default(),
         };

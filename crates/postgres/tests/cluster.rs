@@ -406,6 +406,22 @@ fn crash_promote_repoint_and_rewind() {
         ["lifeboat_p:true", "lifeboat_s2:true", "lifeboat_s3:true"]
     );
 
+    // A standby that never diverged needs no rewind; a slot it kept for a former standby
+    // (it would hold WAL forever) is dropped.
+    c.sql(
+        s2,
+        "select pg_create_physical_replication_slot('lifeboat_gone', true)",
+    )
+    .unwrap();
+    pg.stop(s2, StopMode::Fast).unwrap();
+    let rejoin = pg.rejoin(s2, s1).unwrap();
+    println!(
+        "rejoin of a standby that never diverged: {}",
+        ms(rejoin.took)
+    );
+    assert_eq!(rejoin.path, RejoinPath::NoRewindNeeded);
+    assert_eq!(rejoin.dropped_slots, ["lifeboat_gone"]);
+
     // A member whose data directory is gone (a replaced disk) rejoins by a plain clone.
     pg.stop(s2, StopMode::Fast).unwrap();
     std::fs::rename(&s2.data_dir, c.dir.path().join("s2-old-disk")).unwrap();
