@@ -88,6 +88,24 @@ pub enum Command {
     /// The main job on embedded defaults: back up a directory into a local repository,
     /// list snapshots, restore, and verify the restore bit for bit.
     Demo(DemoCmd),
+    /// Run the daemon: health checks, automatic or approved failover, the proxy, the API.
+    Run(crate::ha::RunCmd),
+    /// Show the cluster: each member's role, state, PID, LSNs and lag; the coordinator;
+    /// the proxy; the last failover.
+    Status(crate::ha::StatusCmd),
+    /// Failover commands (manual mode).
+    #[command(subcommand)]
+    Failover(crate::ha::FailoverCmd),
+    /// A planned change of primary, with no data loss.
+    Switchover(crate::ha::SwitchoverCmd),
+    /// Pause (on) or resume (off) automatic failover, rejoin and recovery.
+    Maintenance(crate::ha::MaintenanceCmd),
+    /// Create or adopt the config's PostgreSQL cluster.
+    #[command(subcommand)]
+    Cluster(crate::ha::ClusterCmd),
+    /// A complete local estate on embedded defaults: a repository, a two-member sync
+    /// PostgreSQL cluster, the daemon with its proxy and API.
+    Quickstart(crate::ha::QuickstartCmd),
 }
 
 /// `demo`.

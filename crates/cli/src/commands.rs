@@ -959,6 +959,13 @@ pub fn run(args: Args) -> Result<u8> {
             }
         }
         Command::Demo(c) => crate::demo::run(g, &c),
+        Command::Run(c) => crate::ha::run_daemon(g, &c),
+        Command::Status(c) => crate::ha::status(g, &c),
+        Command::Failover(c) => crate::ha::failover(g, &c),
+        Command::Switchover(c) => crate::ha::switchover(g, &c),
+        Command::Maintenance(c) => crate::ha::maintenance(g, &c),
+        Command::Cluster(c) => crate::ha::cluster(g, &c),
+        Command::Quickstart(c) => crate::ha::quickstart(g, &c),
         Command::Migrate(_) => {
             let mut repo = open(g)?;
             let v = repo.migrate()?;

@@ -9,6 +9,7 @@
 mod cli;
 mod commands;
 mod demo;
+mod ha;
 mod output;
 mod pg;
 mod pg_verify;

@@ -65,6 +65,9 @@ pub struct PgFacts {
     /// On a primary: the standbys in `pg_stat_replication` (by application name) that are
     /// streaming.
     pub replicas: Vec<String>,
+    /// On a primary: each connected standby's flushed position as it acknowledged it.
+    #[serde(default)]
+    pub replica_flush: Vec<(String, u64)>,
 }
 
 /// One health verdict about one member, with what the probe saw.
@@ -358,8 +361,9 @@ pub struct Machine {
     requested_sync: Option<Vec<String>>,
     /// Union of the names in force at the primary's last answered probe and requested since.
     sync_set: Vec<String>,
-    /// The standbys streaming from the primary at its last answered probe.
-    last_replicas: Vec<String>,
+    /// The standbys the primary saw flush WAL up to `baseline`: they hold every commit
+    /// acknowledged before the synchronous set was in force.
+    confirmed: Vec<String>,
     /// The primary's WAL position at the first answered probe that showed a synchronous
     /// set in force (since its promotion, or since the set was last empty): a standby behind
     /// it may lack commits acknowledged without one, or by an earlier primary.
@@ -392,6 +396,9 @@ pub struct Snapshot {
     pub sync_set: Vec<String>,
     /// The last failover or switchover.
     pub last_transition: Option<Transition>,
+    /// The standby an automatic failover would promote now (`None`: the primary's loss
+    /// would wait for approval; in sync mode until a standby is confirmed synchronous).
+    pub failover_target: Option<String>,
 }
 
 impl Machine {
@@ -430,7 +437,7 @@ impl Machine {
             members,
             requested_sync: None,
             sync_set: Vec::new(),
-            last_replicas: Vec::new(),
+            confirmed: Vec::new(),
             baseline: None,
             pending: None,
             sync_grace_until: Duration::ZERO,
@@ -471,6 +478,10 @@ impl Machine {
             members: self.members.clone(),
             sync_set: self.sync_set.clone(),
             last_transition: self.last.clone(),
+            failover_target: self
+                .primary
+                .as_deref()
+                .and_then(|p| self.candidate(p, false)),
         }
     }
 
@@ -539,15 +550,20 @@ impl Machine {
                     set.sort();
                     set.dedup();
                     self.sync_set = set;
-                    self.last_replicas.clone_from(&pg.replicas);
                     if pg.sync_names.is_empty() {
                         // Commits are acknowledged on the primary alone: no standby can be
                         // known to hold them.
                         self.baseline = None;
-                    } else if self.baseline.is_none() {
+                        self.confirmed.clear();
+                    } else {
                         // Everything acknowledged before a synchronous set was in force lies
                         // at or below this position.
-                        self.baseline = Some(pg.lsn);
+                        let baseline = *self.baseline.get_or_insert(pg.lsn);
+                        for (name, flush) in &pg.replica_flush {
+                            if *flush >= baseline && !self.confirmed.contains(name) {
+                                self.confirmed.push(name.clone());
+                            }
+                        }
                     }
                 }
             }
@@ -852,7 +868,7 @@ impl Machine {
                 let to = p.to.clone();
                 self.record(format!("promoted {to}; writes go to it"));
                 self.baseline = None;
-                self.last_replicas.clear();
+                self.confirmed.clear();
                 // The new primary's synchronous set, as told before it was promoted.
                 self.requested_sync = Some(p.sync_names.clone());
                 self.sync_set.clone_from(&p.sync_names);
@@ -995,12 +1011,11 @@ impl Machine {
             if set.is_empty() || !set.iter().all(|m| up_standby(m)) {
                 return None;
             }
-            // Only a standby that streamed from this primary (so it can have acknowledged
-            // commits) and holds the primary's history from its promotion on (so it has
-            // every commit acknowledged before that, by an earlier primary) may be promoted.
-            let baseline = self.baseline?;
+            // Only a standby the primary saw flush WAL past the point where the set came in
+            // force (so it holds every commit acknowledged before, by an earlier primary or
+            // without a synchronous standby) may be promoted.
             set.into_iter()
-                .filter(|m| self.last_replicas.contains(m) && lsn(m) >= baseline)
+                .filter(|m| self.confirmed.contains(m))
                 .collect()
         } else {
             self.settings

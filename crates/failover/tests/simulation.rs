@@ -431,6 +431,10 @@ impl Sim {
                         .filter(|&s| self.streaming(s) && self.nodes[s].upstream == Some(i))
                         .map(|s| self.nodes[s].name.clone())
                         .collect(),
+                    replica_flush: (0..self.nodes.len())
+                        .filter(|&s| self.streaming(s) && self.nodes[s].upstream == Some(i))
+                        .map(|s| (self.nodes[s].name.clone(), self.nodes[s].log.len() as u64))
+                        .collect(),
                 }
             });
             let o = Observation {

@@ -39,6 +39,10 @@ pub struct PgState {
     pub in_recovery: bool,
     /// A primary's `pg_current_wal_lsn()`; `None` on a standby.
     pub current_lsn: Option<u64>,
+    /// A primary's `pg_current_wal_flush_lsn()` (every acknowledged commit lies at or
+    /// below it); `None` on a standby.
+    #[serde(default)]
+    pub flush_lsn: Option<u64>,
     /// A standby's `pg_last_wal_receive_lsn()` (received and flushed); `None` on a primary
     /// and on a standby that has received nothing by streaming since it started.
     pub receive_lsn: Option<u64>,
@@ -149,6 +153,7 @@ mod tests {
         let mut s = PgState {
             in_recovery: true,
             current_lsn: None,
+            flush_lsn: None,
             receive_lsn: None,
             replay_lsn: Some(5),
             timeline: None,

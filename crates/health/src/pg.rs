@@ -34,11 +34,16 @@ SELECT r.rec,
                                              flush_lsn::text, replay_lsn::text)), '[]')
      FROM pg_stat_replication)::text,
   current_setting('synchronous_standby_names'),
-  current_setting('lifeboat.generation', true)
+  current_setting('lifeboat.generation', true),
+  CASE WHEN r.rec THEN NULL ELSE pg_current_wal_flush_lsn()::text END
 FROM (SELECT pg_is_in_recovery() AS rec) r LEFT JOIN pg_stat_wal_receiver w ON true";
 
 /// The column of [`HEALTH_QUERY`] holding `lifeboat.generation`.
 const GENERATION_COLUMN: usize = 12;
+/// The column of [`HEALTH_QUERY`] holding a primary's `pg_current_wal_flush_lsn()`.
+const FLUSH_COLUMN: usize = 13;
+/// How many columns [`HEALTH_QUERY`] returns.
+const COLUMNS: usize = 14;
 
 /// An open connection; its I/O task stops when the client is dropped (cleanly, with a
 /// Terminate message) or is aborted by [`PgConn::kill`].
@@ -261,9 +266,9 @@ fn answer(detail: impl Into<String>) -> ProbeError {
 
 /// Turns the health query's columns (as text, `None` for NULL) into a [`PgState`].
 pub(crate) fn state_from_columns(cols: &[Option<&str>]) -> Result<PgState, ProbeError> {
-    if cols.len() != 13 {
+    if cols.len() != COLUMNS {
         return Err(answer(format!(
-            "the health query returned {} columns, expected 13",
+            "the health query returned {} columns, expected {COLUMNS}",
             cols.len()
         )));
     }
@@ -279,6 +284,7 @@ pub(crate) fn state_from_columns(cols: &[Option<&str>]) -> Result<PgState, Probe
         other => return Err(answer(format!("pg_is_in_recovery() gave {other:?}"))),
     };
     let current_lsn = lsn(1, "pg_current_wal_lsn()")?;
+    let flush_lsn = lsn(FLUSH_COLUMN, "pg_current_wal_flush_lsn()")?;
     let receive_lsn = lsn(2, "pg_last_wal_receive_lsn()")?;
     let replay_lsn = lsn(3, "pg_last_wal_replay_lsn()")?;
     let walfile_tli = col(4)
@@ -320,6 +326,7 @@ pub(crate) fn state_from_columns(cols: &[Option<&str>]) -> Result<PgState, Probe
     Ok(PgState {
         in_recovery,
         current_lsn,
+        flush_lsn,
         receive_lsn,
         replay_lsn,
         timeline: if in_recovery {
@@ -384,6 +391,7 @@ mod tests {
             Some(r#"[["walreceiver", "streaming", "sync", "0/3000148", "0/3000060"]]"#),
             Some("walreceiver"),
             Some("7"),
+            Some("0/3000148"),
         ]
     }
 
@@ -422,6 +430,7 @@ mod tests {
             Some("1764493612.5"),
             Some("[]"),
             Some(""),
+            None,
             None,
         ];
         let s = state_from_columns(&cols).unwrap();

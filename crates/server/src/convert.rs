@@ -19,7 +19,7 @@ pub fn observation(h: &MemberHealth) -> Observation {
         lsn: if pg.in_recovery {
             pg.receive_lsn.or(pg.replay_lsn).unwrap_or(0)
         } else {
-            pg.current_lsn.unwrap_or(0)
+            pg.flush_lsn.or(pg.current_lsn).unwrap_or(0)
         },
         timeline: pg.timeline,
         streaming: pg.wal_receiver_streaming,
@@ -29,6 +29,11 @@ pub fn observation(h: &MemberHealth) -> Observation {
             .iter()
             .filter(|r| r.state == "streaming")
             .map(|r| r.application_name.clone())
+            .collect(),
+        replica_flush: pg
+            .replication
+            .iter()
+            .filter_map(|r| Some((r.application_name.clone(), r.flush_lsn?)))
             .collect(),
     });
     Observation {

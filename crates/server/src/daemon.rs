@@ -510,6 +510,7 @@ impl MainLoop {
         s.primary.clone_from(&snap.primary);
         s.coordinator.generation = snap.generation;
         s.sync_set.clone_from(&snap.sync_set);
+        s.failover_target.clone_from(&snap.failover_target);
         s.last_transition = snap
             .last_transition
             .as_ref()
@@ -530,12 +531,13 @@ impl MainLoop {
             .into_iter()
             .map(|h| (h.member.clone(), h))
             .collect();
-        let primary_lsn = snap
+        let primary_pg = snap
             .primary
             .as_ref()
             .and_then(|p| health.get(p))
-            .and_then(|h| h.last.pg.as_ref())
-            .and_then(|pg| pg.current_lsn);
+            .and_then(|h| h.last.pg.as_ref());
+        // What the primary has flushed (inserted but unflushed WAL is sent to no one).
+        let primary_lsn = primary_pg.and_then(|pg| pg.flush_lsn.or(pg.current_lsn));
         for m in &mut s.members {
             let view = snap.members.get(&m.name);
             if let Some(v) = view {
@@ -568,7 +570,15 @@ impl MainLoop {
                 m.streaming = p.wal_receiver_streaming;
                 m.generation = p.generation;
                 if p.in_recovery {
-                    let pos = p.receive_lsn.or(p.replay_lsn);
+                    // The standby's own report, or the primary's view of its flush
+                    // (an idle standby reports the segment it started streaming at).
+                    let seen = primary_pg.and_then(|pp| {
+                        pp.replication
+                            .iter()
+                            .find(|r| r.application_name == m.name)
+                            .and_then(|r| r.flush_lsn)
+                    });
+                    let pos = p.receive_lsn.or(p.replay_lsn).max(seen);
                     m.lag_bytes = primary_lsn.zip(pos).map(|(a, b)| a.saturating_sub(b));
                     m.lag_seconds = if m.lag_bytes == Some(0) || p.replay_backlog() == Some(0) {
                         Some(0.0)

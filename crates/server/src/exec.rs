@@ -230,10 +230,11 @@ impl Executor {
             }
             kill_tree(pid);
             let deadline = Instant::now() + Duration::from_secs(10);
-            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            while alive(pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+        clear_stale_locks(&m.data_dir);
         done(self.pg.rejoin(m, primary).map(|r| {
             tracing::info!(member = %m.name, path = ?r.path, took = ?r.took, "rejoined");
         }))
@@ -242,6 +243,7 @@ impl Executor {
     fn recover(&self, m: &Member, primary: &Member) -> Outcome {
         match self.pg.is_running(m) {
             Ok(false) => {
+                clear_stale_locks(&m.data_dir);
                 if let Err(e) = self.pg.start(m) {
                     tracing::warn!(member = %m.name, "start failed ({e}); rejoining");
                     return self.rejoin(m, primary);
@@ -288,6 +290,50 @@ fn kill_tree(pid: u32) {
             let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
         }
     }
+}
+
+/// Whether `pid` runs: it exists and is not a zombie (a killed postmaster whose parent
+/// has not reaped it yet still has a /proc entry, and PostgreSQL's own lock-file check
+/// takes it for a live server).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rfind(')')
+            .and_then(|i| s[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Removes the lock files of a dead postmaster (`postmaster.pid` and its socket's
+/// `.s.PGSQL.PORT.lock`) when the process they name is gone or a zombie, so a start or a
+/// pg_rewind is not refused for a server that no longer exists.
+fn clear_stale_locks(data_dir: &Path) {
+    let pidfile = data_dir.join("postmaster.pid");
+    let Ok(text) = std::fs::read_to_string(&pidfile) else {
+        return;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(pid) = lines.first().and_then(|l| l.trim().parse::<u32>().ok()) else {
+        return;
+    };
+    if alive(pid) {
+        return;
+    }
+    let port = lines.get(3).map(|l| l.trim()).unwrap_or("");
+    if let Some(dir) = lines.get(4).map(|l| l.trim()).filter(|d| !d.is_empty()) {
+        let lock = Path::new(dir).join(format!(".s.PGSQL.{port}.lock"));
+        let same = std::fs::read_to_string(&lock)
+            .ok()
+            .and_then(|t| t.lines().next().map(|l| l.trim() == pid.to_string()))
+            .unwrap_or(false);
+        if same {
+            let _ = std::fs::remove_file(Path::new(dir).join(format!(".s.PGSQL.{port}")));
+            let _ = std::fs::remove_file(&lock);
+        }
+    }
+    let _ = std::fs::remove_file(&pidfile);
+    tracing::info!(pid, dir = %data_dir.display(), "removed the lock files of a dead postmaster");
 }
 
 fn children_of(pid: u32) -> Vec<u32> {

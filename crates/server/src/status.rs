@@ -34,6 +34,11 @@ pub struct Status {
     pub members: Vec<MemberStatus>,
     /// The standbys a failover may promote in sync mode.
     pub sync_set: Vec<String>,
+    /// The standby an automatic failover would promote now; `None` means the primary's
+    /// loss would wait for `lifeboat failover approve` (sync mode: no standby confirmed
+    /// synchronous yet).
+    #[serde(default)]
+    pub failover_target: Option<String>,
     /// The last failover or switchover, with its steps.
     pub last_transition: Option<serde_json::Value>,
     /// The most recent alerts, newest last.

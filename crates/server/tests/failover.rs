@@ -116,6 +116,7 @@ fn healthy_with(s: &Status, primary: &str, standby: &str) -> bool {
             .iter()
             .any(|m| m.name == standby && m.role == "standby" && m.streaming && !m.needs_rejoin)
         && s.sync_set.iter().any(|n| n == standby)
+        && s.failover_target.as_deref() == Some(standby)
 }
 
 /// The writer: one insert per ~10 ms through the proxy, reconnecting after errors; logs
