@@ -3,11 +3,13 @@
 //!
 //! ```text
 //! proxy --listen ADDR --primary ADDR [--read-listen ADDR --replica ADDR...]
-//!       [--threads N] [--hold-ms MS] [--buffer BYTES]
+//!       [--threads N | --pinned N] [--hold-ms MS] [--buffer BYTES]
 //! ```
 //!
 //! `--threads 1` (the default) runs the proxy on a current-thread runtime, `N > 1` on a
-//! multi-thread runtime with N workers (ADR 0020 compares them). It runs until SIGINT or
+//! multi-thread runtime with N workers; `--pinned N` accepts on a current-thread runtime and
+//! hands each connection to one of N current-thread runtimes on their own threads, round
+//! robin (ADR 0020 compares the three). It runs until SIGINT or
 //! SIGTERM and then prints each port's counters to stderr.
 
 use std::net::SocketAddr;
@@ -22,10 +24,11 @@ struct Args {
     read_listen: Option<SocketAddr>,
     replicas: Vec<SocketAddr>,
     threads: usize,
+    pinned: usize,
     options: ProxyOptions,
 }
 
-const USAGE: &str = "usage: proxy --listen ADDR --primary ADDR [--read-listen ADDR --replica ADDR...] [--threads N] [--hold-ms MS] [--buffer BYTES]";
+const USAGE: &str = "usage: proxy --listen ADDR --primary ADDR [--read-listen ADDR --replica ADDR...] [--threads N | --pinned N] [--hold-ms MS] [--buffer BYTES]";
 
 fn parse() -> Result<Args, String> {
     let mut listen = None;
@@ -33,6 +36,7 @@ fn parse() -> Result<Args, String> {
     let mut read_listen = None;
     let mut replicas = Vec::new();
     let mut threads = 1;
+    let mut pinned = 0;
     let mut options = ProxyOptions::default();
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -49,6 +53,7 @@ fn parse() -> Result<Args, String> {
             "--read-listen" => read_listen = Some(addr(value()?)?),
             "--replica" => replicas.push(addr(value()?)?),
             "--threads" => threads = num(value()?)?.max(1) as usize,
+            "--pinned" => pinned = num(value()?)? as usize,
             "--hold-ms" => options = options.with_hold(Duration::from_millis(num(value()?)?)),
             "--buffer" => options = options.with_buffer_size(num(value()?)? as usize),
             "-h" | "--help" => return Err(USAGE.into()),
@@ -61,11 +66,31 @@ fn parse() -> Result<Args, String> {
         read_listen,
         replicas,
         threads,
+        pinned,
         options,
     })
 }
 
+/// `n` current-thread runtimes, each parked on its own thread until the process exits.
+fn pinned_workers(n: usize) -> Result<Vec<tokio::runtime::Handle>, String> {
+    (0..n)
+        .map(|i| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("build worker runtime {i}: {e}"))?;
+            let handle = rt.handle().clone();
+            std::thread::Builder::new()
+                .name(format!("proxy-worker-{i}"))
+                .spawn(move || rt.block_on(std::future::pending::<()>()))
+                .map_err(|e| format!("start worker thread {i}: {e}"))?;
+            Ok(handle)
+        })
+        .collect()
+}
+
 async fn run(args: Args) -> Result<(), String> {
+    let workers = pinned_workers(args.pinned)?;
     let (tx, rx) = tokio::sync::watch::channel(Route {
         generation: 1,
         primary: Some(args.primary),
@@ -80,7 +105,8 @@ async fn run(args: Args) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         eprintln!("proxy: {role:?} port on {}", port.local_addr());
         counters.push((role, port.counters()));
-        tokio::spawn(port.serve());
+        let workers = workers.clone();
+        tokio::spawn(async move { port.serve_on(&workers).await });
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("install SIGTERM handler: {e}"))?;

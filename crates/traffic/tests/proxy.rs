@@ -339,3 +339,56 @@ fn a_dead_backend_makes_the_client_fail_fast() {
         assert_eq!((s.connect_failures, s.forwarded_total()), (1, 0), "{s:?}");
     });
 }
+
+#[test]
+fn connections_handed_to_worker_runtimes_are_forwarded_and_closed_on_switch() {
+    let a = PgServer::start(&[]).expect("server a");
+    // Two current-thread runtimes on their own threads, as the daemon would run them.
+    let mut stops = Vec::new();
+    let mut threads = Vec::new();
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("worker runtime");
+        workers.push(rt.handle().clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop);
+        threads.push(std::thread::spawn(move || {
+            let _ = rt.block_on(stopped);
+        }));
+    }
+    runtime().block_on(async {
+        let (tx, rx) = watch::channel(Route::with_primary(1, local(a.port())));
+        let port = Port::bind(Role::Write, local(0), rx, ProxyOptions::default())
+            .await
+            .expect("bind proxy");
+        let (addr, counters) = (port.local_addr(), port.counters());
+        let w = workers.clone();
+        tokio::spawn(async move { port.serve_on(&w).await });
+        let mut conns = Vec::new();
+        for _ in 0..4 {
+            let (c, conn) = connect(addr).await.expect("connect through a worker");
+            assert_eq!(landed(&c).await, (a.port(), false));
+            conns.push((c, conn));
+        }
+        tx.send_replace(Route {
+            generation: 2,
+            primary: None,
+            replicas: vec![],
+        });
+        for (_c, conn) in conns {
+            closed(conn, "closed on its worker by the switch").await;
+        }
+        let s = counters_until(&counters, "nothing connected", |s| {
+            s.connected_to(local(a.port())) == 0 && s.active == 0
+        })
+        .await;
+        assert_eq!((s.accepted, s.closed_on_switch), (4, 4), "{s:?}");
+    });
+    drop(stops);
+    for t in threads {
+        t.join().expect("worker thread");
+    }
+}
