@@ -38,6 +38,10 @@ pub struct ConfigArg {
 pub struct RunCmd {
     #[command(flatten)]
     cfg: ConfigArg,
+    /// With the etcd coordinator: the member of this node, whose PostgreSQL this agent
+    /// watches and acts on (required there; one agent per database node).
+    #[arg(long, env = "LIFEBOAT_MEMBER")]
+    member: Option<String>,
 }
 
 /// `status`.
@@ -145,15 +149,17 @@ pub fn run_daemon(_g: &Global, c: &RunCmd) -> Result<u8> {
     let config = load(&c.cfg.config)?;
     let rt = runtime()?;
     rt.block_on(async {
-        let d = Daemon::start(config, DaemonOptions::default())
-            .await
-            .map_err(|e| {
-                anyhow::Error::new(Exit {
-                    code: EXIT_RUNTIME,
-                    message: e.to_string(),
-                    hint: None,
-                })
-            })?;
+        let options = DaemonOptions {
+            member: c.member.clone(),
+            ..DaemonOptions::default()
+        };
+        let d = Daemon::start(config, options).await.map_err(|e| {
+            anyhow::Error::new(Exit {
+                code: EXIT_RUNTIME,
+                message: e.to_string(),
+                hint: None,
+            })
+        })?;
         eprintln!(
             "lifeboat: running; API http://{}, proxy writes {}, reads {}",
             d.api_addr(),

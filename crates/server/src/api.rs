@@ -5,7 +5,8 @@
 //!   `GET /replica[?lag=BYTES]`, `GET /read-only`, `GET /health`. Each takes `?member=NAME`
 //!   (the daemon watches every member); without it, `/primary` and `/health` answer for the
 //!   cluster (200 while writes are routed to a primary), `/replica` and `/read-only` 200
-//!   when any member qualifies. They need no token: a load balancer cannot send one, and
+//!   when any member qualifies — except on an etcd agent, which answers for its own
+//!   member (one agent per node, as Patroni does). They need no token: a load balancer cannot send one, and
 //!   they reveal no more than a TCP probe would.
 //! * Everything else needs `Authorization: Bearer <token>`: `GET /status`, `GET /metrics`
 //!   (Prometheus text format), `POST /failover/approve` `{"to": NAME?}`, `POST /switchover`
@@ -37,6 +38,9 @@ pub struct ApiState {
     pub(crate) commands: mpsc::Sender<CommandRequest>,
     pub(crate) token: Secret<String>,
     pub(crate) executor: Executor,
+    /// The member this node's agent acts for (etcd mode): the health endpoints answer for
+    /// it when no `?member` is given (Patroni's per-node convention).
+    pub(crate) local: Option<String>,
 }
 
 /// The API's routes.
@@ -61,6 +65,16 @@ pub struct Check {
     lag: Option<String>,
 }
 
+impl Check {
+    /// The check with this node's member filled in when none was asked for (etcd mode).
+    fn or_local(mut self, st: &ApiState) -> Self {
+        if self.member.is_none() {
+            self.member.clone_from(&st.local);
+        }
+        self
+    }
+}
+
 fn answer(ok: bool, what: &str) -> Response {
     let code = if ok {
         StatusCode::OK
@@ -75,6 +89,7 @@ fn writable(s: &Status) -> bool {
 }
 
 async fn primary(State(st): State<Arc<ApiState>>, Query(q): Query<Check>) -> Response {
+    let q = q.or_local(&st);
     let s = st.status.borrow().clone();
     let ok = match &q.member {
         Some(m) => {
@@ -115,6 +130,7 @@ fn is_replica(s: &Status, m: &crate::status::MemberStatus, lag: Option<u64>) -> 
 }
 
 async fn replica(State(st): State<Arc<ApiState>>, Query(q): Query<Check>) -> Response {
+    let q = q.or_local(&st);
     let lag =
         match q.lag.as_deref().map(parse_lag) {
             Some(None) => return (
@@ -137,6 +153,7 @@ async fn replica(State(st): State<Arc<ApiState>>, Query(q): Query<Check>) -> Res
 }
 
 async fn read_only(State(st): State<Arc<ApiState>>, Query(q): Query<Check>) -> Response {
+    let q = q.or_local(&st);
     let s = st.status.borrow().clone();
     let ok = s
         .members
@@ -152,6 +169,7 @@ async fn read_only(State(st): State<Arc<ApiState>>, Query(q): Query<Check>) -> R
 }
 
 async fn health(State(st): State<Arc<ApiState>>, Query(q): Query<Check>) -> Response {
+    let q = q.or_local(&st);
     let s = st.status.borrow().clone();
     let ok = match &q.member {
         Some(n) => s

@@ -65,6 +65,9 @@ pub enum Error {
     /// What this build cannot do yet.
     #[error("{0}")]
     Unsupported(String),
+    /// The options or the config lack what this mode needs (etcd: `--member`).
+    #[error("{0}")]
+    Options(String),
 }
 
 /// Knobs that are not in the config file.
@@ -72,6 +75,8 @@ pub enum Error {
 pub struct DaemonOptions {
     /// PostgreSQL's binaries (default /usr/lib/postgresql/15/bin).
     pub pg_bin_dir: Option<PathBuf>,
+    /// The member this node's agent acts for (etcd coordinator only; required there).
+    pub member: Option<String>,
 }
 
 /// A command from the API, with where to send the answer.
@@ -101,10 +106,16 @@ impl Daemon {
                 state.display().to_string(),
             ),
             lifeboat_config::Coordinator::Etcd { endpoints } => {
-                return Err(Error::Unsupported(format!(
-                    "the etcd coordinator ({}) needs one agent per node, which this build does not run yet; use [coordinator] embedded",
-                    endpoints.join(",")
-                )))
+                let endpoints = endpoints.clone();
+                let a = crate::agent::start(config, options, endpoints).await?;
+                return Ok(Daemon {
+                    api: a.api,
+                    write: a.write,
+                    read: a.read,
+                    shutdown: a.shutdown,
+                    task: a.task,
+                    status: a.status,
+                });
             }
         };
         let coord = Arc::new(coord);
@@ -265,6 +276,7 @@ impl Daemon {
             commands: cmd_tx,
             token: config.api.token.clone(),
             executor: executor.clone(),
+            local: None,
         });
         let stop = shutdown.clone();
         tokio::spawn(async move {

@@ -129,7 +129,7 @@ impl Executor {
     /// Makes `m` unable to take writes, at once: `standby.signal` first (any restart comes
     /// up in recovery), then SIGKILL to the postmaster and every child of it. A stopped
     /// (SIGSTOP) server dies too: SIGKILL needs no cooperation, and nothing of it resumes.
-    fn fence(&self, m: &Member) -> Outcome {
+    pub(crate) fn fence(&self, m: &Member) -> Outcome {
         if !m.data_dir.join("PG_VERSION").exists() {
             return Outcome::Failed(format!(
                 "{} is not on this host ({} not found): only its route is closed",

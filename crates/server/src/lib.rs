@@ -7,6 +7,7 @@
 //! It must never decide a failover itself (the pure machine in `lifeboat-failover` does),
 //! and never print a secret (tokens and passwords stay in [`lifeboat_types::Secret`]).
 
+pub mod agent;
 pub mod api;
 pub mod bootstrap;
 pub mod convert;

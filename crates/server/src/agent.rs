@@ -1,0 +1,1174 @@
+//! The etcd agent (`lifeboat run --member NAME` with `[coordinator] url = "etcd://…"`): one
+//! per database node, acting only on its own member. There is no monitor to lose: etcd
+//! holds the cluster's leader lease and generation, every agent publishes what its probe
+//! of the local PostgreSQL saw, and the standbys elect a successor when the lease lapses.
+//!
+//! Lives here: the agent's loop (probe → publish → leader or standby step), the lease
+//! keeper that renews the leader lease and **fences the local primary** when it could not
+//! renew for TTL/2, the election (the same sync-mode safety rule as the embedded machine:
+//! only a standby the last primary saw flush past the point where its synchronous set came
+//! in force, and only when every member of that set can be compared), following the new
+//! leader (repoint, or rejoin through pg_rewind), the agent's status and its API.
+//! It must never act on another node's PostgreSQL, never promote without first winning the
+//! generation compare-and-swap under its own live lease, and never let its primary take
+//! writes once the lease may have passed to another member. The protocol and its timing are
+//! ADR 0021.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lifeboat_config::{Config, FailoverMode, Replication};
+use lifeboat_coord::{ClusterState, Coordinator, EtcdOptions, LeaderLease, MemberReport};
+use lifeboat_failover::{Action, ActionKind, Command, Lane, Outcome};
+use lifeboat_health::{Hysteresis, Observation, Prober, Target, Verdict};
+use lifeboat_postgres::cluster::{Member as PgMember, Pg, SyncMode};
+use lifeboat_traffic::{Port, ProxyOptions, Role, Route};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::convert::sync_names;
+use crate::daemon::{CommandRequest, DaemonOptions, Error};
+use crate::exec::Executor;
+use crate::status::{AlertRecord, CoordinatorStatus, MemberStatus, ProxyStatus, Status};
+
+/// The leader lease's time to live.
+pub const LEASE_TTL: Duration = Duration::from_secs(2);
+/// How long after a failed repair (repoint, rejoin) the agent tries again.
+const REPAIR_RETRY: Duration = Duration::from_secs(2);
+/// A report younger than this comes from an agent that is alive and publishing.
+const FRESH_REPORT: Duration = Duration::from_secs(1);
+/// How many alerts status keeps.
+const ALERTS_KEPT: usize = 50;
+
+/// What [`start`] hands to [`crate::Daemon`].
+pub(crate) struct Parts {
+    pub(crate) api: SocketAddr,
+    pub(crate) write: Option<SocketAddr>,
+    pub(crate) read: Option<SocketAddr>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) task: tokio::task::JoinHandle<()>,
+    pub(crate) status: watch::Receiver<Status>,
+}
+
+/// Starts this node's agent: connects to etcd (lazily: an unreachable etcd shows in status
+/// and logs, it does not stop the start), binds the proxy ports and the API, and spawns the
+/// loop.
+pub(crate) async fn start(
+    config: Config,
+    options: DaemonOptions,
+    endpoints: Vec<String>,
+) -> Result<Parts, Error> {
+    let cluster = config.cluster.clone();
+    let me = options.member.clone().ok_or_else(|| {
+        Error::Options(
+            "the etcd coordinator runs one agent per database node: name this node's member with --member NAME (or LIFEBOAT_MEMBER)".into(),
+        )
+    })?;
+    let Some(mine) = cluster.members.iter().find(|m| m.name == me) else {
+        let names: Vec<&str> = cluster.members.iter().map(|m| m.name.as_str()).collect();
+        return Err(Error::Options(format!(
+            "--member {me} is not a member of cluster {} (members: {})",
+            cluster.name,
+            names.join(", ")
+        )));
+    };
+    let location = endpoints.join(",");
+    let coord = Arc::new(
+        Coordinator::connect_etcd(EtcdOptions::new(endpoints, cluster.name.clone())).await?,
+    );
+
+    let mut pg = Pg::new(config.cluster.user.clone());
+    if let Some(dir) = options.pg_bin_dir.clone() {
+        pg = pg.with_bin_dir(dir);
+    }
+    if let Some(pw) = &config.cluster.password {
+        pg = pg.with_password(pw.clone());
+    }
+    let members: Vec<PgMember> = cluster
+        .members
+        .iter()
+        .map(|m| PgMember::new(&m.name, &m.host, m.port, &m.data_dir))
+        .collect();
+    let mut addrs = BTreeMap::new();
+    for m in &cluster.members {
+        // A member this node cannot resolve (yet) only loses its route, not the agent.
+        match tokio::net::lookup_host((m.host.as_str(), m.port)).await {
+            Ok(mut a) => {
+                if let Some(a) = a.next() {
+                    addrs.insert(m.name.clone(), a);
+                }
+            }
+            Err(e) => tracing::warn!(member = %m.name, host = %m.host, "does not resolve: {e}"),
+        }
+    }
+    let prober = Prober::new(
+        Target::Postgres {
+            host: mine.host.clone(),
+            port: mine.port,
+            user: config.cluster.user.clone(),
+            dbname: "postgres".into(),
+            password: config.cluster.password.as_ref().map(|p| p.expose().clone()),
+        },
+        config.health.timeout,
+    )?;
+
+    let shutdown = CancellationToken::new();
+    let (route_tx, route_rx) = watch::channel(Route::default());
+    let mut ports = Vec::new();
+    let bind = |role, addr| Port::bind(role, addr, route_rx.clone(), ProxyOptions::default());
+    let write = match config.proxy.listen {
+        Some(addr) => {
+            let p = bind(Role::Write, addr).await?;
+            let a = p.local_addr();
+            ports.push(p);
+            Some(a)
+        }
+        None => None,
+    };
+    let read = match config.proxy.read_listen {
+        Some(addr) => {
+            let p = bind(Role::Read, addr).await?;
+            let a = p.local_addr();
+            ports.push(p);
+            Some(a)
+        }
+        None => None,
+    };
+    let counters: Vec<_> = ports.iter().map(Port::counters).collect();
+    for p in ports {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = p.serve() => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .map_err(|source| Error::Api {
+            addr: config.api.listen,
+            source,
+        })?;
+    let api = listener.local_addr().map_err(|source| Error::Api {
+        addr: config.api.listen,
+        source,
+    })?;
+
+    let base = Status {
+        cluster: cluster.name.clone(),
+        replication: match cluster.replication {
+            Replication::Sync => "sync",
+            Replication::Async => "async",
+        }
+        .into(),
+        failover: match cluster.failover {
+            FailoverMode::Automatic => "automatic",
+            FailoverMode::Manual => "manual",
+        }
+        .into(),
+        coordinator: CoordinatorStatus {
+            kind: "etcd".into(),
+            location: location.clone(),
+            generation: 0,
+        },
+        proxy: ProxyStatus {
+            write: write.map(|a| a.to_string()),
+            read: read.map(|a| a.to_string()),
+            ..ProxyStatus::default()
+        },
+        api: api.to_string(),
+        phase: "discovering".into(),
+        members: cluster
+            .members
+            .iter()
+            .map(|m| MemberStatus {
+                name: m.name.clone(),
+                address: format!("{}:{}", m.host, m.port),
+                data_dir: m.data_dir.display().to_string(),
+                role: "unknown".into(),
+                state: "unknown".into(),
+                ..MemberStatus::default()
+            })
+            .collect(),
+        ..Status::default()
+    };
+    let (status_tx, status_rx) = watch::channel(base.clone());
+    let (cmd_tx, cmd_rx) = mpsc::channel::<CommandRequest>(16);
+    let executor = Executor::new(pg, members, coord.clone());
+    let app = crate::api::router(crate::api::ApiState {
+        status: status_rx.clone(),
+        commands: cmd_tx,
+        token: config.api.token.clone(),
+        executor: executor.clone(),
+        local: Some(me.clone()),
+    });
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let serve = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::error!("API stopped: {e}");
+        }
+    });
+
+    let h = config.health;
+    let agent = Agent {
+        me: me.clone(),
+        location,
+        ttl: LEASE_TTL,
+        interval: h.interval,
+        sync: cluster.replication == Replication::Sync,
+        automatic: cluster.failover == FailoverMode::Automatic,
+        names: cluster.members.iter().map(|m| m.name.clone()).collect(),
+        coord,
+        executor,
+        prober,
+        hysteresis: Hysteresis::new(h.fall, h.rise),
+        obs: None,
+        leading: None,
+        fenced: false,
+        track: SyncTrack::default(),
+        last_primary: None,
+        etcd_error: None,
+        repair: None,
+        repair_after: Instant::now(),
+        sync_job: None,
+        addrs,
+        route_tx,
+        status_tx,
+        base,
+        alerts: VecDeque::new(),
+        counters,
+        state: None,
+        reports: Vec::new(),
+    };
+    let stop = shutdown.clone();
+    let task = tokio::spawn(agent.run(cmd_rx, stop));
+    tracing::info!(%api, ?write, ?read, cluster = %cluster.name, member = %me, "lifeboat agent is running (etcd)");
+    Ok(Parts {
+        api,
+        write,
+        read,
+        shutdown,
+        task,
+        status: status_rx,
+    })
+}
+
+/// The leader's bookkeeping of its synchronous set (the machine's rule, ADR 0017/0021).
+#[derive(Debug, Default, Clone)]
+struct SyncTrack {
+    /// The flush position when a non-empty set was first seen in force.
+    baseline: Option<u64>,
+    /// Standbys seen flushed at or past `baseline`.
+    confirmed: Vec<String>,
+    /// The set last asked for (it may not be in force yet).
+    requested: Option<Vec<String>>,
+    /// In force, plus the requested set while a change is on its way.
+    set: Vec<String>,
+}
+
+/// What the last primary published about its synchronous set (kept by every agent, since
+/// the report vanishes with the primary's agent).
+#[derive(Debug, Clone)]
+struct PrimaryView {
+    member: String,
+    generation: u64,
+    sync_set: Vec<String>,
+    confirmed: Vec<String>,
+}
+
+/// Holding the leader lease.
+struct Leading {
+    generation: u64,
+    stop: CancellationToken,
+    lost: Arc<AtomicBool>,
+    keeper: tokio::task::JoinHandle<Option<LeaderLease>>,
+}
+
+struct Agent {
+    me: String,
+    location: String,
+    ttl: Duration,
+    interval: Duration,
+    sync: bool,
+    automatic: bool,
+    names: Vec<String>,
+    coord: Arc<Coordinator>,
+    executor: Executor,
+    prober: Prober,
+    hysteresis: Hysteresis,
+    obs: Option<Observation>,
+    leading: Option<Leading>,
+    /// This agent fenced (or found stale) its PostgreSQL: it must be rewound before it may
+    /// lead or be a candidate.
+    fenced: bool,
+    track: SyncTrack,
+    last_primary: Option<PrimaryView>,
+    etcd_error: Option<String>,
+    repair: Option<tokio::task::JoinHandle<Option<Outcome>>>,
+    repair_after: Instant,
+    sync_job: Option<tokio::task::JoinHandle<()>>,
+    addrs: BTreeMap<String, SocketAddr>,
+    route_tx: watch::Sender<Route>,
+    status_tx: watch::Sender<Status>,
+    base: Status,
+    alerts: VecDeque<AlertRecord>,
+    counters: Vec<Arc<lifeboat_traffic::Counters>>,
+    state: Option<ClusterState>,
+    reports: Vec<MemberReport>,
+}
+
+fn report_str<'a>(r: &'a MemberReport, key: &str) -> Option<&'a str> {
+    r.report.get(key).and_then(serde_json::Value::as_str)
+}
+
+fn report_u64(r: &MemberReport, key: &str) -> Option<u64> {
+    r.report.get(key).and_then(serde_json::Value::as_u64)
+}
+
+fn report_list(r: &MemberReport, key: &str) -> Vec<String> {
+    r.report
+        .get(key)
+        .and_then(serde_json::Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A live standby that can be compared: its PostgreSQL answered, in recovery, not fenced.
+fn up_standby(r: &MemberReport) -> bool {
+    report_str(r, "role") == Some("standby") && !r.report["fenced"].as_bool().unwrap_or(false)
+}
+
+impl Agent {
+    async fn run(mut self, mut commands: mpsc::Receiver<CommandRequest>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut changes: Option<lifeboat_coord::Changes> = None;
+        loop {
+            let probe = tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => true,
+                r = async {
+                    match changes.as_mut() {
+                        Some(c) => c.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if r.is_err() {
+                        changes = None;
+                    }
+                    false
+                }
+                Some((cmd, reply)) = commands.recv() => {
+                    let said = self.command(cmd).await;
+                    let _ = reply.send(said);
+                    continue;
+                }
+            };
+            if probe {
+                let o = self.prober.probe().await;
+                if let Some(t) = self.hysteresis.observe(o.ok) {
+                    tracing::info!(member = %self.me, from = ?t.from, to = ?t.to, error = ?o.error, "local PostgreSQL");
+                }
+                self.obs = Some(o);
+                if changes.is_none() && self.etcd_error.is_none() {
+                    changes = self.coord.changes().await.ok();
+                }
+            }
+            self.step(probe).await;
+            self.publish_status();
+        }
+        if let Some(l) = self.leading.take() {
+            l.stop.cancel();
+            if let Ok(Some(lease)) = l.keeper.await {
+                // A clean stop hands the lease over at once; the primary stays up only
+                // until another member is promoted (it will rejoin).
+                if let Err(e) = self.coord.release(lease).await {
+                    tracing::warn!("releasing the leader lease: {e}");
+                }
+            }
+        }
+    }
+
+    async fn command(&mut self, cmd: Command) -> String {
+        match cmd {
+            Command::Maintenance(on) => match self.coord.set_maintenance(on).await {
+                Ok(()) => {
+                    self.alert(
+                        false,
+                        if on {
+                            "maintenance on: every agent stops acting".into()
+                        } else {
+                            "maintenance off: agents act again".into()
+                        },
+                    );
+                    "accepted".into()
+                }
+                Err(e) => format!("error: etcd did not record it: {e}"),
+            },
+            other => format!(
+                "error: {other:?} is not available with the etcd coordinator yet (maintenance is)"
+            ),
+        }
+    }
+
+    fn verdict(&self) -> Verdict {
+        self.hysteresis.verdict()
+    }
+
+    /// The local PostgreSQL's last answer, when the last probe succeeded.
+    fn pg(&self) -> Option<&lifeboat_health::PgState> {
+        self.obs
+            .as_ref()
+            .filter(|o| o.ok)
+            .and_then(|o| o.pg.as_ref())
+    }
+
+    fn alert(&mut self, critical: bool, message: String) {
+        if critical {
+            tracing::warn!(member = %self.me, "{message}");
+        } else {
+            tracing::info!(member = %self.me, "{message}");
+        }
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.alerts.push_back(AlertRecord {
+            at,
+            severity: if critical { "critical" } else { "info" }.into(),
+            message,
+        });
+        while self.alerts.len() > ALERTS_KEPT {
+            self.alerts.pop_front();
+        }
+    }
+
+    fn etcd_failed(&mut self, what: &str, e: &lifeboat_coord::Error) {
+        let msg = format!("etcd at {} unreachable ({what}): {e}", self.location);
+        if self.etcd_error.is_none() {
+            self.alert(true, format!("{msg}; standbys do nothing, a primary fences itself before its lease can lapse"));
+        } else {
+            tracing::debug!("{msg}");
+        }
+        self.etcd_error = Some(msg);
+    }
+
+    async fn step(&mut self, probe: bool) {
+        // A keeper that fenced the primary ends the leadership.
+        if let Some(l) = &self.leading {
+            if l.lost.load(Ordering::SeqCst) {
+                self.leading = None;
+                self.fenced = true;
+            }
+        }
+        let state = match self.coord.state().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.etcd_failed("reading the cluster state", &e);
+                let _ = self.route_tx.send(Route::default());
+                return;
+            }
+        };
+        if probe {
+            let report = self.report(&state);
+            if let Err(e) = self.coord.publish(&self.me, &report).await {
+                self.etcd_failed("publishing this member's report", &e);
+                return;
+            }
+        }
+        let reports = match self.coord.reports().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.etcd_failed("reading the members' reports", &e);
+                return;
+            }
+        };
+        if self.etcd_error.take().is_some() {
+            self.alert(false, format!("etcd at {} answers again", self.location));
+        }
+        self.remember_primary(&state, &reports);
+        self.state = Some(state.clone());
+        self.reports = reports;
+        self.route(&state);
+        if self.repair.as_ref().is_some_and(|j| j.is_finished()) {
+            if let Some(j) = self.repair.take() {
+                match j.await {
+                    Ok(Some(Outcome::Ok)) => {
+                        self.fenced = false;
+                    }
+                    Ok(o) => {
+                        tracing::warn!(member = %self.me, outcome = ?o, "repair did not succeed; trying again in {REPAIR_RETRY:?}");
+                        self.repair_after = Instant::now() + REPAIR_RETRY;
+                    }
+                    Err(e) => tracing::warn!("repair task: {e}"),
+                }
+            }
+        }
+        if self.leading.is_some() {
+            self.lead(&state).await;
+        } else if !state.maintenance {
+            self.follow(&state).await;
+        }
+    }
+
+    /// Keeps what the current primary says about its synchronous set.
+    fn remember_primary(&mut self, state: &ClusterState, reports: &[MemberReport]) {
+        let Some(p) = &state.primary else { return };
+        let Some(r) = reports.iter().find(|r| r.member == *p) else {
+            return;
+        };
+        if report_str(r, "role") != Some("primary")
+            || report_u64(r, "generation") != Some(state.generation)
+            || !r.report["leader"].as_bool().unwrap_or(false)
+        {
+            return;
+        }
+        self.last_primary = Some(PrimaryView {
+            member: p.clone(),
+            generation: state.generation,
+            sync_set: report_list(r, "sync_set"),
+            confirmed: report_list(r, "confirmed"),
+        });
+    }
+
+    fn route(&mut self, state: &ClusterState) {
+        let live_primary = state.leader.as_ref().filter(|l| {
+            state.primary.as_ref() == Some(*l)
+                && self
+                    .reports
+                    .iter()
+                    .any(|r| r.member == **l && report_str(r, "role") == Some("primary"))
+        });
+        let route = Route {
+            generation: state.generation,
+            primary: live_primary.and_then(|p| self.addrs.get(p).copied()),
+            replicas: self
+                .reports
+                .iter()
+                .filter(|r| up_standby(r) && r.report["streaming"].as_bool().unwrap_or(false))
+                .filter_map(|r| self.addrs.get(&r.member).copied())
+                .collect(),
+        };
+        if *self.route_tx.borrow() != route {
+            tracing::info!(primary = ?route.primary, generation = route.generation, "route");
+            let _ = self.route_tx.send(route);
+        }
+    }
+
+    /// What this agent publishes about its member.
+    fn report(&self, state: &ClusterState) -> serde_json::Value {
+        let pg = self.pg();
+        let role = match pg {
+            Some(p) if !p.in_recovery => "primary",
+            Some(_) => "standby",
+            None if self.verdict() == Verdict::Down => "down",
+            None => "unknown",
+        };
+        let lsn = pg.map(|p| {
+            if p.in_recovery {
+                p.receive_lsn.or(p.replay_lsn).unwrap_or(0)
+            } else {
+                p.flush_lsn.or(p.current_lsn).unwrap_or(0)
+            }
+        });
+        let leading = self
+            .leading
+            .as_ref()
+            .is_some_and(|l| l.generation == state.generation);
+        json!({
+            "role": role,
+            "state": match self.verdict() { Verdict::Up => "up", Verdict::Down => "down", Verdict::Unknown => "unknown" },
+            "lsn": lsn,
+            "timeline": pg.and_then(|p| p.timeline),
+            "current_lsn": pg.and_then(|p| p.current_lsn),
+            "flush_lsn": pg.and_then(|p| p.flush_lsn),
+            "receive_lsn": pg.and_then(|p| p.receive_lsn),
+            "replay_lsn": pg.and_then(|p| p.replay_lsn),
+            "streaming": pg.is_some_and(|p| p.wal_receiver_streaming),
+            "sender": pg.and_then(|p| p.sender.clone()),
+            "sync_names": pg.map(|p| sync_names(&p.synchronous_standby_names)).unwrap_or_default(),
+            "sync_set": if leading { self.track.set.clone() } else { Vec::new() },
+            "confirmed": if leading { self.track.confirmed.clone() } else { Vec::new() },
+            "replica_flush": pg.map(|p| p.replication.iter().filter_map(|r| Some((r.application_name.clone(), r.flush_lsn?))).collect::<BTreeMap<_, _>>()).unwrap_or_default(),
+            "generation": pg.and_then(|p| p.generation),
+            "leader": leading,
+            "fenced": self.fenced,
+            "error": self.obs.as_ref().and_then(|o| o.error.clone()),
+        })
+    }
+
+    fn member(&self, name: &str) -> Option<PgMember> {
+        self.executor.member(name).cloned()
+    }
+
+    /// Fences the local PostgreSQL (standby.signal, SIGKILL of the postmaster and its
+    /// children) and waits for it.
+    async fn fence_self(&mut self, why: &str) {
+        self.fenced = true;
+        fence(&self.executor, &self.me, why).await;
+    }
+
+    // ---- leader ----
+
+    async fn lead(&mut self, state: &ClusterState) {
+        let Some(generation) = self.leading.as_ref().map(|l| l.generation) else {
+            return;
+        };
+        if state.primary.as_deref() != Some(self.me.as_str())
+            || state.generation != generation
+            || state.leader.as_deref() != Some(self.me.as_str())
+        {
+            let why = format!(
+                "generation {} names {:?} with leader {:?}, this agent led generation {generation}",
+                state.generation, state.primary, state.leader
+            );
+            self.stop_leading(false).await;
+            self.fence_self(&why).await;
+            return;
+        }
+        if self.verdict() == Verdict::Down {
+            // Fast failover: the lease goes now, not after its TTL. Fenced first so it
+            // cannot come back as a primary.
+            self.fence_self("its PostgreSQL is down").await;
+            self.stop_leading(true).await;
+            self.alert(
+                true,
+                format!(
+                    "primary {} is down (its health checks failed): released the leader lease",
+                    self.me
+                ),
+            );
+            return;
+        }
+        let Some(pg) = self.pg().cloned() else { return };
+        if pg.in_recovery {
+            return;
+        }
+        if self.sync {
+            self.manage_sync(&pg);
+        }
+    }
+
+    fn manage_sync(&mut self, pg: &lifeboat_health::PgState) {
+        let in_force = sync_names(&pg.synchronous_standby_names);
+        let mut set = in_force.clone();
+        if let Some(req) = &self.track.requested {
+            if *req != in_force {
+                set.extend(req.iter().cloned());
+            }
+        }
+        set.sort();
+        set.dedup();
+        self.track.set = set;
+        if in_force.is_empty() {
+            self.track.baseline = None;
+            self.track.confirmed.clear();
+        } else {
+            let position = pg.flush_lsn.or(pg.current_lsn).unwrap_or(0);
+            let baseline = *self.track.baseline.get_or_insert(position);
+            for r in &pg.replication {
+                if let Some(flush) = r.flush_lsn {
+                    if flush >= baseline && !self.track.confirmed.contains(&r.application_name) {
+                        self.track.confirmed.push(r.application_name.clone());
+                    }
+                }
+            }
+        }
+        // The standbys streaming from it now; never shrink to nothing (writes wait: RPO 0).
+        let mut want: Vec<String> = pg
+            .replication
+            .iter()
+            .filter(|r| r.state == "streaming" && self.names.contains(&r.application_name))
+            .map(|r| r.application_name.clone())
+            .collect();
+        want.sort();
+        want.dedup();
+        if want.is_empty() || want == in_force {
+            return;
+        }
+        if self.sync_job.as_ref().is_some_and(|j| !j.is_finished()) {
+            return;
+        }
+        self.track.requested = Some(want.clone());
+        let Some(m) = self.member(&self.me) else {
+            return;
+        };
+        let pgh = self.executor.pg().clone();
+        tracing::info!(member = %self.me, sync = ?want, "setting synchronous_standby_names");
+        self.sync_job = Some(tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = want.iter().map(String::as_str).collect();
+            if let Err(e) = pgh.set_synchronous_standbys(&m, &names, SyncMode::Any(1)) {
+                tracing::warn!("setting synchronous_standby_names: {e}");
+            }
+        }));
+    }
+
+    /// Stops the lease keeper; with `release`, gives the lease back at once.
+    async fn stop_leading(&mut self, release: bool) {
+        let Some(l) = self.leading.take() else { return };
+        l.stop.cancel();
+        if let Ok(Some(lease)) = l.keeper.await {
+            if release {
+                if let Err(e) = self.coord.release(lease).await {
+                    tracing::warn!("releasing the leader lease: {e} (it lapses on its own)");
+                }
+            }
+        }
+        self.track = SyncTrack::default();
+    }
+
+    fn start_keeper(&mut self, lease: LeaderLease, generation: u64) {
+        let stop = CancellationToken::new();
+        let lost = Arc::new(AtomicBool::new(false));
+        let keeper = tokio::spawn(keep_lease(
+            self.coord.clone(),
+            lease,
+            self.executor.clone(),
+            self.me.clone(),
+            self.location.clone(),
+            stop.clone(),
+            lost.clone(),
+        ));
+        self.track = SyncTrack::default();
+        self.leading = Some(Leading {
+            generation,
+            stop,
+            lost,
+            keeper,
+        });
+    }
+
+    // ---- standby ----
+
+    async fn follow(&mut self, state: &ClusterState) {
+        let pg = self.pg().cloned();
+        let primary_here = pg.as_ref().is_some_and(|p| !p.in_recovery);
+        match state.leader.clone() {
+            Some(l) if l == self.me => {
+                // The lease of this member's previous agent: wait for it to lapse.
+            }
+            Some(l) => {
+                if primary_here {
+                    self.fence_self(&format!(
+                        "it runs as a primary while {l} holds the leader lease (generation {})",
+                        state.generation
+                    ))
+                    .await;
+                    return;
+                }
+                self.follow_leader(&l, state);
+            }
+            None => {
+                if primary_here {
+                    let mine = state.primary.as_deref() == Some(self.me.as_str())
+                        && pg.as_ref().and_then(|p| p.generation) == Some(state.generation);
+                    if mine && !self.fenced {
+                        self.take_back(state).await;
+                    } else {
+                        self.fence_self(&format!(
+                            "it runs as a primary but generation {} names {:?}",
+                            state.generation, state.primary
+                        ))
+                        .await;
+                    }
+                    return;
+                }
+                self.elect(state).await;
+            }
+        }
+    }
+
+    /// The recorded primary's agent takes the lease (start, or after its lease lapsed).
+    async fn take_back(&mut self, state: &ClusterState) {
+        match self.coord.acquire_leader(&self.me, self.ttl).await {
+            Ok(Some(lease)) => {
+                self.alert(
+                    false,
+                    format!(
+                        "{} holds the leader lease as primary of generation {}",
+                        self.me, state.generation
+                    ),
+                );
+                self.start_keeper(lease, state.generation);
+            }
+            Ok(None) => {}
+            Err(e) => self.etcd_failed("taking the leader lease", &e),
+        }
+    }
+
+    fn follow_leader(&mut self, leader: &str, state: &ClusterState) {
+        if self.repair.is_some() || Instant::now() < self.repair_after {
+            return;
+        }
+        let leader_ready = self
+            .reports
+            .iter()
+            .any(|r| r.member == leader && report_str(r, "role") == Some("primary"));
+        if !leader_ready {
+            return;
+        }
+        let pg = self.pg();
+        let want_sender = self
+            .member(leader)
+            .map(|m| format!("{}:{}", m.host, m.port));
+        let following = pg.is_some_and(|p| {
+            p.in_recovery
+                && p.wal_receiver_streaming
+                && p.sender.is_some()
+                && p.sender == want_sender
+        });
+        if following {
+            self.fenced = false;
+            return;
+        }
+        let streaming_elsewhere = pg.is_some_and(|p| p.in_recovery);
+        let kind = if self.fenced || self.verdict() == Verdict::Down || pg.is_none() {
+            if self.fenced || self.verdict() == Verdict::Down {
+                ActionKind::Rejoin {
+                    member: self.me.clone(),
+                    primary: leader.to_string(),
+                }
+            } else {
+                return;
+            }
+        } else if streaming_elsewhere {
+            ActionKind::Repoint {
+                member: self.me.clone(),
+                primary: leader.to_string(),
+            }
+        } else {
+            return;
+        };
+        tracing::info!(member = %self.me, leader, ?kind, "following the leader");
+        let action = Action {
+            id: 0,
+            generation: state.generation,
+            lane: Lane::Background,
+            kind,
+        };
+        let executor = self.executor.clone();
+        self.repair = Some(tokio::spawn(async move { executor.run(&action).await }));
+    }
+
+    /// The best candidate by the reports, or why there is none.
+    fn candidate(&self, state: &ClusterState) -> Result<String, String> {
+        let old = state.primary.clone().unwrap_or_default();
+        let live: BTreeMap<&str, &MemberReport> = self
+            .reports
+            .iter()
+            .filter(|r| r.member != old && up_standby(r))
+            .map(|r| (r.member.as_str(), r))
+            .collect();
+        let pool: Vec<&str> = if self.sync && state.generation > 0 {
+            let Some(view) = self
+                .last_primary
+                .as_ref()
+                .filter(|v| v.generation == state.generation && v.member == old)
+            else {
+                return Err(format!(
+                    "this agent does not know the synchronous set of {old} (generation {})",
+                    state.generation
+                ));
+            };
+            let set: Vec<&str> = view
+                .sync_set
+                .iter()
+                .map(String::as_str)
+                .filter(|m| *m != old)
+                .collect();
+            if set.is_empty() {
+                return Err(format!("{old} had no synchronous standby: no standby is known to hold every acknowledged commit"));
+            }
+            if let Some(missing) = set.iter().find(|m| !live.contains_key(*m)) {
+                return Err(format!(
+                    "{missing}, in {old}'s synchronous set, has no live report to compare"
+                ));
+            }
+            set.into_iter()
+                .filter(|m| view.confirmed.iter().any(|c| c == m))
+                .collect()
+        } else {
+            live.keys().copied().collect()
+        };
+        let lsn = |m: &str| live.get(m).and_then(|r| report_u64(r, "lsn")).unwrap_or(0);
+        pool.into_iter()
+            .max_by(|a, b| lsn(a).cmp(&lsn(b)).then_with(|| b.cmp(a)))
+            .map(str::to_string)
+            .ok_or_else(|| "no confirmed synchronous standby".to_string())
+    }
+
+    async fn elect(&mut self, state: &ClusterState) {
+        if self.fenced || self.repair.is_some() {
+            return;
+        }
+        if !self.pg().is_some_and(|p| p.in_recovery) {
+            return;
+        }
+        // The recorded primary's agent is alive and its PostgreSQL a primary: it takes the
+        // lease back itself.
+        if let Some(p) = &state.primary {
+            if self.reports.iter().any(|r| {
+                r.member == *p
+                    && r.age < FRESH_REPORT
+                    && report_str(r, "role") == Some("primary")
+                    && report_u64(r, "generation") == Some(state.generation)
+                    && !r.report["fenced"].as_bool().unwrap_or(false)
+            }) {
+                return;
+            }
+        }
+        if !self.automatic {
+            return;
+        }
+        let best = match self.candidate(state) {
+            Ok(b) => b,
+            Err(why) => {
+                tracing::debug!(member = %self.me, "no failover: {why}");
+                return;
+            }
+        };
+        if best != self.me {
+            return;
+        }
+        let lease = match self.coord.acquire_leader(&self.me, self.ttl).await {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
+            Err(e) => {
+                self.etcd_failed("taking the leader lease", &e);
+                return;
+            }
+        };
+        let generation = match self
+            .coord
+            .promote_as_leader(&lease, state.generation, &self.me)
+            .await
+        {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(member = %self.me, "promotion refused: {e}");
+                if let Err(e) = self.coord.release(lease).await {
+                    tracing::warn!("releasing the leader lease: {e}");
+                }
+                return;
+            }
+        };
+        self.start_keeper(lease, generation);
+        self.alert(
+            true,
+            format!(
+                "{} takes over from {:?}: generation {generation}",
+                self.me, state.primary
+            ),
+        );
+        let names: Vec<String> = self
+            .reports
+            .iter()
+            .filter(|r| r.member != self.me && Some(&r.member) != state.primary.as_ref())
+            .filter(|r| up_standby(r))
+            .map(|r| r.member.clone())
+            .collect();
+        let action = Action {
+            id: 0,
+            generation,
+            lane: Lane::Step,
+            kind: ActionKind::Promote {
+                member: self.me.clone(),
+                wait_for_lsn: None,
+                sync_names: if self.sync { names.clone() } else { Vec::new() },
+            },
+        };
+        self.track.requested = Some(names);
+        let outcome = self.executor.run(&action).await;
+        let event = json!({"promoted": self.me, "from": state.primary, "generation": generation, "outcome": format!("{outcome:?}")});
+        if let Err(e) = self.coord.record(&event).await {
+            tracing::warn!("recording the promotion: {e}");
+        }
+        match outcome {
+            Some(Outcome::Ok) => {
+                self.alert(
+                    false,
+                    format!("{} is the primary of generation {generation}", self.me),
+                );
+            }
+            other => {
+                // It did not become a primary: give the lease up; the others elect again.
+                self.alert(
+                    true,
+                    format!(
+                        "promoting {} failed: {other:?}; releasing the lease",
+                        self.me
+                    ),
+                );
+                self.stop_leading(true).await;
+                self.fence_self("its promotion failed").await;
+            }
+        }
+    }
+
+    fn publish_status(&mut self) {
+        let mut s = self.base.clone();
+        let state = self.state.clone();
+        if let Some(st) = &state {
+            s.coordinator.generation = st.generation;
+            s.maintenance = st.maintenance;
+            s.primary.clone_from(&st.primary);
+        }
+        let reports: BTreeMap<&str, &MemberReport> = self
+            .reports
+            .iter()
+            .map(|r| (r.member.as_str(), r))
+            .collect();
+        let leader = state.as_ref().and_then(|s| s.leader.clone());
+        let leader_up = leader.as_ref().is_some_and(|l| {
+            reports
+                .get(l.as_str())
+                .is_some_and(|r| report_str(r, "role") == Some("primary"))
+        });
+        let (phase, reason) = if let Some(e) = &self.etcd_error {
+            ("coordinator_unreachable", Some(e.clone()))
+        } else if state.is_none() {
+            ("discovering", None)
+        } else if leader_up {
+            ("healthy", None)
+        } else if leader.is_some() {
+            (
+                "failing_over",
+                Some(format!("{leader:?} holds the lease and is being promoted")),
+            )
+        } else {
+            let why = match state.as_ref().map(|st| self.candidate(st)) {
+                Some(Ok(c)) => format!("no leader; {c} is the candidate"),
+                Some(Err(w)) => format!("no leader: {w}"),
+                None => "no leader".into(),
+            };
+            ("failing_over", Some(why))
+        };
+        s.phase = phase.into();
+        s.reason = reason;
+        if let Some(v) = &self.last_primary {
+            s.sync_set.clone_from(&v.sync_set);
+        }
+        if let Some(st) = &state {
+            s.failover_target = self.candidate(st).ok();
+        }
+        s.alerts = self.alerts.iter().cloned().collect();
+        let route = self.route_tx.borrow().clone();
+        s.proxy.routed_to = route.primary.map(|a| a.to_string());
+        for c in &self.counters {
+            let c = c.snapshot();
+            s.proxy.active += c.active;
+            s.proxy.accepted += c.accepted;
+            s.proxy.closed_on_switch += c.closed_on_switch;
+            s.proxy.held += c.held;
+        }
+        let own = state.as_ref().map(|st| self.report(st));
+        for m in &mut s.members {
+            let r = if m.name == self.me {
+                own.clone()
+            } else {
+                reports.get(m.name.as_str()).map(|r| r.report.clone())
+            };
+            let Some(r) = r else {
+                m.state = "no report".into();
+                continue;
+            };
+            let s_ = |k: &str| {
+                r.get(k)
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_string)
+            };
+            let u = |k: &str| r.get(k).and_then(serde_json::Value::as_u64);
+            m.role = s_("role").unwrap_or_else(|| "unknown".into());
+            m.state = s_("state").unwrap_or_else(|| "unknown".into());
+            m.timeline = u("timeline").and_then(|t| u32::try_from(t).ok());
+            m.current_lsn = u("current_lsn").map(lifeboat_health::format_lsn);
+            m.receive_lsn = u("receive_lsn").map(lifeboat_health::format_lsn);
+            m.replay_lsn = u("replay_lsn").map(lifeboat_health::format_lsn);
+            m.streaming = r["streaming"].as_bool().unwrap_or(false);
+            m.needs_rejoin = r["fenced"].as_bool().unwrap_or(false);
+            m.generation = u("generation");
+            m.last_error = s_("error");
+        }
+        self.status_tx.send_replace(s);
+    }
+}
+
+/// Fences `me` on this host and logs why.
+async fn fence(executor: &Executor, me: &str, why: &str) {
+    let Some(m) = executor.member(me).cloned() else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let ex = executor.clone();
+    let outcome = tokio::task::spawn_blocking(move || ex.fence(&m))
+        .await
+        .unwrap_or_else(|e| Outcome::Failed(format!("the fence panicked: {e}")));
+    tracing::warn!(member = %me, ?outcome, took = ?started.elapsed(), "fenced its own PostgreSQL: {why}");
+}
+
+/// Renews `lease` every TTL/3; fences the local PostgreSQL when TTL/2 passed since the
+/// last successful renewal was sent (or the lease is gone), so it accepts nothing by the
+/// time the lease can lapse. Returns the lease when told to stop, `None` after fencing.
+async fn keep_lease(
+    coord: Arc<Coordinator>,
+    lease: LeaderLease,
+    executor: Executor,
+    me: String,
+    location: String,
+    stop: CancellationToken,
+    lost: Arc<AtomicBool>,
+) -> Option<LeaderLease> {
+    let ttl = lease.ttl();
+    let mut fence_at = lease.acquired_until() - ttl / 2;
+    let fenced = |why: String| {
+        let executor = executor.clone();
+        let me = me.clone();
+        let lost = lost.clone();
+        async move {
+            // Marked first: the loop must not treat the member as its primary any more.
+            lost.store(true, Ordering::SeqCst);
+            fence(&executor, &me, &why).await;
+        }
+    };
+    loop {
+        let sent = Instant::now();
+        let r = tokio::select! {
+            () = stop.cancelled() => return Some(lease),
+            () = tokio::time::sleep_until(fence_at) => {
+                fenced(format!("the leader lease was not renewed for {:?} (etcd at {location} unreachable?)", ttl / 2)).await;
+                return None;
+            }
+            r = coord.renew(&lease) => r,
+        };
+        match r {
+            Ok(until) => fence_at = until - ttl / 2,
+            Err(lifeboat_coord::Error::LeaseLost { .. }) => {
+                fenced("the leader lease is lost".into()).await;
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(member = %me, "etcd at {location} unreachable: renewing the leader lease: {e}; fencing in {:?} without a renewal", fence_at.saturating_duration_since(Instant::now()))
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Some(lease),
+            () = tokio::time::sleep_until(fence_at) => {
+                fenced(format!("the leader lease was not renewed for {:?} (etcd at {location} unreachable)", ttl / 2)).await;
+                return None;
+            }
+            () = tokio::time::sleep_until(sent + ttl / 3) => {}
+        }
+    }
+}
