@@ -372,6 +372,8 @@ pub struct Machine {
     /// Until then, a promotion's synchronous standbys stay in the set while being repointed.
     sync_grace_until: Duration,
     background: BTreeMap<u64, String>,
+    /// The background actions among them that fence a member (it needs a rejoin after).
+    fencing: Vec<u64>,
     routed: Option<(Option<String>, Vec<String>)>,
     last: Option<Transition>,
     next_id: u64,
@@ -442,6 +444,7 @@ impl Machine {
             pending: None,
             sync_grace_until: Duration::ZERO,
             background: BTreeMap::new(),
+            fencing: Vec::new(),
             routed: None,
             last: None,
             next_id: 1,
@@ -725,9 +728,16 @@ impl Machine {
 
     fn done(&mut self, id: u64, outcome: Outcome, out: &mut Vec<Action>) {
         if let Some(member) = self.background.remove(&id) {
+            let fenced = self.fencing.contains(&id);
+            self.fencing.retain(|f| *f != id);
             if let Some(v) = self.members.get_mut(&member) {
                 v.repairing = false;
-                if matches!(outcome, Outcome::Failed(_)) {
+                if fenced {
+                    // Fenced (or not: it may still take writes): either way it must be
+                    // rewound before it serves again.
+                    v.needs_rejoin = true;
+                    v.retry_at = self.now;
+                } else if matches!(outcome, Outcome::Failed(_)) {
                     v.failures = v.failures.saturating_add(1);
                     let factor = 1u32 << v.failures.min(4);
                     v.retry_at = self.now + self.settings.retry * factor;
@@ -805,6 +815,11 @@ impl Machine {
             }
             (Step::StopClean, Outcome::Stopped(lsn)) => {
                 self.record(format!("stopped {} cleanly at {lsn:X}", p.from));
+                if let Some(v) = self.members.get_mut(&p.from) {
+                    // What it said while it ran no longer holds (a probe from before the
+                    // stop would make it look like a second writable primary).
+                    v.pg = None;
+                }
                 p.stopped_lsn = Some(lsn);
                 self.promote_step(p, out);
             }
@@ -1222,6 +1237,7 @@ impl Machine {
                 // Its facts are stale once fenced; the next probe tells.
                 v.pg = None;
             }
+            self.fencing.push(id);
             self.background.insert(id, m);
         }
     }

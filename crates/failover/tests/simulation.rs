@@ -657,3 +657,129 @@ fn maintenance_stops_automation() {
     }
     assert_ne!(sim.machine.primary(), Some("a"));
 }
+
+/// A switchover's old primary is rewound to follow the new one, even when a probe from
+/// before its clean stop arrives late and makes it look writable (it is then fenced, which
+/// must not cancel its rejoin).
+#[test]
+fn a_late_probe_of_the_switched_over_primary_does_not_cancel_its_rejoin() {
+    for late_probe in [false, true] {
+        let settings = Settings {
+            members: vec!["a".into(), "b".into()],
+            automatic: true,
+            sync: true,
+            retry: Duration::from_secs(2),
+        };
+        let mut m = Machine::new(settings, 1, Some("a".into()));
+        let primary = PgFacts {
+            in_recovery: false,
+            lsn: 100,
+            sync_names: vec!["b".into()],
+            replicas: vec!["b".into()],
+            replica_flush: vec![("b".into(), 100)],
+            ..PgFacts::default()
+        };
+        let observe = |member: &str, pg: &PgFacts| {
+            Input::Observe(Observation {
+                member: member.into(),
+                verdict: Verdict::Up,
+                pg: Some(pg.clone()),
+            })
+        };
+        let standby = PgFacts {
+            in_recovery: true,
+            streaming: true,
+            lsn: 100,
+            ..PgFacts::default()
+        };
+        let mut t = Duration::ZERO;
+        let mut all = Vec::new();
+        for _ in 0..3 {
+            t += Duration::from_millis(250);
+            all.extend(m.handle(t, observe("a", &primary)));
+            all.extend(m.handle(t, observe("b", &standby)));
+        }
+        let step = |acts: &[Action]| {
+            acts.iter()
+                .find(|a| a.lane == Lane::Step)
+                .map(|a| a.id)
+                .expect("a step")
+        };
+        let acts = m.handle(t, Input::Command(Command::Switchover { to: "b".into() }));
+        let acts = m.handle(
+            t,
+            Input::Done {
+                id: step(&acts),
+                outcome: Outcome::Claimed(2),
+            },
+        );
+        let acts = m.handle(
+            t,
+            Input::Done {
+                id: step(&acts),
+                outcome: Outcome::Stopped(100),
+            },
+        );
+        let promote = step(&acts);
+        if late_probe {
+            all.extend(m.handle(t, observe("a", &primary)));
+        }
+        let mut acts = m.handle(
+            t,
+            Input::Done {
+                id: promote,
+                outcome: Outcome::Ok,
+            },
+        );
+        assert_eq!(m.primary(), Some("b"));
+        // The fence of a "rogue" (late probe) finishes; time passes.
+        for _ in 0..20 {
+            let fences: Vec<u64> = acts
+                .iter()
+                .filter(|a| matches!(&a.kind, ActionKind::Fence { member } if member == "a"))
+                .map(|a| a.id)
+                .collect();
+            all.extend(acts);
+            acts = Vec::new();
+            for id in fences {
+                acts.extend(m.handle(
+                    t,
+                    Input::Done {
+                        id,
+                        outcome: Outcome::Ok,
+                    },
+                ));
+            }
+            t += Duration::from_millis(250);
+            // It is stopped: its probes fail.
+            acts.extend(m.handle(
+                t,
+                Input::Observe(Observation {
+                    member: "a".into(),
+                    verdict: Verdict::Down,
+                    pg: None,
+                }),
+            ));
+        }
+        all.extend(acts);
+        assert!(
+            all.iter()
+                .any(|a| matches!(&a.kind, ActionKind::Rejoin { member, .. } if member == "a")),
+            "late probe {late_probe}: the old primary is never rejoined: {:?}",
+            all.iter().map(|a| &a.kind).collect::<Vec<_>>()
+        );
+        assert!(
+            !all.iter()
+                .any(|a| matches!(&a.kind, ActionKind::Recover { member, .. } if member == "a")),
+            "late probe {late_probe}: the old primary must be rewound, not merely restarted: {:?}",
+            all.iter().map(|a| &a.kind).collect::<Vec<_>>()
+        );
+        let fenced = all
+            .iter()
+            .any(|a| matches!(&a.kind, ActionKind::Fence { member } if member == "a"));
+        assert_eq!(
+            fenced, late_probe,
+            "a cleanly stopped primary needs no fence"
+        );
+    }
+}
