@@ -238,6 +238,7 @@ pub(crate) async fn start(
         last_primary: None,
         etcd_error: None,
         repair: None,
+        upstream: None,
         repair_after: Instant::now(),
         sync_job: None,
         addrs,
@@ -313,7 +314,9 @@ struct Agent {
     track: SyncTrack,
     last_primary: Option<PrimaryView>,
     etcd_error: Option<String>,
-    repair: Option<tokio::task::JoinHandle<Option<Outcome>>>,
+    repair: Option<tokio::task::JoinHandle<(Outcome, Option<String>)>>,
+    /// The member this standby's walreceiver streams (or last streamed) from.
+    upstream: Option<String>,
     repair_after: Instant,
     sync_job: Option<tokio::task::JoinHandle<()>>,
     addrs: BTreeMap<String, SocketAddr>,
@@ -505,10 +508,11 @@ impl Agent {
         if self.repair.as_ref().is_some_and(|j| j.is_finished()) {
             if let Some(j) = self.repair.take() {
                 match j.await {
-                    Ok(Some(Outcome::Ok)) => {
+                    Ok((Outcome::Ok, up)) => {
                         self.fenced = false;
+                        self.upstream = up;
                     }
-                    Ok(o) => {
+                    Ok((o, _)) => {
                         tracing::warn!(member = %self.me, outcome = ?o, "repair did not succeed; trying again in {REPAIR_RETRY:?}");
                         self.repair_after = Instant::now() + REPAIR_RETRY;
                     }
@@ -808,58 +812,91 @@ impl Agent {
         }
     }
 
-    fn follow_leader(&mut self, leader: &str, state: &ClusterState) {
-        if self.repair.is_some() || Instant::now() < self.repair_after {
-            return;
-        }
-        let leader_ready = self
-            .reports
+    /// The member whose `host:port` is `sender` (a walreceiver's upstream).
+    fn member_at(&self, sender: &str) -> Option<String> {
+        self.executor
+            .members()
             .iter()
-            .any(|r| r.member == leader && report_str(r, "role") == Some("primary"));
-        if !leader_ready {
-            return;
+            .find(|m| format!("{}:{}", m.host, m.port) == sender)
+            .map(|m| m.name.clone())
+    }
+
+    fn follow_leader(&mut self, leader: &str, state: &ClusterState) {
+        let pg = self.pg().cloned();
+        // Whom the walreceiver streams from (kept while it reconnects after a blip).
+        if let Some(up) = pg
+            .as_ref()
+            .filter(|p| p.in_recovery && p.wal_receiver_streaming)
+            .and_then(|p| p.sender.as_deref())
+            .and_then(|s| self.member_at(s))
+        {
+            self.upstream = Some(up);
         }
-        let pg = self.pg();
-        let want_sender = self
-            .member(leader)
-            .map(|m| format!("{}:{}", m.host, m.port));
-        let following = pg.is_some_and(|p| {
-            p.in_recovery
-                && p.wal_receiver_streaming
-                && p.sender.is_some()
-                && p.sender == want_sender
-        });
-        if following {
+        if pg.as_ref().is_some_and(|p| p.in_recovery) && self.upstream.as_deref() == Some(leader) {
             self.fenced = false;
             return;
         }
-        let streaming_elsewhere = pg.is_some_and(|p| p.in_recovery);
-        let kind = if self.fenced || self.verdict() == Verdict::Down || pg.is_none() {
-            if self.fenced || self.verdict() == Verdict::Down {
-                ActionKind::Rejoin {
-                    member: self.me.clone(),
-                    primary: leader.to_string(),
-                }
-            } else {
-                return;
-            }
-        } else if streaming_elsewhere {
-            ActionKind::Repoint {
-                member: self.me.clone(),
-                primary: leader.to_string(),
-            }
-        } else {
+        if self.repair.is_some() || Instant::now() < self.repair_after {
+            return;
+        }
+        // Only towards a leader whose agent is alive and whose PostgreSQL is a primary.
+        let leader_ready = self.reports.iter().any(|r| {
+            r.member == leader && r.age < FRESH_REPORT && report_str(r, "role") == Some("primary")
+        });
+        if !leader_ready {
+            return;
+        }
+        let (Some(m), Some(l)) = (self.member(&self.me), self.member(leader)) else {
             return;
         };
-        tracing::info!(member = %self.me, leader, ?kind, "following the leader");
+        let executor = self.executor.clone();
+        let generation = state.generation;
+        let leader = leader.to_string();
+        let me = self.me.clone();
+        if pg.as_ref().is_some_and(|p| p.in_recovery) && !self.fenced {
+            // A running standby: repoint it (never a rewind of a healthy standby here).
+            tracing::info!(member = %me, %leader, "following the leader: repoint");
+            self.repair = Some(tokio::spawn(async move {
+                let pgh = executor.pg().clone();
+                let r = tokio::task::spawn_blocking(move || pgh.repoint(&m, &l)).await;
+                match r {
+                    Ok(Ok(_)) => (Outcome::Ok, Some(leader)),
+                    Ok(Err(e)) => (Outcome::Failed(e.to_string()), None),
+                    Err(e) => (Outcome::Failed(e.to_string()), None),
+                }
+            }));
+            return;
+        }
+        if !(self.fenced || self.verdict() == Verdict::Down) {
+            return;
+        }
+        // A fenced former primary is rewound; a standby that is down is started (and
+        // repointed, or rewound when it cannot follow).
+        let kind = if self.fenced {
+            ActionKind::Rejoin {
+                member: me.clone(),
+                primary: leader.clone(),
+            }
+        } else {
+            ActionKind::Recover {
+                member: me.clone(),
+                primary: leader.clone(),
+            }
+        };
+        tracing::info!(member = %me, %leader, ?kind, "following the leader");
         let action = Action {
             id: 0,
-            generation: state.generation,
+            generation,
             lane: Lane::Background,
             kind,
         };
-        let executor = self.executor.clone();
-        self.repair = Some(tokio::spawn(async move { executor.run(&action).await }));
+        self.repair = Some(tokio::spawn(async move {
+            match executor.run(&action).await {
+                Some(Outcome::Ok) => (Outcome::Ok, Some(leader)),
+                Some(o) => (o, None),
+                None => (Outcome::Failed("nothing done".into()), None),
+            }
+        }));
     }
 
     /// The best candidate by the reports, or why there is none.

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use lifeboat_config::{Config, Replication};
-use lifeboat_coord::{Coordinator, EmbeddedOptions};
+use lifeboat_coord::{Coordinator, EmbeddedOptions, EtcdOptions};
 use lifeboat_postgres::cluster::{HostAuth, InitSettings, Member, Pg, SyncMode};
 use serde::Serialize;
 
@@ -96,11 +96,9 @@ pub async fn bootstrap(
             }
             Coordinator::open_embedded(EmbeddedOptions::new(state, &config.cluster.name)).await?
         }
-        lifeboat_config::Coordinator::Etcd { .. } => {
-            return Err(BootstrapError::Invalid(
-                "bootstrap with the etcd coordinator is not built yet; use [coordinator] embedded"
-                    .into(),
-            ))
+        lifeboat_config::Coordinator::Etcd { endpoints } => {
+            Coordinator::connect_etcd(EtcdOptions::new(endpoints.clone(), &config.cluster.name))
+                .await?
         }
     };
     let state = coord.state().await?;

@@ -285,6 +285,24 @@ impl EtcdCluster {
         self.wait_healthy(i, Instant::now() + READY_DEADLINE)
     }
 
+    /// Starts every stopped member at once (a quorum must come back together, so one at a
+    /// time would never get healthy) and waits until each is healthy.
+    ///
+    /// # Errors
+    /// [`Error::NotReady`] when a member is not healthy within 30 s; [`Error::Io`] spawning.
+    pub fn restart_all(&mut self) -> Result<()> {
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_none() {
+                self.spawn(i)?;
+            }
+        }
+        let deadline = Instant::now() + READY_DEADLINE;
+        for i in 0..self.members.len() {
+            self.wait_healthy(i, deadline)?;
+        }
+        Ok(())
+    }
+
     fn member_mut(&mut self, i: usize) -> Result<&mut Member> {
         let n = self.members.len();
         self.members.get_mut(i).ok_or_else(|| Error::Command {
