@@ -3,13 +3,14 @@
 //!
 //! ```text
 //! proxy --listen ADDR --primary ADDR [--read-listen ADDR --replica ADDR...]
-//!       [--threads N | --pinned N] [--hold-ms MS] [--buffer BYTES]
+//!       [--threads N | --pinned N | --reuseport N] [--hold-ms MS] [--buffer BYTES]
 //! ```
 //!
 //! `--threads 1` (the default) runs the proxy on a current-thread runtime, `N > 1` on a
 //! multi-thread runtime with N workers; `--pinned N` accepts on a current-thread runtime and
 //! hands each connection to one of N current-thread runtimes on their own threads, round
-//! robin (ADR 0020 compares the three). It runs until SIGINT or
+//! robin; `--reuseport N` runs N current-thread runtimes on their own threads, each accepting
+//! on its own `SO_REUSEPORT` listener (ADR 0020 compares them). It runs until SIGINT or
 //! SIGTERM and then prints each port's counters to stderr.
 
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ struct Args {
     replicas: Vec<SocketAddr>,
     threads: usize,
     pinned: usize,
+    reuseport: usize,
     options: ProxyOptions,
 }
 
@@ -37,6 +39,7 @@ fn parse() -> Result<Args, String> {
     let mut replicas = Vec::new();
     let mut threads = 1;
     let mut pinned = 0;
+    let mut reuseport = 0;
     let mut options = ProxyOptions::default();
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,6 +57,7 @@ fn parse() -> Result<Args, String> {
             "--replica" => replicas.push(addr(value()?)?),
             "--threads" => threads = num(value()?)?.max(1) as usize,
             "--pinned" => pinned = num(value()?)? as usize,
+            "--reuseport" => reuseport = num(value()?)? as usize,
             "--hold-ms" => options = options.with_hold(Duration::from_millis(num(value()?)?)),
             "--buffer" => options = options.with_buffer_size(num(value()?)? as usize),
             "-h" | "--help" => return Err(USAGE.into()),
@@ -67,6 +71,7 @@ fn parse() -> Result<Args, String> {
         replicas,
         threads,
         pinned,
+        reuseport,
         options,
     })
 }
@@ -91,6 +96,7 @@ fn pinned_workers(n: usize) -> Result<Vec<tokio::runtime::Handle>, String> {
 
 async fn run(args: Args) -> Result<(), String> {
     let workers = pinned_workers(args.pinned)?;
+    let reuse_workers = pinned_workers(args.reuseport)?;
     let (tx, rx) = tokio::sync::watch::channel(Route {
         generation: 1,
         primary: Some(args.primary),
@@ -100,6 +106,23 @@ async fn run(args: Args) -> Result<(), String> {
     ports.extend(args.read_listen.map(|a| (Role::Read, a)));
     let mut counters = Vec::new();
     for (role, addr) in ports {
+        if !reuse_workers.is_empty() {
+            let group =
+                Port::bind_reuseport(role, addr, rx.clone(), args.options.clone(), &reuse_workers)
+                    .map_err(|e| e.to_string())?;
+            if let Some(first) = group.first() {
+                eprintln!(
+                    "proxy: {role:?} port on {} ({} SO_REUSEPORT listeners)",
+                    first.local_addr(),
+                    group.len()
+                );
+                counters.push((role, first.counters()));
+            }
+            for (port, worker) in group.into_iter().zip(&reuse_workers) {
+                worker.spawn(port.serve());
+            }
+            continue;
+        }
         let port = Port::bind(role, addr, rx.clone(), args.options.clone())
             .await
             .map_err(|e| e.to_string())?;

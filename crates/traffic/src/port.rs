@@ -124,6 +124,61 @@ impl Port {
         Port::from_listener(role, listener, routes, options)
     }
 
+    /// Binds `addr` once for each of `workers` with `SO_REUSEPORT` (the kernel spreads new
+    /// connections over the listeners) and returns one port per worker, in order, sharing one
+    /// set of [`Counters`] and one round-robin position. Each listener is registered with its
+    /// worker's reactor: run each port's [`Port::serve`] on its worker (`worker.spawn(..)`),
+    /// so a connection lives on the thread that accepted it, with nothing handed over,
+    /// stolen or woken across threads. With port 0 the first listener picks the port and the
+    /// others join it.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] when a listener cannot be created or bound; [`Error::LocalAddr`] as in
+    /// [`Port::bind`].
+    pub fn bind_reuseport(
+        role: Role,
+        addr: SocketAddr,
+        routes: watch::Receiver<Route>,
+        options: ProxyOptions,
+        workers: &[tokio::runtime::Handle],
+    ) -> Result<Vec<Port>, Error> {
+        let shared = Arc::new(Shared {
+            role,
+            options,
+            counters: Arc::new(Counters::default()),
+            next: AtomicUsize::new(0),
+        });
+        let mut addr = addr;
+        let mut ports = Vec::with_capacity(workers.len());
+        for worker in workers {
+            let bind_err = |source| Error::Bind { addr, source };
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+            .map_err(bind_err)?;
+            socket.set_reuseaddr(true).map_err(bind_err)?;
+            socket.set_reuseport(true).map_err(bind_err)?;
+            socket.bind(addr).map_err(bind_err)?;
+            let listener = {
+                let _in_worker = worker.enter();
+                socket.listen(1024).map_err(bind_err)?
+            };
+            let local = listener
+                .local_addr()
+                .map_err(|source| Error::LocalAddr { source })?;
+            addr = local;
+            ports.push(Port {
+                listener,
+                local,
+                routes: routes.clone(),
+                shared: Arc::clone(&shared),
+            });
+        }
+        Ok(ports)
+    }
+
     /// Like [`Port::bind`] on a listener the caller bound (e.g. passed by systemd).
     ///
     /// # Errors

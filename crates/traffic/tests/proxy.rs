@@ -340,26 +340,65 @@ fn a_dead_backend_makes_the_client_fail_fast() {
     });
 }
 
-#[test]
-fn connections_handed_to_worker_runtimes_are_forwarded_and_closed_on_switch() {
-    let a = PgServer::start(&[]).expect("server a");
-    // Two current-thread runtimes on their own threads, as the daemon would run them.
-    let mut stops = Vec::new();
-    let mut threads = Vec::new();
-    let mut workers = Vec::new();
-    for _ in 0..2 {
+/// `n` current-thread runtimes on their own threads (as the daemon runs the proxy); they
+/// stop when the returned senders are dropped.
+fn worker_runtimes(
+    n: usize,
+) -> (
+    Vec<tokio::runtime::Handle>,
+    Vec<tokio::sync::oneshot::Sender<()>>,
+    Vec<std::thread::JoinHandle<()>>,
+) {
+    let (mut handles, mut stops, mut threads) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("worker runtime");
-        workers.push(rt.handle().clone());
+        handles.push(rt.handle().clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         stops.push(stop);
         threads.push(std::thread::spawn(move || {
             let _ = rt.block_on(stopped);
         }));
     }
+    (handles, stops, threads)
+}
+
+/// Four clients through `addr` land on `a`; a switch to no primary closes them all.
+async fn forwarded_then_closed(
+    addr: SocketAddr,
+    a: &PgServer,
+    tx: &watch::Sender<Route>,
+    counters: &Counters,
+) {
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        let (c, conn) = connect(addr).await.expect("connect through a worker");
+        assert_eq!(landed(&c).await, (a.port(), false));
+        conns.push((c, conn));
+    }
+    tx.send_replace(Route {
+        generation: 2,
+        primary: None,
+        replicas: vec![],
+    });
+    for (_c, conn) in conns {
+        closed(conn, "closed on its worker by the switch").await;
+    }
+    let s = counters_until(counters, "nothing connected", |s| {
+        s.connected_to(local(a.port())) == 0 && s.active == 0
+    })
+    .await;
+    assert_eq!((s.accepted, s.closed_on_switch), (4, 4), "{s:?}");
+}
+
+#[test]
+fn connections_on_worker_runtimes_are_forwarded_and_closed_on_switch() {
+    let a = PgServer::start(&[]).expect("server a");
+    let (workers, stops, threads) = worker_runtimes(2);
     runtime().block_on(async {
+        // Handed over by one accept loop.
         let (tx, rx) = watch::channel(Route::with_primary(1, local(a.port())));
         let port = Port::bind(Role::Write, local(0), rx, ProxyOptions::default())
             .await
@@ -367,25 +406,21 @@ fn connections_handed_to_worker_runtimes_are_forwarded_and_closed_on_switch() {
         let (addr, counters) = (port.local_addr(), port.counters());
         let w = workers.clone();
         tokio::spawn(async move { port.serve_on(&w).await });
-        let mut conns = Vec::new();
-        for _ in 0..4 {
-            let (c, conn) = connect(addr).await.expect("connect through a worker");
-            assert_eq!(landed(&c).await, (a.port(), false));
-            conns.push((c, conn));
+        forwarded_then_closed(addr, &a, &tx, &counters).await;
+
+        // Accepted by each worker on its own SO_REUSEPORT listener.
+        let (tx, rx) = watch::channel(Route::with_primary(1, local(a.port())));
+        let ports =
+            Port::bind_reuseport(Role::Write, local(0), rx, ProxyOptions::default(), &workers)
+                .expect("bind SO_REUSEPORT listeners");
+        assert_eq!(ports.len(), 2);
+        let addr = ports[0].local_addr();
+        assert_eq!(ports[1].local_addr(), addr, "one port, two listeners");
+        let counters = ports[0].counters();
+        for (port, worker) in ports.into_iter().zip(&workers) {
+            worker.spawn(port.serve());
         }
-        tx.send_replace(Route {
-            generation: 2,
-            primary: None,
-            replicas: vec![],
-        });
-        for (_c, conn) in conns {
-            closed(conn, "closed on its worker by the switch").await;
-        }
-        let s = counters_until(&counters, "nothing connected", |s| {
-            s.connected_to(local(a.port())) == 0 && s.active == 0
-        })
-        .await;
-        assert_eq!((s.accepted, s.closed_on_switch), (4, 4), "{s:?}");
+        forwarded_then_closed(addr, &a, &tx, &counters).await;
     });
     drop(stops);
     for t in threads {
