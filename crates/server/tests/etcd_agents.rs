@@ -571,7 +571,10 @@ fn kill_tree(pid: u32) {
         })
         .collect();
     for p in std::iter::once(pid).chain(children) {
-        let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-9", &p.to_string()])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
