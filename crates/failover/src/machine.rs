@@ -113,6 +113,9 @@ pub enum Outcome {
     Stale(u64),
     /// The action failed; the text says why.
     Failed(String),
+    /// A repair succeeded, but not the plain way, and someone should know how (a standby
+    /// that would not start was re-cloned, its old data directory set aside): the text says.
+    Repaired(String),
 }
 
 /// One input to [`Machine::handle`]; `at` is the driver's monotonic time.
@@ -748,7 +751,7 @@ impl Machine {
                     v.retry_at = self.now + self.settings.retry;
                 }
             }
-            if let Outcome::Failed(why) = outcome {
+            if let Outcome::Failed(why) | Outcome::Repaired(why) = outcome {
                 self.alert(out, Severity::Critical, format!("{member}: {why}"));
             }
             return;

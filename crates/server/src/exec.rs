@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use lifeboat_coord::Coordinator;
 use lifeboat_failover::{Action, ActionKind, Outcome};
-use lifeboat_postgres::cluster::{ClusterError, Member, Pg, StopMode, SyncMode};
+use lifeboat_postgres::cluster::{ClusterError, Member, Pg, RejoinPath, StopMode, SyncMode};
 
 /// How long a promotion may take before it counts as failed.
 const PROMOTE_WAIT: Duration = Duration::from_secs(10);
@@ -241,9 +241,23 @@ impl Executor {
             }
         }
         clear_stale_locks(&m.data_dir);
-        done(self.pg.rejoin(m, primary).map(|r| {
-            tracing::info!(member = %m.name, path = ?r.path, took = ?r.took, "rejoined");
-        }))
+        match self.pg.rejoin(m, primary) {
+            Ok(r) => {
+                tracing::info!(member = %m.name, path = ?r.path, took = ?r.took, "rejoined");
+                match r.path {
+                    RejoinPath::Recloned {
+                        set_aside,
+                        rewind_error,
+                    } => Outcome::Repaired(format!(
+                        "could not be rewound ({rewind_error}); cloned anew from {}, its old data directory kept at {}",
+                        primary.name,
+                        set_aside.display()
+                    )),
+                    _ => Outcome::Ok,
+                }
+            }
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
     }
 
     fn recover(&self, m: &Member, primary: &Member) -> Outcome {
@@ -252,7 +266,15 @@ impl Executor {
                 clear_stale_locks(&m.data_dir);
                 if let Err(e) = self.pg.start(m) {
                     tracing::warn!(member = %m.name, "start failed ({e}); rejoining");
-                    return self.rejoin(m, primary);
+                    return match self.rejoin(m, primary) {
+                        Outcome::Failed(why) => Outcome::Failed(format!(
+                            "it does not start ({e}); rejoining failed too: {why}"
+                        )),
+                        Outcome::Repaired(how) => {
+                            Outcome::Repaired(format!("it did not start ({e}); it {how}"))
+                        }
+                        o => o,
+                    };
                 }
             }
             Ok(true) => {}
