@@ -396,8 +396,13 @@ impl Agent {
         if let Some(l) = self.leading.take() {
             l.stop.cancel();
             if let Ok(Some(lease)) = l.keeper.await {
-                // A clean stop hands the lease over at once; the primary stays up only
-                // until another member is promoted (it will rejoin).
+                // Nothing guards the primary once its agent is gone: it stops (standby.signal,
+                // immediate stop) before the lease is handed over, as Patroni does.
+                if let Some(m) = self.member(&self.me) {
+                    let pg = self.executor.pg().clone();
+                    let r = tokio::task::spawn_blocking(move || pg.fence(&m)).await;
+                    tracing::warn!(member = %self.me, result = ?r.map(|r| r.map(|f| f.took)), "the agent stops: its primary was stopped read-only");
+                }
                 if let Err(e) = self.coord.release(lease).await {
                     tracing::warn!("releasing the leader lease: {e}");
                 }
@@ -640,6 +645,10 @@ impl Agent {
             );
             self.stop_leading(false).await;
             self.fence_self(&why).await;
+            return;
+        }
+        if state.maintenance {
+            // Maintenance: keep the lease (the keeper renews it), change nothing.
             return;
         }
         if self.verdict() == Verdict::Down {

@@ -434,6 +434,20 @@ impl Estate {
         std::fs::read_to_string(self.root.join(format!("agent-m{}.log", i + 1))).unwrap_or_default()
     }
 
+    /// The agents' lines about leases, fencing and promotions (the timeline, for the log).
+    fn print_events(&self) {
+        for i in 0..3 {
+            for l in self.log(i).lines().filter(|l| {
+                ["lease", "fenced", "takes over", "is the primary", "unreachable", "following"]
+                    .iter()
+                    .any(|k| l.contains(k))
+            }) {
+                let l = l.replace("\u{1b}[2m", "").replace("\u{1b}[0m", "");
+                println!("  m{}: {}", i + 1, l.chars().take(260).collect::<String>());
+            }
+        }
+    }
+
     fn status(&self, i: usize) -> Option<serde_json::Value> {
         http_status(self.apis[i])
     }
@@ -892,5 +906,6 @@ fn a_partitioned_primary_stops_taking_writes_before_another_is_promoted() {
         "two writable primaries: m1 took a write {:?} after {to}'s first",
         last_old.duration_since(first_new)
     );
+    e.print_events();
     assert_eq!(e.in_recovery(0), None, "m1 must be fenced (not running)");
 }
