@@ -438,9 +438,16 @@ impl Estate {
     fn print_events(&self) {
         for i in 0..3 {
             for l in self.log(i).lines().filter(|l| {
-                ["lease", "fenced", "takes over", "is the primary", "unreachable", "following"]
-                    .iter()
-                    .any(|k| l.contains(k))
+                [
+                    "lease",
+                    "fenced",
+                    "takes over",
+                    "is the primary",
+                    "unreachable",
+                    "following",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
             }) {
                 let l = l.replace("\u{1b}[2m", "").replace("\u{1b}[0m", "");
                 println!("  m{}: {}", i + 1, l.chars().take(260).collect::<String>());
