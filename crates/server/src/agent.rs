@@ -910,49 +910,7 @@ impl Agent {
 
     /// The best candidate by the reports, or why there is none.
     fn candidate(&self, state: &ClusterState) -> Result<String, String> {
-        let old = state.primary.clone().unwrap_or_default();
-        let live: BTreeMap<&str, &MemberReport> = self
-            .reports
-            .iter()
-            .filter(|r| r.member != old && up_standby(r))
-            .map(|r| (r.member.as_str(), r))
-            .collect();
-        let pool: Vec<&str> = if self.sync && state.generation > 0 {
-            let Some(view) = self
-                .last_primary
-                .as_ref()
-                .filter(|v| v.generation == state.generation && v.member == old)
-            else {
-                return Err(format!(
-                    "this agent does not know the synchronous set of {old} (generation {})",
-                    state.generation
-                ));
-            };
-            let set: Vec<&str> = view
-                .sync_set
-                .iter()
-                .map(String::as_str)
-                .filter(|m| *m != old)
-                .collect();
-            if set.is_empty() {
-                return Err(format!("{old} had no synchronous standby: no standby is known to hold every acknowledged commit"));
-            }
-            if let Some(missing) = set.iter().find(|m| !live.contains_key(*m)) {
-                return Err(format!(
-                    "{missing}, in {old}'s synchronous set, has no live report to compare"
-                ));
-            }
-            set.into_iter()
-                .filter(|m| view.confirmed.iter().any(|c| c == m))
-                .collect()
-        } else {
-            live.keys().copied().collect()
-        };
-        let lsn = |m: &str| live.get(m).and_then(|r| report_u64(r, "lsn")).unwrap_or(0);
-        pool.into_iter()
-            .max_by(|a, b| lsn(a).cmp(&lsn(b)).then_with(|| b.cmp(a)))
-            .map(str::to_string)
-            .ok_or_else(|| "no confirmed synchronous standby".to_string())
+        choose(self.sync, state, &self.reports, self.last_primary.as_ref())
     }
 
     async fn elect(&mut self, state: &ClusterState) {
@@ -1151,6 +1109,57 @@ impl Agent {
     }
 }
 
+/// The standby to promote when no leader holds the lease, by the live reports, or why
+/// there is none. Sync mode: only a confirmed member of the last primary's synchronous set
+/// (as `last` remembers it), and only when every member of the set can be compared; async:
+/// any live standby. The most WAL received wins, ties to the lowest name.
+fn choose(
+    sync: bool,
+    state: &ClusterState,
+    reports: &[MemberReport],
+    last: Option<&PrimaryView>,
+) -> Result<String, String> {
+    let old = state.primary.clone().unwrap_or_default();
+    let live: BTreeMap<&str, &MemberReport> = reports
+        .iter()
+        .filter(|r| r.member != old && up_standby(r))
+        .map(|r| (r.member.as_str(), r))
+        .collect();
+    let pool: Vec<&str> = if sync && state.generation > 0 {
+        let Some(view) = last.filter(|v| v.generation == state.generation && v.member == old)
+        else {
+            return Err(format!(
+                "this agent does not know the synchronous set of {old} (generation {})",
+                state.generation
+            ));
+        };
+        let set: Vec<&str> = view
+            .sync_set
+            .iter()
+            .map(String::as_str)
+            .filter(|m| *m != old)
+            .collect();
+        if set.is_empty() {
+            return Err(format!("{old} had no synchronous standby: no standby is known to hold every acknowledged commit"));
+        }
+        if let Some(missing) = set.iter().find(|m| !live.contains_key(*m)) {
+            return Err(format!(
+                "{missing}, in {old}'s synchronous set, has no live report to compare"
+            ));
+        }
+        set.into_iter()
+            .filter(|m| view.confirmed.iter().any(|c| c == m))
+            .collect()
+    } else {
+        live.keys().copied().collect()
+    };
+    let lsn = |m: &str| live.get(m).and_then(|r| report_u64(r, "lsn")).unwrap_or(0);
+    pool.into_iter()
+        .max_by(|a, b| lsn(a).cmp(&lsn(b)).then_with(|| b.cmp(a)))
+        .map(str::to_string)
+        .ok_or_else(|| "no confirmed synchronous standby".to_string())
+}
+
 /// Fences `me` on this host and logs why.
 async fn fence(executor: &Executor, me: &str, why: &str) {
     let Some(m) = executor.member(me).cloned() else {
@@ -1216,5 +1225,81 @@ async fn keep_lease(
             }
             () = tokio::time::sleep_until(sent + ttl / 3) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn state(generation: u64, primary: &str) -> ClusterState {
+        ClusterState {
+            generation,
+            primary: Some(primary.into()),
+            maintenance: false,
+            pending_approval: None,
+            leader: None,
+        }
+    }
+
+    fn standby(name: &str, lsn: u64) -> MemberReport {
+        MemberReport {
+            member: name.into(),
+            report: json!({"role": "standby", "lsn": lsn, "fenced": false}),
+            age: Duration::ZERO,
+        }
+    }
+
+    fn view(set: &[&str], confirmed: &[&str]) -> PrimaryView {
+        PrimaryView {
+            member: "m1".into(),
+            generation: 3,
+            sync_set: set.iter().map(|s| s.to_string()).collect(),
+            confirmed: confirmed.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn sync_mode_promotes_the_confirmed_standby_with_the_most_wal() {
+        let reports = [standby("m2", 100), standby("m3", 200)];
+        let v = view(&["m2", "m3"], &["m2", "m3"]);
+        assert_eq!(choose(true, &state(3, "m1"), &reports, Some(&v)).unwrap(), "m3");
+        // Ties go to the lowest name, so every agent picks the same one.
+        let reports = [standby("m3", 100), standby("m2", 100)];
+        assert_eq!(choose(true, &state(3, "m1"), &reports, Some(&v)).unwrap(), "m2");
+        // An unconfirmed standby is never promoted, whatever WAL it has.
+        let v = view(&["m2", "m3"], &["m2"]);
+        let reports = [standby("m2", 100), standby("m3", 900)];
+        assert_eq!(choose(true, &state(3, "m1"), &reports, Some(&v)).unwrap(), "m2");
+    }
+
+    #[test]
+    fn sync_mode_promotes_nobody_it_cannot_prove_holds_every_commit() {
+        let reports = [standby("m2", 100), standby("m3", 200)];
+        // Commits acknowledged with an empty set: nobody.
+        assert!(choose(true, &state(3, "m1"), &reports, Some(&view(&[], &[]))).is_err());
+        // Nobody confirmed yet.
+        assert!(choose(true, &state(3, "m1"), &reports, Some(&view(&["m2"], &[]))).is_err());
+        // A member of the set has no live report: it may hold the last commit.
+        let v = view(&["m2", "m3"], &["m2", "m3"]);
+        let err = choose(true, &state(3, "m1"), &reports[..1], Some(&v)).unwrap_err();
+        assert!(err.contains("m3"), "{err}");
+        // A fenced member of the set cannot be compared either.
+        let mut fenced = standby("m3", 200);
+        fenced.report["fenced"] = json!(true);
+        assert!(choose(true, &state(3, "m1"), &[standby("m2", 1), fenced], Some(&v)).is_err());
+        // What the primary said belongs to its generation only.
+        assert!(choose(true, &state(4, "m1"), &reports, Some(&v)).is_err());
+        assert!(choose(true, &state(3, "m1"), &reports, None).is_err());
+    }
+
+    #[test]
+    fn async_mode_promotes_the_live_standby_with_the_most_wal() {
+        let mut old = standby("m1", 999);
+        old.report["role"] = json!("primary");
+        let reports = [old, standby("m2", 100), standby("m3", 50)];
+        assert_eq!(choose(false, &state(3, "m1"), &reports, None).unwrap(), "m2");
+        assert!(choose(false, &state(3, "m1"), &reports[..1], None).is_err());
     }
 }
