@@ -1264,14 +1264,23 @@ mod tests {
     fn sync_mode_promotes_the_confirmed_standby_with_the_most_wal() {
         let reports = [standby("m2", 100), standby("m3", 200)];
         let v = view(&["m2", "m3"], &["m2", "m3"]);
-        assert_eq!(choose(true, &state(3, "m1"), &reports, Some(&v)).unwrap(), "m3");
+        assert_eq!(
+            choose(true, &state(3, "m1"), &reports, Some(&v)).unwrap(),
+            "m3"
+        );
         // Ties go to the lowest name, so every agent picks the same one.
         let reports = [standby("m3", 100), standby("m2", 100)];
-        assert_eq!(choose(true, &state(3, "m1"), &reports, Some(&v)).unwrap(), "m2");
+        assert_eq!(
+            choose(true, &state(3, "m1"), &reports, Some(&v)).unwrap(),
+            "m2"
+        );
         // An unconfirmed standby is never promoted, whatever WAL it has.
         let v = view(&["m2", "m3"], &["m2"]);
         let reports = [standby("m2", 100), standby("m3", 900)];
-        assert_eq!(choose(true, &state(3, "m1"), &reports, Some(&v)).unwrap(), "m2");
+        assert_eq!(
+            choose(true, &state(3, "m1"), &reports, Some(&v)).unwrap(),
+            "m2"
+        );
     }
 
     #[test]
@@ -1299,7 +1308,10 @@ mod tests {
         let mut old = standby("m1", 999);
         old.report["role"] = json!("primary");
         let reports = [old, standby("m2", 100), standby("m3", 50)];
-        assert_eq!(choose(false, &state(3, "m1"), &reports, None).unwrap(), "m2");
+        assert_eq!(
+            choose(false, &state(3, "m1"), &reports, None).unwrap(),
+            "m2"
+        );
         assert!(choose(false, &state(3, "m1"), &reports[..1], None).is_err());
     }
 }
