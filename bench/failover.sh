@@ -1,0 +1,422 @@
+#!/usr/bin/env bash
+# PostgreSQL high availability: Lifeboat's failover against Patroni and pg_auto_failover, with the
+# same probe, on the same machine, in one run (issue 4).
+#
+# Usage:  bash bench/failover.sh           (as root; settings via environment variables)
+#
+# The probe is the shared, system-agnostic ../shared/bench/failover/failover_probe.py (called, not
+# copied): a writer inserts one row every 10 ms (autocommit, one id per statement, an id counts as
+# acknowledged when COMMIT returned), a fault after a random warm-up, then RTO = fault -> first
+# acknowledged write on another member, RPO = acknowledged ids missing on the new primary.
+# It is run through bench/failover_probe_node.py, which names each connection by the server that
+# answers it (inet_server_port()) instead of by the DSN: through Lifeboat's proxy the DSN address
+# never changes, so the unmodified probe could not see a failover. Patroni and pg_auto_failover are
+# measured by the shared run-*.sh scripts (multi-host libpq DSN, target_session_attrs=read-write).
+#
+# Configurations (PHASES, in this order; each appends one JSON line per trial to $RES/<phase>.jsonl):
+#   lb-sync        fresh two-member cluster per trial (`lifeboat cluster bootstrap`, replication =
+#                  "sync", every other setting default), `lifeboat run -v` in the background; once
+#                  `lifeboat status --json` shows phase healthy and a failover target: the writer
+#                  through the proxy's write port, then SIGKILL of the primary's postmaster and all
+#                  its backends at once (PostgreSQL node loss; the daemon is the monitor and lives)
+#   lb-async       the same with replication = "async" (RPO: count and age of lost writes)
+#   lb-blip        SIGSTOP of the primary's postmaster and backends for BLIP_S (0.5 s = half the
+#                  default detection threshold: interval 250 ms x fall 3 + timeout 250 ms), then
+#                  SIGCONT; probe --mode blip: false failover?, max write gap, lost rows
+#   lb-switchover  `lifeboat switchover --to <standby>` under the writer (probe --mode blip):
+#                  write gap, failed statements, lost rows
+#   patroni-default   run-patroni-trials.sh, Patroni defaults (ttl 30, loop_wait 10,
+#                  retry_timeout 10), synchronous_mode on (like Lifeboat's sync)
+#   patroni-tuned  same, ttl 10, loop_wait 2, retry_timeout 3 (as low as Debian's 3.0.2 accepts)
+#   pgaf-tuned     run-pgaf-trials.sh with the monitor's health checks as tight as they go (1 s
+#                  period/timeout, 1 retry after 0.5 s, unhealthy/demote timeouts 3 s)
+#   patroni-switchover   run-patroni-switchover.sh (defaults, synchronous_mode on)
+#   patroni-default-async patroni-tuned-async   (not in the default PHASES) the async variants
+#   summary        medians, min-max, ratios -> $RES/summary.md (reads every $RES/*.jsonl)
+#
+# Environment:
+#   TRIALS=10            trials per Lifeboat configuration
+#   TRIALS_PEERS=$TRIALS trials per Patroni / pg_auto_failover configuration (a Patroni default
+#                        trial takes ~60 s; say so when this is smaller)
+#   PHASES="lb-sync lb-async lb-blip lb-switchover patroni-default patroni-tuned pgaf-tuned patroni-switchover summary"
+#   WARMUP_MIN=3 WARMUP_MAX=6   Lifeboat warm-up before the fault (the peers keep the shared
+#                        scripts' 5-15 s: their loops are 2-10 s long, Lifeboat's 0.25 s)
+#   BLIP_S=0.5 OBSERVE=10       pause length and observation window of lb-blip / lb-switchover
+#   WORK=/work/bench-failover   work dir: sources, binary, scratch clusters (BENCH_BASE=$WORK/fobench
+#                        for the shared scripts, Lifeboat's clusters under $WORK/lb)
+#   LIFEBOAT_REV=HEAD    commit to build: clean `git archive` into $WORK/src-<rev>, release build
+#                        with CARGO_TARGET_DIR=/work/target-bench, binary copied to $WORK/bin
+#   LB=<path>            use this lifeboat binary instead of building (give LIFEBOAT_REV too)
+#   RES=bench/results/<UTC date>/failover-<rev>   raw results
+#   INSTALL=1            apt-get install what is missing (postgresql-15 etcd-server etcd-client
+#                        patroni postgresql-15-auto-failover python3-psycopg2)
+#
+# Output in $RES: <phase>.jsonl (raw probe lines; Lifeboat lines also carry the daemon's
+# last_transition and the load of the machine), logs/ (daemon logs with -v, bootstrap output,
+# status after each trial), load.tsv (load1 and compiler processes every 5 s: other engineers
+# build and test on this 2-core machine), machine.txt, command.txt, summary.md.
+set -euo pipefail
+
+# Helper mode for the probe's --victim-cmd/--kill-cmd: the PIDs of the current primary's
+# postmaster and all its children (from `lifeboat status --json` and postmaster.pid).
+if [ "${1:-}" = --primary-pids ]; then
+  cfg="$2" lb="$3"
+  name="$("$lb" --json status --config "$cfg" 2>/dev/null | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["primary"])')"
+  pm="$(head -1 "$(dirname "$cfg")/pg/$name/postmaster.pid")"
+  echo "$pm $(ps -o pid= --ppid "$pm" | tr -d ' ' | tr '\n' ' ')"
+  exit 0
+fi
+
+ROOT="$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)"
+SHARED="${SHARED:-$ROOT/../shared/bench/failover}"
+[ -f "$SHARED/failover_probe.py" ] || { echo "failover harness not found: $SHARED" >&2; exit 1; }
+SHARED="$(cd "$SHARED" && pwd)"
+[ "$(id -u)" = 0 ] || { echo "run as root (PostgreSQL runs as postgres)" >&2; exit 1; }
+
+TRIALS="${TRIALS:-10}"; TRIALS_PEERS="${TRIALS_PEERS:-$TRIALS}"
+PHASES="${PHASES:-lb-sync lb-async lb-blip lb-switchover patroni-default patroni-tuned pgaf-tuned patroni-switchover summary}"
+WARMUP_MIN="${WARMUP_MIN:-3}"; WARMUP_MAX="${WARMUP_MAX:-6}"
+BLIP_S="${BLIP_S:-0.5}"; OBSERVE="${OBSERVE:-10}"
+WORK="${WORK:-/work/bench-failover}"
+INSTALL="${INSTALL:-1}"
+PY=/usr/bin/python3     # Debian's python3-psycopg2 (a pyenv python3 on PATH lacks it)
+PGBIN=/usr/lib/postgresql/15/bin
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-bench}"
+CMDLINE="$(for v in TRIALS TRIALS_PEERS PHASES WARMUP_MIN WARMUP_MAX BLIP_S OBSERVE LIFEBOAT_REV LB; do
+  if [ -n "${!v:-}" ]; then printf '%s=%q ' "$v" "${!v}"; fi; done)bash bench/failover.sh"
+
+# ---- tools ------------------------------------------------------------------------------------
+if [ "$INSTALL" = 1 ]; then
+  missing=()
+  [ -x "$PGBIN/postgres" ] || missing+=(postgresql-15)
+  command -v etcd >/dev/null || missing+=(etcd-server)
+  command -v etcdctl >/dev/null || missing+=(etcd-client)
+  command -v patroni >/dev/null || missing+=(patroni)
+  command -v pg_autoctl >/dev/null || missing+=(postgresql-15-auto-failover)
+  "$PY" -c 'import psycopg2' 2>/dev/null || missing+=(python3-psycopg2)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+  fi
+fi
+
+# ---- lifeboat (release, from a clean export of a commit) ----------------------------------------
+mkdir -p "$WORK"; chmod 755 "$WORK"
+if [ -n "${LB:-}" ]; then
+  REV="$(git -C "$ROOT" rev-parse --short "${LIFEBOAT_REV:?LB needs LIFEBOAT_REV}")"
+else
+  REV="$(git -C "$ROOT" rev-parse --short "${LIFEBOAT_REV:-HEAD}")"
+  if [ ! -x "$WORK/bin/lifeboat-$REV" ]; then
+    SRC="$WORK/src-$REV"
+    if [ ! -d "$SRC" ]; then
+      rm -rf "$SRC.tmp"; mkdir -p "$SRC.tmp"
+      git -C "$ROOT" archive "$REV" | tar -x -C "$SRC.tmp"
+      mv "$SRC.tmp" "$SRC"
+    fi
+    echo "building lifeboat $REV from $SRC (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    (cd "$SRC" && cargo build --release -p lifeboat-cli)
+    mkdir -p "$WORK/bin"
+    cp "$CARGO_TARGET_DIR/release/lifeboat" "$WORK/bin/lifeboat-$REV.tmp"
+    mv "$WORK/bin/lifeboat-$REV.tmp" "$WORK/bin/lifeboat-$REV"
+  fi
+  LB="$WORK/bin/lifeboat-$REV"
+fi
+RES="${RES:-$ROOT/bench/results/$(date -u +%Y-%m-%d)/failover-$REV}"
+mkdir -p "$RES/logs"
+LOG="$RES/run.log"
+log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$LOG" >&2; }
+log "lifeboat $REV: $LB ($(sha256sum "$LB" | cut -c1-16)); results in $RES"
+echo "$CMDLINE" >>"$RES/command.txt"
+{
+  echo "date: $(date -u +%FT%TZ)"; echo "command: $CMDLINE"
+  echo "lifeboat: $REV $("$LB" --version 2>/dev/null || true)"
+  echo "cpu: $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+  echo "mem: $(free -m | awk '/Mem:/{print $2}') MiB; kernel $(uname -r)"
+  echo "postgres: $("$PGBIN/postgres" --version)"
+  echo "patroni: $(patroni --version 2>&1 | head -1)"
+  echo "pg_autoctl: $(pg_autoctl --version 2>&1 | head -1)"
+  echo "etcd: $(etcd --version 2>&1 | head -1)"
+  echo "note: shared 2-core machine; other engineers build and run tests at the same time (load.tsv)"
+} >"$RES/machine.txt"
+
+# ---- processes we start, stopped by PID ----------------------------------------------------------
+export BENCH_BASE="$WORK/fobench"
+LOADPID="" DPID="" LBDIR="" PGPIDS=""
+lb_down() {  # stop the daemon, then the members' postmasters, by PID; remove the cluster dir
+  local p
+  if [ -n "$DPID" ]; then
+    kill -TERM "$DPID" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$DPID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$DPID" 2>/dev/null || true
+    wait "$DPID" 2>/dev/null || true
+    DPID=""
+  fi
+  if [ -n "$LBDIR" ]; then
+    local f
+    for f in "$LBDIR"/pg/*/postmaster.pid; do [ -f "$f" ] && PGPIDS="$PGPIDS $(head -1 "$f")"; done
+  fi
+  for p in $PGPIDS; do kill -QUIT "$p" 2>/dev/null || true; done   # immediate shutdown
+  for p in $PGPIDS; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  PGPIDS=""
+  [ -n "$LBDIR" ] && rm -rf "$LBDIR"
+  LBDIR=""
+}
+cleanup() {
+  lb_down || true
+  [ -n "$LOADPID" ] && kill "$LOADPID" 2>/dev/null || true
+  # the shared scripts clean up after themselves (their own traps); nothing of theirs runs here
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# machine load every 5 s: load1, runnable, compiler/test processes (foreign load)
+(
+  [ -f "$RES/load.tsv" ] || printf 'utc\tload1\trunnable\trustc_cc_processes\n' >"$RES/load.tsv"
+  while :; do
+    printf '%s\t%s\t%s\t%s\n' "$(date -u +%T)" "$(cut -d' ' -f1 /proc/loadavg)" \
+      "$(cut -d' ' -f4 /proc/loadavg | cut -d/ -f1)" \
+      "$(pgrep -c -x 'rustc|cc|cc1|ld|cargo|cc1plus|ld.lld|mold' || true)" >>"$RES/load.tsv"
+    sleep 5
+  done
+) &
+LOADPID=$!
+
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# ---- Lifeboat: one fresh two-member cluster per trial --------------------------------------------
+CFG=""
+lb_status() { "$LB" --json status --config "$CFG" 2>/dev/null || true; }
+lb_field() {  # lb_field <python expression over s>
+  lb_status | "$PY" -c "import json,sys
+try: s=json.load(sys.stdin)
+except Exception: sys.exit(0)
+v=$1
+print('' if v is None else v)"
+}
+lb_up() {  # lb_up <replication> <tag>: bootstrap + daemon, wait until protected
+  local repl="$1" tag="$2"
+  LBDIR="$(mktemp -d "$WORK/lb/$tag.XXXXXX")"; chmod 755 "$LBDIR"
+  local p1 p2 pw pr pa
+  p1=$(free_port); p2=$(free_port); pw=$(free_port); pr=$(free_port); pa=$(free_port)
+  CFG="$LBDIR/lifeboat.toml"
+  cat >"$CFG" <<EOF
+[cluster]
+name = "bench"
+replication = "$repl"
+
+[[cluster.member]]
+name = "m1"
+host = "127.0.0.1"
+port = $p1
+data_dir = "$LBDIR/pg/m1"
+
+[[cluster.member]]
+name = "m2"
+host = "127.0.0.1"
+port = $p2
+data_dir = "$LBDIR/pg/m2"
+
+[coordinator]
+url = "embedded"
+state = "$LBDIR/state.sqlite"
+
+[proxy]
+listen = "127.0.0.1:$pw"
+read_listen = "127.0.0.1:$pr"
+
+[api]
+listen = "127.0.0.1:$pa"
+token = "bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+EOF
+  chmod 600 "$CFG"
+  PROXY_DSN="host=127.0.0.1 port=$pw dbname=postgres user=postgres connect_timeout=2"
+  if ! "$LB" cluster bootstrap --config "$CFG" >"$RES/logs/$tag.bootstrap.log" 2>&1; then
+    log "bootstrap failed: $(tail -3 "$RES/logs/$tag.bootstrap.log")"; return 1
+  fi
+  "$LB" -v run --config "$CFG" >"$RES/logs/$tag.daemon.log" 2>&1 &
+  DPID=$!
+  local end=$(( $(date +%s) + 90 ))
+  until [ "$(lb_field "s['phase']=='healthy' and s.get('failover_target') is not None and (s['proxy'].get('routed_to') is not None)")" = True ]; do
+    if [ "$(date +%s)" -ge "$end" ] || ! kill -0 "$DPID" 2>/dev/null; then
+      log "cluster $tag not protected after 90 s: $(lb_status | head -c 600)"; return 1
+    fi
+    sleep 0.2
+  done
+}
+lb_standby() { lb_field "[m['name'] for m in s['members'] if m['name']!=s['primary']][0]"; }
+# after a trial: status (last_transition) into the log dir and into the trial's JSON line
+lb_annotate() {  # lb_annotate <jsonl> <tag> <load1 at start>
+  lb_status >"$RES/logs/$2.status.json"
+  "$PY" - "$1" "$RES/logs/$2.status.json" "$2" "$3" <<'EOF' || true
+import json, sys
+out, st, tag, load = sys.argv[1:5]
+lines = open(out).read().splitlines()
+if not lines: sys.exit(0)
+r = json.loads(lines[-1])
+if r.get("trial_tag") == tag: sys.exit(0)
+try: s = json.load(open(st))
+except Exception: s = {}
+r.update(trial_tag=tag, load1_at_start=float(load), lb_phase_after=s.get("phase"),
+         lb_primary_after=s.get("primary"), lb_generation=(s.get("coordinator") or {}).get("generation"),
+         lb_last_transition=s.get("last_transition"))
+lines[-1] = json.dumps(r)
+open(out, "w").write("\n".join(lines) + "\n")
+EOF
+}
+probe() { "$PY" "$ROOT/bench/failover_probe_node.py" --probe "$SHARED/failover_probe.py" "$@"; }
+me="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
+
+lb_trials() {  # lb_trials <phase> <replication> <kind: kill|blip|switchover>
+  local phase="$1" repl="$2" kind="$3" n tag load out="$RES/$1.jsonl"
+  mkdir -p "$WORK/lb"
+  for n in $(seq 1 "$TRIALS"); do
+    tag="$phase-t$n"
+    log "=== $phase trial $n/$TRIALS (load1 $(cut -d' ' -f1 /proc/loadavg))"
+    if ! lb_up "$repl" "$tag"; then lb_down; continue; fi
+    load="$(cut -d' ' -f1 /proc/loadavg)"
+    case "$kind" in
+      kill)
+        probe --dsn "$PROXY_DSN" --victim-cmd "bash '$me' --primary-pids '$CFG' '$LB'" \
+          --warmup-min "$WARMUP_MIN" --warmup-max "$WARMUP_MAX" --max-wait 60 \
+          --label "lifeboat $repl (defaults), SIGKILL postmaster+backends" --out "$out" >/dev/null \
+          || log "probe failed" ;;
+      blip)
+        probe --mode blip --dsn "$PROXY_DSN" \
+          --kill-cmd "p=\$(bash '$me' --primary-pids '$CFG' '$LB'); kill -STOP \$p; sleep $BLIP_S; kill -CONT \$p" \
+          --observe "$OBSERVE" --warmup-min "$WARMUP_MIN" --warmup-max "$WARMUP_MAX" --client-timeout 3 \
+          --label "lifeboat $repl (defaults), SIGSTOP postmaster+backends ${BLIP_S}s" --out "$out" >/dev/null \
+          || log "probe failed" ;;
+      switchover)
+        local to; to="$(lb_standby)"
+        probe --mode blip --dsn "$PROXY_DSN" \
+          --kill-cmd "'$LB' switchover --config '$CFG' --to $to >>'$RES/logs/$tag.switchover.log' 2>&1" \
+          --observe "$OBSERVE" --warmup-min "$WARMUP_MIN" --warmup-max "$WARMUP_MAX" --client-timeout 3 \
+          --label "lifeboat $repl (defaults), switchover" --out "$out" >/dev/null \
+          || log "probe failed" ;;
+    esac
+    lb_annotate "$out" "$tag" "$load"
+    tail -1 "$out" | "$PY" -c 'import json,sys; r=json.loads(sys.stdin.read()); print({k:r.get(k) for k in ("rto_s","rpo_rows","rpo_ms","failover_happened","max_write_gap_s","errors_after_start","lb_phase_after")})' | tee -a "$LOG" >&2 || true
+    lb_down
+  done
+}
+
+# ---- the peers, through the shared scripts --------------------------------------------------------
+peer() {  # peer <phase>
+  local out="$RES/$1.jsonl"
+  log "=== $1 ($TRIALS_PEERS trials)"
+  case "$1" in
+    patroni-default) TRIALS=$TRIALS_PEERS LABEL=patroni-default-sync OUT="$out" TTL=30 LOOP_WAIT=10 RETRY_TIMEOUT=10 SYNC_MODE=true "$SHARED/run-patroni-trials.sh" ;;
+    patroni-tuned)   TRIALS=$TRIALS_PEERS LABEL=patroni-tuned-sync OUT="$out" TTL=10 LOOP_WAIT=2 RETRY_TIMEOUT=3 SYNC_MODE=true "$SHARED/run-patroni-trials.sh" ;;
+    patroni-default-async) TRIALS=$TRIALS_PEERS LABEL=patroni-default-async OUT="$out" TTL=30 LOOP_WAIT=10 RETRY_TIMEOUT=10 SYNC_MODE=false "$SHARED/run-patroni-trials.sh" ;;
+    patroni-tuned-async)   TRIALS=$TRIALS_PEERS LABEL=patroni-tuned-async OUT="$out" TTL=10 LOOP_WAIT=2 RETRY_TIMEOUT=3 SYNC_MODE=false "$SHARED/run-patroni-trials.sh" ;;
+    pgaf-tuned)
+      HC_PERIOD_MS=1000 HC_TIMEOUT_MS=1000 HC_RETRIES=1 HC_RETRY_DELAY_MS=500 UNHEALTHY_TIMEOUT_MS=3000 \
+      DEMOTE_TIMEOUT_MS=3000 TRIALS=$TRIALS_PEERS LABEL=pgaf-tuned OUT="$out" "$SHARED/run-pgaf-trials.sh" ;;
+    patroni-switchover) TRIALS=$TRIALS_PEERS LABEL=patroni-default-sync OUT="$out" SYNC_MODE=true "$SHARED/run-patroni-switchover.sh" ;;
+  esac 2>&1 | tee -a "$RES/logs/$1.log" | grep --line-buffered -E '=== |probe failed' >&2 || true
+  [ -d "$BENCH_BASE/logs" ] && { mkdir -p "$RES/logs/$1"; mv "$BENCH_BASE"/logs/* "$RES/logs/$1/" 2>/dev/null || true; }
+}
+
+# ---- summary ------------------------------------------------------------------------------------
+summary() {
+  "$PY" - "$RES" "$CMDLINE" >"$RES/summary.md" <<'EOF'
+import glob, json, os, statistics, sys
+res, cmd = sys.argv[1], sys.argv[2]
+def load(name):
+    p = os.path.join(res, name + ".jsonl")
+    return [json.loads(l) for l in open(p) if l.strip()] if os.path.exists(p) else []
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+def fmt(xs, unit=" s", nd=2):
+    xs = [x for x in xs if x is not None]
+    if not xs: return "-"
+    return f"{statistics.median(xs):.{nd}f}{unit} ({min(xs):.{nd}f}–{max(xs):.{nd}f})"
+print(f"# Failover benchmark\n\n`{cmd}`\n")
+m = open(os.path.join(res, "machine.txt")).read() if os.path.exists(os.path.join(res, "machine.txt")) else ""
+print("```\n" + m.strip() + "\n```\n")
+kills = [("lb-sync", "Lifeboat, sync, defaults"), ("lb-async", "Lifeboat, async, defaults"),
+         ("patroni-default", "Patroni 3.0.2 defaults (ttl 30, loop_wait 10, retry_timeout 10), synchronous_mode"),
+         ("patroni-tuned", "Patroni 3.0.2 tuned (ttl 10, loop_wait 2, retry_timeout 3), synchronous_mode"),
+         ("patroni-default-async", "Patroni 3.0.2 defaults, async"),
+         ("patroni-tuned-async", "Patroni 3.0.2 tuned, async"),
+         ("pgaf-tuned", "pg_auto_failover 2.0 tuned (hc 1 s/1 s, 1 retry 0.5 s, unhealthy/demote 3 s)")]
+print("## SIGKILL of the primary under a 10 ms insert loop\n")
+print("| configuration | trials (recovered) | RTO median (min–max) | write gap median | lost acked writes per trial | age of lost writes ms (max) | health 200 on new |")
+print("|---|---|---|---|---|---|---|")
+rto = {}
+for key, name in kills:
+    rs = load(key)
+    if not rs: continue
+    ok = [r for r in rs if r.get("recovered")]
+    rto[key] = med([r.get("rto_s") for r in ok])
+    lost = [r.get("rpo_rows") for r in rs]
+    ages = [r.get("rpo_ms") for r in rs if r.get("rpo_rows")]
+    print(f"| {name} | {len(rs)} ({len(ok)}) | {fmt([r.get('rto_s') for r in ok])} | {fmt([r.get('write_gap_s') for r in ok])} "
+          f"| {sum(x or 0 for x in lost)} total: {','.join(str(x) for x in lost)} | {max(ages) if ages else 0} "
+          f"| {fmt([r.get('health_first_200_new_s') for r in ok])} |")
+print()
+lb = rto.get("lb-sync")
+if lb:
+    print("Ratios of RTO medians (Lifeboat sync / peer; < 1 = Lifeboat faster):\n")
+    for key, name in kills[2:]:
+        if rto.get(key): print(f"* / {name}: **{lb / rto[key]:.3f}** (= 1/{rto[key] / lb:.1f})")
+    la = rto.get("lb-async")
+    for key, name in kills[4:6]:
+        if la and rto.get(key): print(f"* Lifeboat async / {name}: {la / rto[key]:.3f}")
+    print()
+    t = []
+    t.append(f"RTO median ≤ 3 s: {'met' if lb <= 3 else 'MISSED'} ({lb:.2f} s)")
+    if rto.get("patroni-default"): t.append(f"≤ 1/5 of Patroni defaults: {'met' if lb <= rto['patroni-default'] / 5 else 'MISSED'}")
+    if rto.get("patroni-tuned"): t.append(f"below Patroni tuned: {'met' if lb < rto['patroni-tuned'] else 'MISSED'}")
+    if rto.get("pgaf-tuned"): t.append(f"below pg_auto_failover tuned: {'met' if lb < rto['pgaf-tuned'] else 'MISSED'}")
+    rs = load("lb-sync")
+    t.append(f"0 lost in sync: {'met' if all(r.get('rpo_rows') == 0 for r in rs) else 'MISSED'} ({sum(r.get('rpo_rows') or 0 for r in rs)} over {len(rs)} trials)")
+    print("Targets: " + "; ".join(t) + "\n")
+rs = load("lb-sync")
+if rs and rs[0].get("lb_last_transition"):
+    print("Lifeboat sync: where the time goes (daemon's last_transition steps, ms after the first step; median over trials):\n")
+    steps = {}
+    for r in rs:
+        st = (r.get("lb_last_transition") or {}).get("steps") or []
+        if not st: continue
+        t0 = st[0].get("at_ms", 0)
+        for s in st: steps.setdefault(s.get("what", "?").split(":")[0][:70], []).append(s.get("at_ms", 0) - t0)
+    for k, v in steps.items(): print(f"* +{statistics.median(v):.0f} ms ({min(v)}–{max(v)}, n={len(v)}): {k}")
+    print()
+print("## Transient faults and planned switchover\n")
+print("| configuration | trials | false failovers / switched | max write gap median (min–max) | failed statements median (max) | lost acked writes |")
+print("|---|---|---|---|---|---|")
+for key, name, expect in [("lb-blip", "Lifeboat sync, SIGSTOP primary (postmaster+backends) 0.5 s", False),
+                          ("lb-switchover", "Lifeboat sync, `lifeboat switchover`", True),
+                          ("patroni-switchover", "Patroni 3.0.2 defaults, synchronous_mode, `patronictl switchover --force`", True)]:
+    rs = load(key)
+    if not rs: continue
+    ch = sum(1 for r in rs if r.get("failover_happened"))
+    errs = [r.get("errors_after_start") or 0 for r in rs]
+    print(f"| {name} | {len(rs)} | {ch if not expect else str(ch) + ' of ' + str(len(rs)) + ' switched'} | {fmt([r.get('max_write_gap_s') for r in rs], nd=3)} "
+          f"| {statistics.median(errs):.0f} ({max(errs)}) | {sum(r.get('rpo_rows') or 0 for r in rs)} |")
+print()
+print("Raw results: " + ", ".join(sorted(os.path.basename(p) for p in glob.glob(os.path.join(res, '*.jsonl')))) + " in this directory; logs/ has the daemon logs (-v) and status per trial; load.tsv the machine's load.")
+EOF
+  # the shared summary too (cross-check; same JSON lines)
+  { echo; echo "## Shared summarize.py"; echo; "$PY" "$SHARED/summarize.py" "$RES"/*.jsonl; } >>"$RES/summary.md" 2>/dev/null || true
+  cat "$RES/summary.md"
+}
+
+for ph in $PHASES; do
+  case "$ph" in
+    lb-sync) lb_trials lb-sync sync kill ;;
+    lb-async) lb_trials lb-async async kill ;;
+    lb-blip) lb_trials lb-blip sync blip ;;
+    lb-switchover) lb_trials lb-switchover sync switchover ;;
+    patroni-default|patroni-tuned|patroni-default-async|patroni-tuned-async|pgaf-tuned|patroni-switchover) peer "$ph" ;;
+    summary) summary ;;
+    *) echo "unknown phase $ph" >&2; exit 2 ;;
+  esac
+done
+log "done: $RES"
