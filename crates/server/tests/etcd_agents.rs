@@ -554,6 +554,20 @@ fn http_status(api: SocketAddr) -> Option<serde_json::Value> {
     serde_json::from_str(body).ok()
 }
 
+/// The HTTP status code of `GET path` (the health endpoints need no token).
+fn http_code(api: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&api, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: lifeboat\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn postmaster_pid(data_dir: &Path) -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(data_dir.join("postmaster.pid"))
         .ok()?
@@ -684,11 +698,47 @@ fn new_primary(s: &serde_json::Value) -> Option<String> {
     (p != "m1" && s["phase"] == "healthy").then(|| p.to_string())
 }
 
+#[tokio::test]
+async fn an_agent_needs_its_member() {
+    let text = "[cluster]\nname = \"orders\"\n[coordinator]\nurl = \"etcd://127.0.0.1:1,127.0.0.1:2,127.0.0.1:3\"\n\
+                [api]\nlisten = \"127.0.0.1:0\"\ntoken = \"test-token-0123456789\"\n\
+                [[cluster.member]]\nname = \"m1\"\nhost = \"127.0.0.1\"\nport = 5432\ndata_dir = \"/tmp/x/m1\"\n\
+                [[cluster.member]]\nname = \"m2\"\nhost = \"127.0.0.1\"\nport = 5433\ndata_dir = \"/tmp/x/m2\"\n";
+    let config = || {
+        lifeboat_config::parse("lifeboat.toml", text, Path::new("/tmp"), &|_| None)
+            .unwrap_or_else(|p| panic!("{p}"))
+    };
+    let err = lifeboat_server::Daemon::start(config(), Default::default())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("--member"), "{err}");
+    let options = lifeboat_server::DaemonOptions {
+        member: Some("m9".into()),
+        ..Default::default()
+    };
+    let err = lifeboat_server::Daemon::start(config(), options)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("m9") && err.contains("m1, m2"), "{err}");
+}
+
 #[test]
 fn killing_the_primary_node_fails_over_through_etcd_without_losing_a_write() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut e = Estate::start(None);
     e.wait_healthy("m1", &[0, 1, 2]);
+    // Each agent's health endpoints answer for its own member (one agent per node).
+    assert_eq!(http_code(e.apis[0], "/primary"), Some(200));
+    assert_eq!(http_code(e.apis[1], "/primary"), Some(503));
+    assert_eq!(http_code(e.apis[1], "/primary?member=m1"), Some(200));
+    wait_until("m2's /replica to answer 200", 10, || {
+        (http_code(e.apis[1], "/replica") == Some(200)).then_some(())
+    });
+    assert_eq!(http_code(e.apis[0], "/replica"), Some(503));
     let writer = Writer::start(e.proxies[2]);
     wait_until("50 acknowledged writes", 20, || {
         (writer.count() >= 50).then_some(())
@@ -696,9 +746,10 @@ fn killing_the_primary_node_fails_over_through_etcd_without_losing_a_write() {
 
     // The node dies: its agent and its PostgreSQL, at once.
     let pid = e.postmaster(0).unwrap();
-    let killed = Instant::now();
-    e.kill_agent(0);
     kill_tree(pid);
+    e.kill_agent(0);
+    // Counted from when both are dead: no write can be acknowledged by m1 after this.
+    let killed = Instant::now();
 
     let back = wait_until("a write acknowledged after the kill", 30, || {
         writer.acked_after(killed)
