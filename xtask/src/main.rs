@@ -65,6 +65,7 @@ fn main() -> ExitCode {
         Some("setup") => Setup::from_args(&args[1..]).and_then(|s| s.run()),
         Some("test") => test(),
         Some("ci") => ci(),
+        Some("quickstart") => quickstart(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
     match result {
@@ -79,10 +80,52 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <setup [--bench] [--fuzz] | test | ci>
+const USAGE: &str = "usage: cargo xtask <setup [--bench] [--fuzz] | test | ci | quickstart [ARGS]>
   setup   install what is missing (apt packages, Garage into the machine cache)
+  quickstart  install PostgreSQL 15 when missing, build lifeboat, and run
+          `lifeboat quickstart --dir /tmp/lifeboat-quickstart --detach` (or ARGS)
   test    setup, then cargo test --workspace
   ci      cargo fmt --check, clippy -D warnings, test, then fuzz targets for 20 s each";
+
+/// Debian packages the quickstart needs (PostgreSQL 15's server and client).
+const QUICKSTART_PACKAGES: &[&str] = &[
+    "postgresql-15",
+    "postgresql-client-15",
+    "util-linux",
+    "protobuf-compiler",
+];
+
+/// `quickstart [ARGS]`: the README's first command. Installs what the estate needs, builds
+/// the binary, and runs `lifeboat quickstart` (detached unless ARGS say otherwise).
+fn quickstart(args: &[String]) -> Result {
+    step("Debian packages", || apt_install(QUICKSTART_PACKAGES))?;
+    step("build lifeboat (release)", || {
+        run(cargo().args(["build", "--release", "-q", "-p", "lifeboat-cli"]))
+    })?;
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let exe = target.join("release/lifeboat");
+    let args: Vec<String> = if args.is_empty() {
+        ["quickstart", "--dir", "/tmp/lifeboat-quickstart", "--detach"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        std::iter::once("quickstart".to_string())
+            .chain(args.iter().cloned())
+            .collect()
+    };
+    let status = Command::new(&exe)
+        .args(&args)
+        .status()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`lifeboat {}` failed with {status}", args.join(" ")))
+    }
+}
 
 /// The machine cache: `LIFEBOAT_CACHE` or `/var/cache/lifeboat`.
 fn cache_dir() -> PathBuf {

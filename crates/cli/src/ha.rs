@@ -754,15 +754,17 @@ fn summary(
         dir.join("repo").display()
     ))?;
     line("")?;
+    // The program as it was started (a fresh checkout has no `lifeboat` on PATH).
+    let lb = lifeboat_exe().map_or_else(|_| "lifeboat".to_string(), |p| p.display().to_string());
     line("Try:")?;
-    line(&format!("  lifeboat status --config {cfg}"))?;
+    line(&format!("  {lb} status --config {cfg}"))?;
     line(&format!(
         "  kill -9 $(head -1 {}/pg/pg1/postmaster.pid)   # the primary dies; watch status",
         dir.display()
     ))?;
-    line(&format!("  lifeboat switchover --config {cfg} --to pg1"))?;
+    line(&format!("  {lb} switchover --config {cfg} --to pg1"))?;
     line(&format!(
-        "  lifeboat --repo {} --password-file {} pg backups --source quickstart",
+        "  {lb} --repo {} --password-file {} pg backups --source quickstart",
         dir.join("repo").display(),
         dir.join("repo.password").display()
     ))?;
