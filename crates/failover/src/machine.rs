@@ -556,9 +556,11 @@ impl Machine {
                     set.sort();
                     set.dedup();
                     self.sync_set = set;
-                    if pg.sync_names.is_empty() {
-                        // Commits are acknowledged on the primary alone: no standby can be
-                        // known to hold them.
+                    let going_async = self.requested_sync.as_ref().is_some_and(Vec::is_empty);
+                    if pg.sync_names.is_empty() || going_async {
+                        // Commits are (or may already be, the change being on its way)
+                        // acknowledged on the primary alone: no standby can be known to
+                        // hold them.
                         self.baseline = None;
                         self.confirmed.clear();
                     } else {
@@ -1293,6 +1295,12 @@ impl Machine {
             );
         }
         self.requested_sync = Some(want.clone());
+        if want.is_empty() {
+            // From the moment the primary applies this, it acknowledges commits alone: no
+            // standby can be known to hold them (not even before the next probe shows it).
+            self.baseline = None;
+            self.confirmed.clear();
+        }
         let mut set = ppg.sync_names.clone();
         set.extend(want.iter().cloned());
         set.sort();

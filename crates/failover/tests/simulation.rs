@@ -783,3 +783,84 @@ fn a_late_probe_of_the_switched_over_primary_does_not_cancel_its_rejoin() {
         );
     }
 }
+
+/// The synchronous standby stops streaming, so the primary is asked to acknowledge commits
+/// alone; if the primary then dies before a probe shows the change in force, the standby
+/// (which may lack commits acknowledged meanwhile) must not be promoted.
+#[test]
+fn a_standby_dropped_from_the_synchronous_set_is_no_candidate_even_before_the_next_probe() {
+    let settings = Settings {
+        members: vec!["a".into(), "b".into()],
+        automatic: true,
+        sync: true,
+        retry: Duration::from_secs(2),
+    };
+    let mut m = Machine::new(settings, 1, Some("a".into()));
+    let observe = |member: &str, verdict: Verdict, pg: Option<PgFacts>| {
+        Input::Observe(Observation {
+            member: member.into(),
+            verdict,
+            pg,
+        })
+    };
+    let primary = PgFacts {
+        in_recovery: false,
+        lsn: 100,
+        sync_names: vec!["b".into()],
+        replicas: vec!["b".into()],
+        replica_flush: vec![("b".into(), 100)],
+        ..PgFacts::default()
+    };
+    let standby = PgFacts {
+        in_recovery: true,
+        streaming: true,
+        lsn: 100,
+        ..PgFacts::default()
+    };
+    let mut t = Duration::ZERO;
+    for _ in 0..3 {
+        t += Duration::from_millis(250);
+        m.handle(t, observe("a", Verdict::Up, Some(primary.clone())));
+        m.handle(t, observe("b", Verdict::Up, Some(standby.clone())));
+    }
+    assert_eq!(m.snapshot().failover_target.as_deref(), Some("b"));
+    // b's WAL receiver dies (a full disk): the primary no longer lists it.
+    t += Duration::from_millis(250);
+    let gone = PgFacts {
+        replicas: Vec::new(),
+        replica_flush: Vec::new(),
+        ..primary.clone()
+    };
+    let acts = m.handle(t, observe("a", Verdict::Up, Some(gone)));
+    assert!(
+        acts.iter()
+            .any(|a| matches!(&a.kind, ActionKind::SetSync { names, .. } if names.is_empty())),
+        "{acts:?}"
+    );
+    m.handle(
+        t,
+        observe(
+            "b",
+            Verdict::Up,
+            Some(PgFacts {
+                streaming: false,
+                ..standby.clone()
+            }),
+        ),
+    );
+    assert_eq!(m.snapshot().failover_target, None);
+    // The primary dies before any probe shows the new setting in force.
+    t += Duration::from_millis(250);
+    let acts = m.handle(t, observe("a", Verdict::Down, None));
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(&a.kind, ActionKind::Claim { .. })),
+        "b may lack acknowledged commits: {acts:?}"
+    );
+    assert!(
+        matches!(m.phase(), Phase::AwaitingApproval { .. }),
+        "{:?}",
+        m.phase()
+    );
+}
