@@ -31,6 +31,13 @@ impl Estate {
     /// `members` members on free ports; `extra` goes into `[cluster]`.
     pub fn new(members: usize, extra: &str) -> Self {
         use std::os::unix::fs::PermissionsExt;
+        // The daemon's log on stderr with RUST_LOG=info (etc.).
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::Builder::new().prefix("lb-ha-").tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let root = dir.path().to_path_buf();
@@ -178,6 +185,7 @@ pub fn alive(pid: u32) -> bool {
 pub fn signal(pid: u32, sig: &str) {
     let _ = std::process::Command::new("kill")
         .args([&format!("-{sig}"), &pid.to_string()])
+        .stderr(std::process::Stdio::null())
         .status();
 }
 
