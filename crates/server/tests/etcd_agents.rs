@@ -797,6 +797,7 @@ fn killing_the_primary_node_fails_over_through_etcd_without_losing_a_write() {
         .copied()
         .collect();
     println!("{} writes acknowledged, none missing on {to}", acked.len());
+    e.print_events();
     assert!(
         missing.is_empty(),
         "acknowledged writes missing on {to}: {missing:?}"
