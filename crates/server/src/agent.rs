@@ -24,7 +24,7 @@ use lifeboat_config::{Config, FailoverMode, Replication};
 use lifeboat_coord::{ClusterState, Coordinator, EtcdOptions, LeaderLease, MemberReport};
 use lifeboat_failover::{Action, ActionKind, Command, Lane, Outcome};
 use lifeboat_health::{Hysteresis, Observation, Prober, Target, Verdict};
-use lifeboat_postgres::cluster::{Member as PgMember, Pg, SyncMode};
+use lifeboat_postgres::cluster::{ClusterError, Member as PgMember, Pg, SyncMode};
 use lifeboat_traffic::{Port, ProxyOptions, Role, Route};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -513,7 +513,11 @@ impl Agent {
         if self.repair.as_ref().is_some_and(|j| j.is_finished()) {
             if let Some(j) = self.repair.take() {
                 match j.await {
-                    Ok((Outcome::Ok, up)) => {
+                    Ok((o @ (Outcome::Ok | Outcome::Repaired(_)), up)) => {
+                        if let Outcome::Repaired(how) = o {
+                            // Re-cloned: say so loudly (where its old data directory went).
+                            self.alert(true, format!("{}: {how}", self.me));
+                        }
                         self.fenced = false;
                         self.upstream = up;
                     }
@@ -863,13 +867,32 @@ impl Agent {
         let leader = leader.to_string();
         let me = self.me.clone();
         if pg.as_ref().is_some_and(|p| p.in_recovery) && !self.fenced {
-            // A running standby: repoint it (never a rewind of a healthy standby here).
+            // A running standby: repoint it. Only when the leader answered and the standby
+            // still does not follow (it received WAL past the fork) is it rewound; an
+            // unreachable leader never costs a healthy standby its server.
             tracing::info!(member = %me, %leader, "following the leader: repoint");
             self.repair = Some(tokio::spawn(async move {
                 let pgh = executor.pg().clone();
                 let r = tokio::task::spawn_blocking(move || pgh.repoint(&m, &l)).await;
                 match r {
                     Ok(Ok(_)) => (Outcome::Ok, Some(leader)),
+                    Ok(Err(e @ ClusterError::Timeout { .. })) => {
+                        tracing::warn!(member = %me, %leader, "does not follow after a repoint ({e}); rewinding it");
+                        let action = Action {
+                            id: 0,
+                            generation,
+                            lane: Lane::Background,
+                            kind: ActionKind::Rejoin {
+                                member: me.clone(),
+                                primary: leader.clone(),
+                            },
+                        };
+                        match executor.run(&action).await {
+                            Some(o @ (Outcome::Ok | Outcome::Repaired(_))) => (o, Some(leader)),
+                            Some(o) => (o, None),
+                            None => (Outcome::Failed("nothing done".into()), None),
+                        }
+                    }
                     Ok(Err(e)) => (Outcome::Failed(e.to_string()), None),
                     Err(e) => (Outcome::Failed(e.to_string()), None),
                 }
@@ -901,7 +924,7 @@ impl Agent {
         };
         self.repair = Some(tokio::spawn(async move {
             match executor.run(&action).await {
-                Some(Outcome::Ok) => (Outcome::Ok, Some(leader)),
+                Some(o @ (Outcome::Ok | Outcome::Repaired(_))) => (o, Some(leader)),
                 Some(o) => (o, None),
                 None => (Outcome::Failed("nothing done".into()), None),
             }

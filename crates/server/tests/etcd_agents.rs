@@ -872,6 +872,24 @@ fn an_unreachable_etcd_fences_the_primary_and_promotes_nothing() {
         (writer.count() > 0).then_some(())
     });
     writer.finish();
+    // The fenced m1 is rewound and follows the new primary.
+    let rejoin = Instant::now();
+    e.wait_status(1, "m1 back as a streaming standby", 60, |s| {
+        s["members"].as_array().is_some_and(|ms| {
+            ms.iter().any(|m| {
+                m["name"] == "m1"
+                    && m["role"] == "standby"
+                    && m["streaming"] == true
+                    && m["needs_rejoin"] == false
+            })
+        })
+    });
+    println!(
+        "m1 rejoined as a standby {:.3} s later",
+        rejoin.elapsed().as_secs_f64()
+    );
+    e.print_events();
+    assert_eq!(e.in_recovery(0), Some(true));
 }
 
 #[test]
