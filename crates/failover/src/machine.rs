@@ -1188,6 +1188,17 @@ impl Machine {
             return;
         }
         if self.maintenance {
+            // Nothing is done, but nobody may think writes are taken.
+            let reason = "maintenance: automation is paused; `lifeboat maintenance off` fails over (or `lifeboat failover approve` now)".to_string();
+            if !matches!(&self.phase, Phase::AwaitingApproval { reason: r } if *r == reason) {
+                self.route(None, out);
+                self.alert(
+                    out,
+                    Severity::Critical,
+                    format!("the primary {primary} is down: {reason}"),
+                );
+                self.phase = Phase::AwaitingApproval { reason };
+            }
             return;
         }
         let candidate = self.candidate(&primary, false);

@@ -651,6 +651,12 @@ fn maintenance_stops_automation() {
     }
     assert_eq!(sim.failovers, 0);
     assert_eq!(sim.machine.primary(), Some("a"));
+    // Not "healthy": the primary is down and writes are not taken.
+    assert!(
+        matches!(sim.machine.phase(), Phase::AwaitingApproval { reason } if reason.contains("maintenance")),
+        "{:?}",
+        sim.machine.phase()
+    );
     sim.feed(Input::Command(Command::Maintenance(false)));
     for _ in 0..10 {
         sim.step();

@@ -43,6 +43,19 @@ async fn maintenance_mode_holds_a_failover_until_it_is_turned_off() {
         |s| s.maintenance && s.primary.as_deref() == Some("m1") && s.coordinator.generation == g0,
     )
     .await;
+    // Nobody is told that writes are taken.
+    let s = daemon.status();
+    assert_eq!(s.phase, "awaiting_approval", "{s:#?}");
+    assert!(
+        s.reason.as_deref().unwrap_or("").contains("maintenance"),
+        "{s:#?}"
+    );
+    let (code, body) = api(daemon.api_addr(), "GET", "/health", "").await;
+    assert_eq!(code, 503, "/health while the primary is down: {body}");
+    println!(
+        "in maintenance with m1 down: phase {}, reason {:?}, /health {code}",
+        s.phase, s.reason
+    );
     let s = daemon.status();
     assert!(
         s.members
