@@ -221,11 +221,15 @@ impl Executor {
     fn repoint(&self, m: &Member, primary: &Member) -> Outcome {
         match self.pg.repoint(m, primary) {
             Ok(_) => Outcome::Ok,
-            // It cannot follow (it received WAL past the fork): rewind it.
-            Err(e) => {
+            // It cannot follow (it received WAL past the fork, or never streams from the
+            // new primary): rewind it.
+            Err(e @ (ClusterError::Diverged { .. } | ClusterError::Timeout { .. })) => {
                 tracing::warn!(member = %m.name, "repoint failed ({e}); rejoining instead");
                 self.rejoin(m, primary)
             }
+            // Anything else (the new primary does not answer, SQL on the standby failed)
+            // says nothing against the standby: never kill it for that; retry later.
+            Err(e) => Outcome::Failed(format!("repointing {} to {}: {e}", m.name, primary.name)),
         }
     }
 
