@@ -67,8 +67,10 @@ async fn a_switchover_under_writes_loses_nothing_and_stops_writes_briefly() {
         "acknowledged orders missing on m2: {missing:?}"
     );
     assert_read_only(&estate.dsn(1), "the old primary m1");
+    // The target is 0.5 s (measured here 0.12–0.36 s); the bound leaves room for a loaded
+    // machine and still catches a switchover that waits on a timeout.
     assert!(
-        w.max_gap < Duration::from_secs(3),
+        w.max_gap < Duration::from_millis(1500),
         "write gap {:?}",
         w.max_gap
     );
