@@ -87,7 +87,7 @@ pub enum FailoverMode {
 }
 
 /// `[health]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
     /// Time between probes.
     pub interval: Duration,
@@ -97,6 +97,13 @@ pub struct Health {
     pub fall: u32,
     /// Consecutive successes before it counts as up again.
     pub rise: u32,
+    /// An extra check per member (`command = ["prog", "arg", …]`, without a shell; `{member}`,
+    /// `{host}`, `{port}` and `{data_dir}` are replaced): exit 0 is healthy. A member whose
+    /// command fails `fall` times in a row counts as down, like a failed PostgreSQL probe.
+    pub command: Option<Vec<String>>,
+    /// A TCP port on each member's host (e.g. 22) probed beside PostgreSQL: status then
+    /// tells "PostgreSQL down, host up" from "host unreachable". Informational only.
+    pub host_port: Option<u16>,
 }
 
 impl Default for Health {
@@ -106,6 +113,8 @@ impl Default for Health {
             timeout: Duration::from_millis(250),
             fall: 3,
             rise: 2,
+            command: None,
+            host_port: None,
         }
     }
 }
@@ -736,7 +745,13 @@ impl Cx<'_> {
 
     fn health(&mut self, t: &Table<'_>) -> Option<Health> {
         let p = "health";
-        self.unknown_keys(t, p, &["interval", "timeout", "fall", "rise"]);
+        self.unknown_keys(
+            t,
+            p,
+            &["interval", "timeout", "fall", "rise", "command", "host_port"],
+        );
+        let command = self.string_list(t, p, "command");
+        let host_port = self.integer(t, p, "host_port", 1..65536);
         let d = Health::default();
         let interval = self.duration(t, p, "interval", d.interval);
         let timeout = self.duration(t, p, "timeout", d.timeout);
@@ -758,7 +773,52 @@ impl Cx<'_> {
             timeout: timeout?,
             fall: fall?.map_or(d.fall, |(n, _)| n as u32),
             rise: rise?.map_or(d.rise, |(n, _)| n as u32),
+            command: command?,
+            host_port: host_port?.map(|(n, _)| n as u16),
         })
+    }
+
+    /// A non-empty list of strings (`${ENV}` expanded): `Some(None)` when absent, `None`
+    /// after a problem.
+    fn string_list(&mut self, t: &Table<'_>, prefix: &str, key: &str) -> Option<Option<Vec<String>>> {
+        let full = join(prefix, key);
+        let Some(v) = t.get(key) else {
+            return Some(None);
+        };
+        let bad = |cx: &mut Self| {
+            cx.problem(
+                v.span(),
+                &full,
+                "must be a non-empty list of strings".into(),
+                "write it as [\"/usr/local/bin/check\", \"{host}\"]",
+            );
+            None
+        };
+        let DeValue::Array(items) = v.get_ref() else {
+            return bad(self);
+        };
+        if items.is_empty() {
+            return bad(self);
+        }
+        let mut out = Vec::new();
+        for item in items.iter() {
+            let DeValue::String(s) = item.get_ref() else {
+                return bad(self);
+            };
+            match expand(s, self.env) {
+                Ok(x) => out.push(x),
+                Err(name) => {
+                    self.problem(
+                        item.span(),
+                        &full,
+                        format!("${{{name}}} is not set in the environment"),
+                        &format!("export {name}=… before starting lifeboat, or write the value"),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(Some(out))
     }
 
     fn coordinator(&mut self, t: &Table<'_>) -> Option<Coordinator> {

@@ -156,3 +156,53 @@ fn token_file_is_read_relative_to_the_config() {
     let err = load(&path, &env).unwrap_err();
     assert!(err.to_string().contains("api.token_file"), "{err}");
 }
+
+#[test]
+fn health_checks_and_database_credentials_are_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("db.password"), "hunter2-but-longer\n").unwrap();
+    let text = GOOD
+        .replace(
+            "fall = 4\n",
+            "fall = 4\ncommand = [\"/usr/local/bin/check\", \"{host}\", \"${LB_TOKEN}\"]\nhost_port = 22\n",
+        )
+        .replace(
+            "failover = \"manual\"\n",
+            "failover = \"manual\"\nuser = \"lifeboat\"\npassword_file = \"db.password\"\n",
+        );
+    let c = parse("lifeboat.toml", &text, dir.path(), &env).unwrap();
+    assert_eq!(
+        c.health.command.as_deref(),
+        Some(
+            &[
+                "/usr/local/bin/check".to_string(),
+                "{host}".to_string(),
+                "s3cret-token-0123456789".to_string()
+            ][..]
+        )
+    );
+    assert_eq!(c.health.host_port, Some(22));
+    assert_eq!(c.cluster.user, "lifeboat");
+    assert_eq!(
+        c.cluster.password.as_ref().map(|p| p.expose().as_str()),
+        Some("hunter2-but-longer")
+    );
+    // Defaults: no extra checks, user postgres, no password.
+    let d = parse("lifeboat.toml", GOOD, dir.path(), &env).unwrap();
+    assert_eq!(d.health.command, None);
+    assert_eq!(d.cluster.user, "postgres");
+    assert!(d.cluster.password.is_none());
+
+    let bad = GOOD.replace("fall = 4\n", "fall = 4\ncommand = []\nhost_port = 70000\n");
+    let err = parse("lifeboat.toml", &bad, dir.path(), &env).unwrap_err().to_string();
+    assert!(err.contains("health.command") && err.contains("non-empty list"), "{err}");
+    assert!(err.contains("health.host_port") && err.contains("out of range"), "{err}");
+    // A password never appears in a problem.
+    let both = text.replace(
+        "password_file = \"db.password\"",
+        "password_file = \"db.password\"\npassword = \"hunter2-but-longer\"",
+    );
+    let err = parse("lifeboat.toml", &both, dir.path(), &env).unwrap_err().to_string();
+    assert!(err.contains("cluster.password"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}

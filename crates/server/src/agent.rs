@@ -218,7 +218,7 @@ pub(crate) async fn start(
         }
     });
 
-    let h = config.health;
+    let h = config.health.clone();
     let agent = Agent {
         me: me.clone(),
         location,

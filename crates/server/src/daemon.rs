@@ -149,7 +149,7 @@ impl Daemon {
         }
 
         let shutdown = CancellationToken::new();
-        let h = config.health;
+        let h = config.health.clone();
         let probe = ProbeSettings {
             interval: h.interval,
             timeout: h.timeout,
@@ -174,6 +174,43 @@ impl Daemon {
                 .collect(),
             &shutdown,
         )?;
+        // The optional extra checks: a command per member (counts toward its health) and
+        // a TCP port on its host (informational).
+        let checks = match &h.command {
+            Some(argv) => Some(Monitor::start_with_shutdown(
+                probe,
+                cluster
+                    .members
+                    .iter()
+                    .map(|m| lifeboat_health::Member {
+                        name: m.name.clone(),
+                        target: Target::Command {
+                            argv: argv.iter().map(|a| substitute(a, m)).collect(),
+                        },
+                    })
+                    .collect(),
+                &shutdown,
+            )?),
+            None => None,
+        };
+        let hosts = match h.host_port {
+            Some(port) => Some(Monitor::start_with_shutdown(
+                probe,
+                cluster
+                    .members
+                    .iter()
+                    .map(|m| lifeboat_health::Member {
+                        name: m.name.clone(),
+                        target: Target::Tcp {
+                            host: m.host.clone(),
+                            port,
+                        },
+                    })
+                    .collect(),
+                &shutdown,
+            )?),
+            None => None,
+        };
 
         let (route_tx, route_rx) = watch::channel(Route::default());
         let mut ports = Vec::new();
@@ -291,6 +328,8 @@ impl Daemon {
             machine,
             started,
             monitor,
+            checks,
+            hosts,
             executor,
             coord,
             addrs,
@@ -364,6 +403,10 @@ struct MainLoop {
     machine: Machine,
     started: Instant,
     monitor: Monitor,
+    /// `[health] command` per member, when configured.
+    checks: Option<Monitor>,
+    /// `[health] host_port` per member, when configured.
+    hosts: Option<Monitor>,
     executor: Executor,
     coord: Arc<Coordinator>,
     addrs: BTreeMap<String, SocketAddr>,
@@ -378,6 +421,8 @@ struct MainLoop {
 impl MainLoop {
     async fn run(mut self, mut commands: mpsc::Receiver<CommandRequest>, stop: CancellationToken) {
         let mut events = self.monitor.events();
+        let mut check_events = self.checks.as_ref().map(Monitor::events);
+        let mut host_events = self.hosts.as_ref().map(Monitor::events);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u64, Outcome)>();
         // Steps run one after another on their own task.
         let (step_tx, mut step_rx) = mpsc::unbounded_channel::<Action>();
@@ -399,9 +444,22 @@ impl MainLoop {
             let input = tokio::select! {
                 () = stop.cancelled() => break,
                 ev = events.recv() => match ev {
-                    Ok(ev) => Input::Observe(observation(&ev.health)),
+                    Ok(ev) => Input::Observe(self.observe(&ev.health)),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+                ev = next_event(&mut check_events) => match ev {
+                    // A command check changed its verdict: the member's health changes too.
+                    Some(ev) if ev.transition.is_some() => match self.monitor.health(&ev.health.member) {
+                        Some(h) => Input::Observe(self.observe(&h)),
+                        None => continue,
+                    },
+                    Some(_) => continue,
+                    None => { check_events = None; continue }
+                },
+                ev = next_event(&mut host_events) => match ev {
+                    Some(_) => { self.publish(); continue }
+                    None => { host_events = None; continue }
                 },
                 Some((id, outcome)) = done_rx.recv() => Input::Done { id, outcome },
                 Some((cmd, reply)) = commands.recv() => {
@@ -425,6 +483,21 @@ impl MainLoop {
             self.publish();
         }
         self.monitor.shutdown().await;
+    }
+
+    /// The machine's view of a PostgreSQL probe, with the member's command check applied:
+    /// a member whose command check is down is down.
+    fn observe(&self, h: &lifeboat_health::MemberHealth) -> lifeboat_failover::Observation {
+        let mut o = observation(h);
+        let check_down = self
+            .checks
+            .as_ref()
+            .and_then(|c| c.health(&h.member))
+            .is_some_and(|c| c.verdict == lifeboat_health::Verdict::Down);
+        if check_down {
+            o.verdict = lifeboat_failover::Verdict::Down;
+        }
+        o
     }
 
     fn feed(&mut self, input: Input, done_tx: &mpsc::UnboundedSender<(u64, Outcome)>) {
@@ -566,6 +639,22 @@ impl MainLoop {
             }
             .into();
             m.last_error.clone_from(&h.last.error);
+            if let Some(c) = self.checks.as_ref().and_then(|c| c.health(&m.name)) {
+                m.check = Some(verdict_name(c.verdict).into());
+                if c.verdict == lifeboat_health::Verdict::Down {
+                    m.state = "down".into();
+                    m.last_error = c.last.error.clone().map(|e| format!("check command: {e}"));
+                }
+            }
+            m.host_reachable = self
+                .hosts
+                .as_ref()
+                .and_then(|t| t.health(&m.name))
+                .and_then(|t| match t.verdict {
+                    lifeboat_health::Verdict::Up => Some(true),
+                    lifeboat_health::Verdict::Down => Some(false),
+                    lifeboat_health::Verdict::Unknown => None,
+                });
             let pg = h.last.pg.as_ref().filter(|_| h.last.ok);
             m.role = match pg {
                 Some(p) if !p.in_recovery => "primary",
@@ -606,5 +695,38 @@ impl MainLoop {
             }
         }
         self.status_tx.send_replace(s);
+    }
+}
+
+/// `{member}`, `{host}`, `{port}` and `{data_dir}` in a check command's argument.
+fn substitute(arg: &str, m: &lifeboat_config::Member) -> String {
+    arg.replace("{member}", &m.name)
+        .replace("{host}", &m.host)
+        .replace("{port}", &m.port.to_string())
+        .replace("{data_dir}", &m.data_dir.display().to_string())
+}
+
+fn verdict_name(v: lifeboat_health::Verdict) -> &'static str {
+    match v {
+        lifeboat_health::Verdict::Up => "up",
+        lifeboat_health::Verdict::Down => "down",
+        lifeboat_health::Verdict::Unknown => "unknown",
+    }
+}
+
+/// The next event of an optional monitor; pending forever without one; `None` when its
+/// channel closed.
+async fn next_event(
+    rx: &mut Option<tokio::sync::broadcast::Receiver<lifeboat_health::HealthEvent>>,
+) -> Option<lifeboat_health::HealthEvent> {
+    let Some(r) = rx.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match r.recv().await {
+            Ok(ev) => return Some(ev),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        }
     }
 }

@@ -112,6 +112,12 @@ pub struct MemberStatus {
     pub generation: Option<u64>,
     /// The last probe's error.
     pub last_error: Option<String>,
+    /// `[health] command`'s verdict for this member (`up`, `down`, `unknown`), when set.
+    #[serde(default)]
+    pub check: Option<String>,
+    /// Whether `[health] host_port` answers on the member's host, when set.
+    #[serde(default)]
+    pub host_reachable: Option<bool>,
 }
 
 /// One alert.
