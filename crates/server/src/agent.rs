@@ -25,7 +25,7 @@ use lifeboat_coord::{ClusterState, Coordinator, EtcdOptions, LeaderLease, Member
 use lifeboat_failover::{Action, ActionKind, Command, Lane, Outcome};
 use lifeboat_health::{Hysteresis, Observation, Prober, Target, Verdict};
 use lifeboat_postgres::cluster::{ClusterError, Member as PgMember, Pg, SyncMode};
-use lifeboat_traffic::{Port, ProxyOptions, Role, Route};
+use lifeboat_traffic::Route;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::convert::sync_names;
 use crate::daemon::{CommandRequest, DaemonOptions, Error};
 use crate::exec::Executor;
-use crate::status::{AlertRecord, CoordinatorStatus, MemberStatus, ProxyStatus, Status};
+use crate::status::{AlertRecord, CoordinatorStatus, Status};
 
 /// The leader lease's time to live.
 pub const LEASE_TTL: Duration = Duration::from_secs(2);
@@ -119,85 +119,23 @@ pub(crate) async fn start(
 
     let shutdown = CancellationToken::new();
     let (route_tx, route_rx) = watch::channel(Route::default());
-    let mut ports = Vec::new();
-    let bind = |role, addr| Port::bind(role, addr, route_rx.clone(), ProxyOptions::default());
-    let write = match config.proxy.listen {
-        Some(addr) => {
-            let p = bind(Role::Write, addr).await?;
-            let a = p.local_addr();
-            ports.push(p);
-            Some(a)
-        }
-        None => None,
-    };
-    let read = match config.proxy.read_listen {
-        Some(addr) => {
-            let p = bind(Role::Read, addr).await?;
-            let a = p.local_addr();
-            ports.push(p);
-            Some(a)
-        }
-        None => None,
-    };
-    let counters: Vec<_> = ports.iter().map(Port::counters).collect();
-    for p in ports {
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = p.serve() => {}
-                () = stop.cancelled() => {}
-            }
-        });
-    }
+    let proxy = crate::compose::start_proxy(&config, &route_rx, &shutdown).await?;
+    let (write, read, counters) = (proxy.write, proxy.read, proxy.counters.clone());
 
-    let listener = tokio::net::TcpListener::bind(config.api.listen)
-        .await
-        .map_err(|source| Error::Api {
-            addr: config.api.listen,
-            source,
-        })?;
-    let api = listener.local_addr().map_err(|source| Error::Api {
-        addr: config.api.listen,
-        source,
-    })?;
+    let (listener, api) = crate::compose::bind_api(&config).await?;
 
     let base = Status {
-        cluster: cluster.name.clone(),
-        replication: match cluster.replication {
-            Replication::Sync => "sync",
-            Replication::Async => "async",
-        }
-        .into(),
-        failover: match cluster.failover {
-            FailoverMode::Automatic => "automatic",
-            FailoverMode::Manual => "manual",
-        }
-        .into(),
-        coordinator: CoordinatorStatus {
-            kind: "etcd".into(),
-            location: location.clone(),
-            generation: 0,
-        },
-        proxy: ProxyStatus {
-            write: write.map(|a| a.to_string()),
-            read: read.map(|a| a.to_string()),
-            ..ProxyStatus::default()
-        },
-        api: api.to_string(),
         phase: "discovering".into(),
-        members: cluster
-            .members
-            .iter()
-            .map(|m| MemberStatus {
-                name: m.name.clone(),
-                address: format!("{}:{}", m.host, m.port),
-                data_dir: m.data_dir.display().to_string(),
-                role: "unknown".into(),
-                state: "unknown".into(),
-                ..MemberStatus::default()
-            })
-            .collect(),
-        ..Status::default()
+        ..crate::compose::base_status(
+            &config,
+            CoordinatorStatus {
+                kind: "etcd".into(),
+                location: location.clone(),
+                generation: 0,
+            },
+            &proxy,
+            api,
+        )
     };
     let (status_tx, status_rx) = watch::channel(base.clone());
     let (cmd_tx, cmd_rx) = mpsc::channel::<CommandRequest>(16);
@@ -209,14 +147,7 @@ pub(crate) async fn start(
         executor: executor.clone(),
         local: Some(me.clone()),
     });
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        let serve = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-        if let Err(e) = serve.await {
-            tracing::error!("API stopped: {e}");
-        }
-    });
+    crate::compose::serve_api(listener, app, &shutdown);
 
     let h = config.health.clone();
     let agent = Agent {

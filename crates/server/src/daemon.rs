@@ -19,13 +19,13 @@ use lifeboat_failover::{
 };
 use lifeboat_health::{Monitor, ProbeSettings, Target};
 use lifeboat_postgres::cluster::{Member as PgMember, Pg};
-use lifeboat_traffic::{Port, ProxyOptions, Role, Route};
+use lifeboat_traffic::Route;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::convert::observation;
 use crate::exec::Executor;
-use crate::status::{AlertRecord, CoordinatorStatus, MemberStatus, ProxyStatus, Status};
+use crate::status::{AlertRecord, CoordinatorStatus, Status};
 
 /// How many alerts status keeps.
 const ALERTS_KEPT: usize = 50;
@@ -213,48 +213,10 @@ impl Daemon {
         };
 
         let (route_tx, route_rx) = watch::channel(Route::default());
-        let mut ports = Vec::new();
-        let write = match config.proxy.listen {
-            Some(addr) => {
-                let p = Port::bind(Role::Write, addr, route_rx.clone(), ProxyOptions::default())
-                    .await?;
-                let a = p.local_addr();
-                ports.push(p);
-                Some(a)
-            }
-            None => None,
-        };
-        let read = match config.proxy.read_listen {
-            Some(addr) => {
-                let p =
-                    Port::bind(Role::Read, addr, route_rx.clone(), ProxyOptions::default()).await?;
-                let a = p.local_addr();
-                ports.push(p);
-                Some(a)
-            }
-            None => None,
-        };
-        let counters: Vec<_> = ports.iter().map(Port::counters).collect();
-        for p in ports {
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = p.serve() => {}
-                    () = stop.cancelled() => {}
-                }
-            });
-        }
+        let proxy = crate::compose::start_proxy(&config, &route_rx, &shutdown).await?;
+        let (write, read, counters) = (proxy.write, proxy.read, proxy.counters.clone());
 
-        let listener = tokio::net::TcpListener::bind(config.api.listen)
-            .await
-            .map_err(|source| Error::Api {
-                addr: config.api.listen,
-                source,
-            })?;
-        let api = listener.local_addr().map_err(|source| Error::Api {
-            addr: config.api.listen,
-            source,
-        })?;
+        let (listener, api) = crate::compose::bind_api(&config).await?;
 
         let settings = Settings {
             members: cluster.members.iter().map(|m| m.name.clone()).collect(),
@@ -267,43 +229,16 @@ impl Daemon {
         if state.maintenance {
             let _ = machine.handle(Duration::ZERO, Input::Command(Command::Maintenance(true)));
         }
-        let base = Status {
-            cluster: cluster.name.clone(),
-            replication: match cluster.replication {
-                Replication::Sync => "sync",
-                Replication::Async => "async",
-            }
-            .into(),
-            failover: match cluster.failover {
-                FailoverMode::Automatic => "automatic",
-                FailoverMode::Manual => "manual",
-            }
-            .into(),
-            coordinator: CoordinatorStatus {
+        let base = crate::compose::base_status(
+            &config,
+            CoordinatorStatus {
                 kind: "embedded".into(),
                 location,
                 generation: state.generation,
             },
-            proxy: ProxyStatus {
-                write: write.map(|a| a.to_string()),
-                read: read.map(|a| a.to_string()),
-                ..ProxyStatus::default()
-            },
-            api: api.to_string(),
-            members: cluster
-                .members
-                .iter()
-                .map(|m| MemberStatus {
-                    name: m.name.clone(),
-                    address: format!("{}:{}", m.host, m.port),
-                    data_dir: m.data_dir.display().to_string(),
-                    role: "unknown".into(),
-                    state: "unknown".into(),
-                    ..MemberStatus::default()
-                })
-                .collect(),
-            ..Status::default()
-        };
+            &proxy,
+            api,
+        );
         let (status_tx, status_rx) = watch::channel(base.clone());
         let (cmd_tx, cmd_rx) = mpsc::channel::<CommandRequest>(16);
         let executor = Executor::new(pg, members, coord.clone());
@@ -315,14 +250,7 @@ impl Daemon {
             executor: executor.clone(),
             local: None,
         });
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let serve = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!("API stopped: {e}");
-            }
-        });
+        crate::compose::serve_api(listener, app, &shutdown);
 
         let main = MainLoop {
             machine,

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod api;
 pub mod bootstrap;
+mod compose;
 pub mod convert;
 pub mod daemon;
 pub mod exec;
