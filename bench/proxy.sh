@@ -18,10 +18,11 @@
 #
 # Environment:
 #   RUNS=3 T=15 SCALE=10
-#   LB_THREADS=1         the example's --threads (1 = current-thread runtime; ADR 0020)
-#   LB_ARGS=             more arguments for the example (e.g. "--buffer 65536")
+#   LB_ARGS=             arguments for the example beyond --listen/--primary; default none: one
+#                        current-thread worker per CPU on SO_REUSEPORT listeners (ADR 0020);
+#                        "--threads 1" = one current-thread runtime, "--threads 2" = multi-thread
 #   LB_EXTRA=            arguments of a second Lifeboat proxy measured beside the first as mode
-#                        "lifeboat-x" (e.g. LB_EXTRA="--threads 2": runtimes compared in one run)
+#                        "lifeboat-x" (e.g. LB_EXTRA="--threads 1": runtimes compared in one run)
 #   LB_BIN=<path>        use this proxy binary instead of building (then say which in LABEL)
 #   LABEL=               appended to the results dir name (proxy-<rev>[-LABEL])
 #   QUIET_BUSY=0.3 QUIET_TIMEOUT=60   before each measurement wait until the machine used
@@ -44,7 +45,7 @@ command -v haproxy >/dev/null || { echo "haproxy missing (apt-get install haprox
 command -v pgbench >/dev/null || { echo "pgbench missing (apt-get install postgresql-client-15)" >&2; exit 1; }
 
 RUNS="${RUNS:-3}"; T="${T:-15}"; SCALE="${SCALE:-10}"
-LB_THREADS="${LB_THREADS:-1}"; LB_ARGS="${LB_ARGS:-}"
+LB_ARGS="${LB_ARGS:-}"
 QUIET_BUSY="${QUIET_BUSY:-0.3}"; QUIET_TIMEOUT="${QUIET_TIMEOUT:-60}"
 REV="$(git -C "$ROOT" rev-parse --short HEAD)"
 DIRTY=""; git -C "$ROOT" diff --quiet HEAD -- crates/traffic || DIRTY=" (crates/traffic has uncommitted changes)"
@@ -112,7 +113,7 @@ haproxy -c -q -f "$WORK/haproxy.cfg"
 haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
 HPID=$!
 # shellcheck disable=SC2086
-"$WORK/proxy" --listen "127.0.0.1:$LB_PORT" --primary "127.0.0.1:$PG_PORT" --threads "$LB_THREADS" $LB_ARGS \
+"$WORK/proxy" --listen "127.0.0.1:$LB_PORT" --primary "127.0.0.1:$PG_PORT" $LB_ARGS \
   >"$WORK/proxy.log" 2>&1 &
 LPID=$!
 wait_port "$HA_PORT"; wait_port "$LB_PORT"
@@ -125,11 +126,11 @@ if [ -n "${LB_EXTRA:-}" ]; then
   MODES+=(lifeboat-x)
   log "lifeboat-x $XPID on $LX_PORT ($LB_EXTRA)"
 fi
-log "haproxy $HPID on $HA_PORT ($(grep -c '^processor' /proc/cpuinfo) cpus, default nbthread: $(ls /proc/$HPID/task | wc -l) threads), lifeboat $LPID on $LB_PORT (--threads $LB_THREADS $LB_ARGS)"
+log "haproxy $HPID on $HA_PORT ($(grep -c '^processor' /proc/cpuinfo) cpus, default nbthread: $(ls /proc/$HPID/task | wc -l) threads), lifeboat $LPID on $LB_PORT (${LB_ARGS:-default: a worker per CPU})"
 
 {
   echo "date_utc: $(date -u +%FT%TZ)"
-  echo "command: RUNS=$RUNS T=$T SCALE=$SCALE LB_THREADS=$LB_THREADS LB_ARGS='$LB_ARGS' LB_EXTRA='${LB_EXTRA:-}' bash bench/proxy.sh"
+  echo "command: RUNS=$RUNS T=$T SCALE=$SCALE LB_ARGS='$LB_ARGS' LB_EXTRA='${LB_EXTRA:-}' bash bench/proxy.sh"
   echo "rev: $REV$DIRTY; proxy sha256 $(sha256sum "$WORK/proxy" | cut -c1-16)"
   echo "cpu: $(lscpu | awk -F': +' '/Model name/{print $2}') x $(nproc)"
   echo "ram: $(free -g | awk '/Mem:/{print $2}') GiB; kernel $(uname -r); $(. /etc/os-release; echo "$PRETTY_NAME")"

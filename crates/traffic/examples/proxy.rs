@@ -3,14 +3,14 @@
 //!
 //! ```text
 //! proxy --listen ADDR --primary ADDR [--read-listen ADDR --replica ADDR...]
-//!       [--threads N | --pinned N | --reuseport N] [--hold-ms MS] [--buffer BYTES]
+//!       [--workers N | --threads N] [--hold-ms MS] [--buffer BYTES]
 //! ```
 //!
-//! `--threads 1` (the default) runs the proxy on a current-thread runtime, `N > 1` on a
-//! multi-thread runtime with N workers; `--pinned N` accepts on a current-thread runtime and
-//! hands each connection to one of N current-thread runtimes on their own threads, round
-//! robin; `--reuseport N` runs N current-thread runtimes on their own threads, each accepting
-//! on its own `SO_REUSEPORT` listener (ADR 0020 compares them). It runs until SIGINT or
+//! By default the proxy runs as the daemon should run it (ADR 0020): one current-thread
+//! runtime per CPU (`--workers N` to choose), each on its own thread and accepting on its own
+//! `SO_REUSEPORT` listener, so a connection never leaves the thread that accepted it.
+//! `--threads N` runs everything on one runtime instead, for comparison: a current-thread
+//! runtime for 1, a multi-thread runtime with N workers otherwise. It runs until SIGINT or
 //! SIGTERM and then prints each port's counters to stderr.
 
 use std::net::SocketAddr;
@@ -24,22 +24,22 @@ struct Args {
     primary: SocketAddr,
     read_listen: Option<SocketAddr>,
     replicas: Vec<SocketAddr>,
-    threads: usize,
-    pinned: usize,
-    reuseport: usize,
+    /// One runtime for everything (`--threads`): 1 = current-thread, more = multi-thread.
+    threads: Option<usize>,
+    /// `SO_REUSEPORT` workers (`--workers`, default: one per CPU).
+    workers: usize,
     options: ProxyOptions,
 }
 
-const USAGE: &str = "usage: proxy --listen ADDR --primary ADDR [--read-listen ADDR --replica ADDR...] [--threads N | --pinned N] [--hold-ms MS] [--buffer BYTES]";
+const USAGE: &str = "usage: proxy --listen ADDR --primary ADDR [--read-listen ADDR --replica ADDR...] [--workers N | --threads N] [--hold-ms MS] [--buffer BYTES]";
 
 fn parse() -> Result<Args, String> {
     let mut listen = None;
     let mut primary = None;
     let mut read_listen = None;
     let mut replicas = Vec::new();
-    let mut threads = 1;
-    let mut pinned = 0;
-    let mut reuseport = 0;
+    let mut threads = None;
+    let mut workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut options = ProxyOptions::default();
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,9 +55,8 @@ fn parse() -> Result<Args, String> {
             "--primary" => primary = Some(addr(value()?)?),
             "--read-listen" => read_listen = Some(addr(value()?)?),
             "--replica" => replicas.push(addr(value()?)?),
-            "--threads" => threads = num(value()?)?.max(1) as usize,
-            "--pinned" => pinned = num(value()?)? as usize,
-            "--reuseport" => reuseport = num(value()?)? as usize,
+            "--threads" => threads = Some(num(value()?)?.max(1) as usize),
+            "--workers" => workers = num(value()?)?.max(1) as usize,
             "--hold-ms" => options = options.with_hold(Duration::from_millis(num(value()?)?)),
             "--buffer" => options = options.with_buffer_size(num(value()?)? as usize),
             "-h" | "--help" => return Err(USAGE.into()),
@@ -70,14 +69,13 @@ fn parse() -> Result<Args, String> {
         read_listen,
         replicas,
         threads,
-        pinned,
-        reuseport,
+        workers,
         options,
     })
 }
 
 /// `n` current-thread runtimes, each parked on its own thread until the process exits.
-fn pinned_workers(n: usize) -> Result<Vec<tokio::runtime::Handle>, String> {
+fn start_workers(n: usize) -> Result<Vec<tokio::runtime::Handle>, String> {
     (0..n)
         .map(|i| {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -95,8 +93,10 @@ fn pinned_workers(n: usize) -> Result<Vec<tokio::runtime::Handle>, String> {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let workers = pinned_workers(args.pinned)?;
-    let reuse_workers = pinned_workers(args.reuseport)?;
+    let workers = match args.threads {
+        Some(_) => Vec::new(),
+        None => start_workers(args.workers)?,
+    };
     let (tx, rx) = tokio::sync::watch::channel(Route {
         generation: 1,
         primary: Some(args.primary),
@@ -106,30 +106,28 @@ async fn run(args: Args) -> Result<(), String> {
     ports.extend(args.read_listen.map(|a| (Role::Read, a)));
     let mut counters = Vec::new();
     for (role, addr) in ports {
-        if !reuse_workers.is_empty() {
-            let group =
-                Port::bind_reuseport(role, addr, rx.clone(), args.options.clone(), &reuse_workers)
-                    .map_err(|e| e.to_string())?;
-            if let Some(first) = group.first() {
-                eprintln!(
-                    "proxy: {role:?} port on {} ({} SO_REUSEPORT listeners)",
-                    first.local_addr(),
-                    group.len()
-                );
-                counters.push((role, first.counters()));
-            }
-            for (port, worker) in group.into_iter().zip(&reuse_workers) {
-                worker.spawn(port.serve());
-            }
+        if workers.is_empty() {
+            let port = Port::bind(role, addr, rx.clone(), args.options.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!("proxy: {role:?} port on {}", port.local_addr());
+            counters.push((role, port.counters()));
+            tokio::spawn(port.serve());
             continue;
         }
-        let port = Port::bind(role, addr, rx.clone(), args.options.clone())
-            .await
+        let group = Port::bind_reuseport(role, addr, rx.clone(), args.options.clone(), &workers)
             .map_err(|e| e.to_string())?;
-        eprintln!("proxy: {role:?} port on {}", port.local_addr());
-        counters.push((role, port.counters()));
-        let workers = workers.clone();
-        tokio::spawn(async move { port.serve_on(&workers).await });
+        if let Some(first) = group.first() {
+            eprintln!(
+                "proxy: {role:?} port on {} ({} workers, SO_REUSEPORT)",
+                first.local_addr(),
+                group.len()
+            );
+            counters.push((role, first.counters()));
+        }
+        for (port, worker) in group.into_iter().zip(&workers) {
+            worker.spawn(port.serve());
+        }
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("install SIGTERM handler: {e}"))?;
@@ -152,12 +150,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut builder = if args.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(args.threads);
-        b
+    // The main runtime runs everything with --threads; otherwise it only binds the ports
+    // and waits for the signal while the workers forward.
+    let mut builder = match args.threads {
+        Some(n) if n > 1 => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        _ => tokio::runtime::Builder::new_current_thread(),
     };
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,

@@ -228,27 +228,13 @@ impl Port {
     /// Dropping the returned future stops accepting; connections already accepted keep
     /// running until they end, their backend leaves the route, or the sender is dropped.
     pub async fn serve(self) {
-        self.serve_on(&[]).await;
-    }
-
-    /// Like [`Port::serve`], with the connections spread round robin over `workers` (each
-    /// typically a current-thread runtime on its own thread): a connection stays on its
-    /// worker for its whole life, so nothing is stolen or woken across threads, and a
-    /// worker that the OS preempts stalls only its own share of the clients. With no
-    /// workers, connections run on the runtime that polls this future.
-    ///
-    /// # Cancellation
-    /// As [`Port::serve`].
-    pub async fn serve_on(self, workers: &[tokio::runtime::Handle]) {
         let Port {
             listener,
             local,
             mut routes,
             shared,
         } = self;
-        info!(port = %local, role = ?shared.role, route = ?*routes.borrow(), workers = workers.len(),
-            "proxy port listening");
-        let mut next_worker = 0usize;
+        info!(port = %local, role = ?shared.role, route = ?*routes.borrow(), "proxy port listening");
         loop {
             tokio::select! {
                 biased;
@@ -263,14 +249,7 @@ impl Port {
                 }
                 accepted = listener.accept() => match accepted {
                     Ok((client, peer)) => {
-                        let (routes, shared) = (routes.clone(), Arc::clone(&shared));
-                        if workers.is_empty() {
-                            tokio::spawn(connection(client, peer, routes, shared));
-                        } else {
-                            let worker = &workers[next_worker % workers.len()];
-                            next_worker = next_worker.wrapping_add(1);
-                            hand_over(worker, client, peer, routes, shared);
-                        }
+                        tokio::spawn(connection(client, peer, routes.clone(), Arc::clone(&shared)));
                     }
                     Err(e) => {
                         // EMFILE and friends: give the runtime a moment rather than spin.
@@ -281,31 +260,6 @@ impl Port {
             }
         }
     }
-}
-
-/// Moves an accepted client to `worker`'s reactor and runs it there.
-fn hand_over(
-    worker: &tokio::runtime::Handle,
-    client: TcpStream,
-    peer: SocketAddr,
-    routes: watch::Receiver<Route>,
-    shared: Arc<Shared>,
-) {
-    // Deregistered here, registered with the worker's reactor there (two epoll_ctl calls
-    // per connection); the socket stays non-blocking throughout.
-    let client = match client.into_std() {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(client = %peer, error = %e, "accepted connection lost before hand-over");
-            return;
-        }
-    };
-    worker.spawn(async move {
-        match TcpStream::from_std(client) {
-            Ok(client) => connection(client, peer, routes, shared).await,
-            Err(e) => warn!(client = %peer, error = %e, "worker could not take over a connection"),
-        }
-    });
 }
 
 /// The whole life of one client connection.

@@ -394,21 +394,11 @@ async fn forwarded_then_closed(
 }
 
 #[test]
-fn connections_on_worker_runtimes_are_forwarded_and_closed_on_switch() {
+fn reuseport_workers_forward_and_close_on_switch() {
     let a = PgServer::start(&[]).expect("server a");
     let (workers, stops, threads) = worker_runtimes(2);
     runtime().block_on(async {
-        // Handed over by one accept loop.
-        let (tx, rx) = watch::channel(Route::with_primary(1, local(a.port())));
-        let port = Port::bind(Role::Write, local(0), rx, ProxyOptions::default())
-            .await
-            .expect("bind proxy");
-        let (addr, counters) = (port.local_addr(), port.counters());
-        let w = workers.clone();
-        tokio::spawn(async move { port.serve_on(&w).await });
-        forwarded_then_closed(addr, &a, &tx, &counters).await;
-
-        // Accepted by each worker on its own SO_REUSEPORT listener.
+        // Each worker accepts on its own SO_REUSEPORT listener.
         let (tx, rx) = watch::channel(Route::with_primary(1, local(a.port())));
         let ports =
             Port::bind_reuseport(Role::Write, local(0), rx, ProxyOptions::default(), &workers)
