@@ -220,6 +220,8 @@ pub struct Writer {
     stop: Arc<AtomicBool>,
     pub acked: Arc<Mutex<Vec<(i64, Instant)>>>,
     pub errors: Arc<Mutex<Vec<Instant>>>,
+    /// When each write was acknowledged, and by which server (its port).
+    pub acked_by: Arc<Mutex<Vec<(Instant, u16)>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -238,7 +240,13 @@ impl Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
         let errors = Arc::new(Mutex::new(Vec::new()));
-        let (s, a, e) = (stop.clone(), acked.clone(), errors.clone());
+        let acked_by = Arc::new(Mutex::new(Vec::new()));
+        let (s, a, e, b) = (
+            stop.clone(),
+            acked.clone(),
+            errors.clone(),
+            acked_by.clone(),
+        );
         let dsn = format!(
             "host={} port={} user=postgres dbname=postgres connect_timeout=2",
             proxy.ip(),
@@ -257,11 +265,21 @@ impl Writer {
                     }
                 }
                 id += 1;
-                let r = client
-                    .as_mut()
-                    .map(|c| c.execute("insert into orders(id) values ($1)", &[&id]));
+                let r = client.as_mut().map(|c| {
+                    c.query_one(
+                        "insert into orders(id) values ($1) returning inet_server_port()",
+                        &[&id],
+                    )
+                });
                 match r {
-                    Some(Ok(_)) => a.lock().unwrap().push((id, Instant::now())),
+                    Some(Ok(row)) => {
+                        let at = Instant::now();
+                        a.lock().unwrap().push((id, at));
+                        let port = row.get::<_, Option<i32>>(0).unwrap_or(0);
+                        b.lock()
+                            .unwrap()
+                            .push((at, u16::try_from(port).unwrap_or(0)));
+                    }
                     _ => {
                         e.lock().unwrap().push(Instant::now());
                         client = None;
@@ -274,6 +292,7 @@ impl Writer {
             stop,
             acked,
             errors,
+            acked_by,
             thread: Some(thread),
         }
     }
@@ -303,6 +322,16 @@ impl Writer {
             .iter()
             .find(|(_, at)| *at > t)
             .map(|(_, at)| *at)
+    }
+
+    /// When the first write after `t` was acknowledged by the server on `port`.
+    pub fn acked_by_after(&self, port: u16, t: Instant) -> Option<Instant> {
+        self.acked_by
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(at, p)| *at > t && *p == port)
+            .map(|(at, _)| *at)
     }
 
     /// Waits for the first write acknowledged after `t`.
