@@ -148,7 +148,7 @@ fn load(path: &Path) -> Result<lifeboat_config::Config> {
 pub fn run_daemon(_g: &Global, c: &RunCmd) -> Result<u8> {
     let config = load(&c.cfg.config)?;
     let rt = runtime()?;
-    rt.block_on(async {
+    let code = rt.block_on(async {
         let options = DaemonOptions {
             member: c.member.clone(),
             ..DaemonOptions::default()
@@ -168,9 +168,16 @@ pub fn run_daemon(_g: &Global, c: &RunCmd) -> Result<u8> {
         );
         d.run_until(shutdown_signal()).await;
         eprintln!("lifeboat: stopped");
-        Ok(EXIT_OK)
-    })
+        Ok::<u8, anyhow::Error>(EXIT_OK)
+    });
+    // A repair still running on the blocking pool (a rewind, a wait for streaming) must
+    // not hold the exit: it is abandoned, and redone by the next daemon.
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
+    code
 }
+
+/// How long an exiting daemon waits for work still running on the blocking pool.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -604,7 +611,7 @@ pub fn quickstart(g: &Global, c: &QuickstartCmd) -> Result<u8> {
         }
     }
     let config2 = load(&config_path)?;
-    rt.block_on(async {
+    let ran = rt.block_on(async {
         let d = Daemon::start(config2, DaemonOptions::default())
             .await
             .map_err(|e| {
@@ -685,7 +692,9 @@ pub fn quickstart(g: &Global, c: &QuickstartCmd) -> Result<u8> {
             let _ = child.wait();
         }
         Ok::<(), anyhow::Error>(())
-    })?;
+    });
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
+    ran?;
     // Interrupted: the servers stop with the estate's daemon; the files stay.
     stop_members(&config)?;
     if !g.quiet {
