@@ -47,6 +47,10 @@ pub struct Cluster {
     pub password: Option<Secret<String>>,
     /// Whether a commit waits for a standby.
     pub replication: Replication,
+    /// `sync` mode with no standby able to take commits: `continue` (the default: the
+    /// primary acknowledges alone, with a critical alert, and no standby is a failover
+    /// candidate until one has caught up) or `wait` (commits wait for a standby).
+    pub when_no_standby: NoStandby,
     /// Whether failover happens on its own or waits for approval.
     pub failover: FailoverMode,
     /// The members, in file order.
@@ -75,6 +79,15 @@ pub enum Replication {
     Sync,
     /// Commits do not wait; the lag is measured against the RPO.
     Async,
+}
+
+/// `when_no_standby = "continue" | "wait"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoStandby {
+    /// Keep taking writes on the primary alone (Patroni's `synchronous_mode`).
+    Continue,
+    /// Writes wait until a standby takes them (Patroni's `synchronous_mode_strict`).
+    Wait,
 }
 
 /// `failover = "automatic" | "manual"`.
@@ -553,8 +566,28 @@ impl Cx<'_> {
                 "user",
                 "password",
                 "password_file",
+                "when_no_standby",
             ],
         );
+        let when_no_standby = match self.string(t, p, "when_no_standby", false) {
+            None => t
+                .get("when_no_standby")
+                .is_none()
+                .then_some(NoStandby::Continue),
+            Some((s, span)) => match s.as_str() {
+                "continue" => Some(NoStandby::Continue),
+                "wait" => Some(NoStandby::Wait),
+                _ => {
+                    self.problem(
+                        span,
+                        "cluster.when_no_standby",
+                        format!("{s:?} is not a choice"),
+                        "use \"continue\" (writes go on, unreplicated, with an alert) or \"wait\" (writes wait for a standby)",
+                    );
+                    None
+                }
+            },
+        };
         let user = match self.string(t, p, "user", false) {
             Some((s, _)) => Some(s),
             None => t.get("user").is_none().then(|| "postgres".to_string()),
@@ -627,6 +660,7 @@ impl Cx<'_> {
             user: user?,
             password: password?,
             replication: replication?,
+            when_no_standby: when_no_standby?,
             failover: failover?,
             members: members?,
         })
@@ -748,7 +782,14 @@ impl Cx<'_> {
         self.unknown_keys(
             t,
             p,
-            &["interval", "timeout", "fall", "rise", "command", "host_port"],
+            &[
+                "interval",
+                "timeout",
+                "fall",
+                "rise",
+                "command",
+                "host_port",
+            ],
         );
         let command = self.string_list(t, p, "command");
         let host_port = self.integer(t, p, "host_port", 1..65536);
@@ -780,7 +821,12 @@ impl Cx<'_> {
 
     /// A non-empty list of strings (`${ENV}` expanded): `Some(None)` when absent, `None`
     /// after a problem.
-    fn string_list(&mut self, t: &Table<'_>, prefix: &str, key: &str) -> Option<Option<Vec<String>>> {
+    fn string_list(
+        &mut self,
+        t: &Table<'_>,
+        prefix: &str,
+        key: &str,
+    ) -> Option<Option<Vec<String>>> {
         let full = join(prefix, key);
         let Some(v) = t.get(key) else {
             return Some(None);

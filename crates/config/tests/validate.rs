@@ -182,6 +182,32 @@ fn health_checks_and_database_credentials_are_read_and_checked() {
         )
     );
     assert_eq!(c.health.host_port, Some(22));
+    assert_eq!(
+        c.cluster.when_no_standby,
+        lifeboat_config::NoStandby::Continue
+    );
+    let w = GOOD.replace(
+        "failover = \"manual\"\n",
+        "failover = \"manual\"\nwhen_no_standby = \"wait\"\n",
+    );
+    assert_eq!(
+        parse("lifeboat.toml", &w, dir.path(), &env)
+            .unwrap()
+            .cluster
+            .when_no_standby,
+        lifeboat_config::NoStandby::Wait
+    );
+    let w = GOOD.replace(
+        "failover = \"manual\"\n",
+        "failover = \"manual\"\nwhen_no_standby = \"block\"\n",
+    );
+    let err = parse("lifeboat.toml", &w, dir.path(), &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cluster.when_no_standby") && err.contains("\"wait\""),
+        "{err}"
+    );
     assert_eq!(c.cluster.user, "lifeboat");
     assert_eq!(
         c.cluster.password.as_ref().map(|p| p.expose().as_str()),
@@ -194,15 +220,25 @@ fn health_checks_and_database_credentials_are_read_and_checked() {
     assert!(d.cluster.password.is_none());
 
     let bad = GOOD.replace("fall = 4\n", "fall = 4\ncommand = []\nhost_port = 70000\n");
-    let err = parse("lifeboat.toml", &bad, dir.path(), &env).unwrap_err().to_string();
-    assert!(err.contains("health.command") && err.contains("non-empty list"), "{err}");
-    assert!(err.contains("health.host_port") && err.contains("out of range"), "{err}");
+    let err = parse("lifeboat.toml", &bad, dir.path(), &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("health.command") && err.contains("non-empty list"),
+        "{err}"
+    );
+    assert!(
+        err.contains("health.host_port") && err.contains("out of range"),
+        "{err}"
+    );
     // A password never appears in a problem.
     let both = text.replace(
         "password_file = \"db.password\"",
         "password_file = \"db.password\"\npassword = \"hunter2-but-longer\"",
     );
-    let err = parse("lifeboat.toml", &both, dir.path(), &env).unwrap_err().to_string();
+    let err = parse("lifeboat.toml", &both, dir.path(), &env)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cluster.password"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }

@@ -33,6 +33,11 @@ pub struct Settings {
     pub automatic: bool,
     /// `replication = "sync"`: commits wait for a standby; only such a standby is promoted.
     pub sync: bool,
+    /// `sync` mode with `when_no_standby = "wait"`: the synchronous set is never emptied,
+    /// so with no standby streaming, commits wait rather than being acknowledged by the
+    /// primary alone; a promotion with no other healthy standby names the old primary,
+    /// so commits wait until it has rejoined.
+    pub strict: bool,
     /// First wait before retrying a failed rejoin or recovery; doubles up to 16×.
     pub retry: Duration,
 }
@@ -971,6 +976,16 @@ impl Machine {
         } else {
             Vec::new()
         };
+        let sync_names = if sync_names.is_empty()
+            && self.settings.strict
+            && p.from != p.to
+            && !p.from.is_empty()
+        {
+            // No other standby: commits on the new primary wait for the old one to rejoin.
+            vec![p.from.clone()]
+        } else {
+            sync_names
+        };
         p.sync_names.clone_from(&sync_names);
         p.id = self.push(
             out,
@@ -1292,6 +1307,10 @@ impl Machine {
         want.sort();
         want.dedup();
         if self.requested_sync.as_ref() == Some(&want) {
+            return;
+        }
+        if want.is_empty() && self.settings.strict {
+            // Writes wait for a standby rather than go unreplicated.
             return;
         }
         if want.is_empty() {

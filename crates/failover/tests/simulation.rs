@@ -66,6 +66,10 @@ struct Sim {
 
 impl Sim {
     fn new(seed: u64, sync: bool, automatic: bool) -> Self {
+        Self::with(seed, sync, automatic, false)
+    }
+
+    fn with(seed: u64, sync: bool, automatic: bool, strict: bool) -> Self {
         let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         let nodes = names
             .iter()
@@ -88,6 +92,7 @@ impl Sim {
             members: names,
             automatic,
             sync,
+            strict,
             retry: Duration::from_secs(1),
         };
         Self {
@@ -526,9 +531,13 @@ fn seeds() -> Vec<u64> {
 }
 
 fn run(sync: bool) -> (u32, usize, u64) {
+    run_with(sync, false)
+}
+
+fn run_with(sync: bool, strict: bool) -> (u32, usize, u64) {
     let (mut failovers, mut lost, mut worst_heal, mut approved) = (0, 0, 0, 0);
     for seed in seeds() {
-        let mut sim = Sim::new(seed, sync, true);
+        let mut sim = Sim::with(seed, sync, true, strict);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             for _ in 0..400 {
                 sim.step();
@@ -674,6 +683,7 @@ fn a_late_probe_of_the_switched_over_primary_does_not_cancel_its_rejoin() {
             members: vec!["a".into(), "b".into()],
             automatic: true,
             sync: true,
+            strict: false,
             retry: Duration::from_secs(2),
         };
         let mut m = Machine::new(settings, 1, Some("a".into()));
@@ -799,6 +809,7 @@ fn a_standby_dropped_from_the_synchronous_set_is_no_candidate_even_before_the_ne
         members: vec!["a".into(), "b".into()],
         automatic: true,
         sync: true,
+        strict: false,
         retry: Duration::from_secs(2),
     };
     let mut m = Machine::new(settings, 1, Some("a".into()));
@@ -868,5 +879,16 @@ fn a_standby_dropped_from_the_synchronous_set_is_no_candidate_even_before_the_ne
         matches!(m.phase(), Phase::AwaitingApproval { .. }),
         "{:?}",
         m.phase()
+    );
+}
+
+#[test]
+fn sync_mode_that_waits_for_a_standby_never_loses_a_commit_and_always_heals() {
+    let (failovers, lost, heal) = run_with(true, true);
+    println!("sync, when_no_standby = wait: {failovers} failovers, {lost} acknowledged commits lost, healed within {heal} ticks at worst");
+    assert_eq!(lost, 0);
+    assert!(
+        failovers > 50,
+        "the faults must cause failovers ({failovers})"
     );
 }

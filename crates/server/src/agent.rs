@@ -156,6 +156,7 @@ pub(crate) async fn start(
         ttl: LEASE_TTL,
         interval: h.interval,
         sync: cluster.replication == Replication::Sync,
+        strict: cluster.when_no_standby == lifeboat_config::NoStandby::Wait,
         automatic: cluster.failover == FailoverMode::Automatic,
         names: cluster.members.iter().map(|m| m.name.clone()).collect(),
         coord,
@@ -231,6 +232,8 @@ struct Agent {
     ttl: Duration,
     interval: Duration,
     sync: bool,
+    /// `when_no_standby = "wait"`: the synchronous set is never emptied.
+    strict: bool,
     automatic: bool,
     names: Vec<String>,
     coord: Arc<Coordinator>,
@@ -634,7 +637,9 @@ impl Agent {
                 }
             }
         }
-        // The standbys streaming from it now; never shrink to nothing (writes wait: RPO 0).
+        // The standbys streaming from it now. With none: `when_no_standby = "wait"` keeps
+        // the set (writes wait); "continue" empties it, and from then on no standby is a
+        // candidate until one has flushed past the new baseline.
         let mut want: Vec<String> = pg
             .replication
             .iter()
@@ -643,8 +648,13 @@ impl Agent {
             .collect();
         want.sort();
         want.dedup();
-        if want.is_empty() || want == in_force {
+        if want == in_force || (want.is_empty() && (self.strict || in_force.is_empty())) {
             return;
+        }
+        if want.is_empty() {
+            tracing::warn!(member = %self.me, "no standby is streaming: commits are no longer replicated before they are acknowledged");
+            self.track.baseline = None;
+            self.track.confirmed.clear();
         }
         if self.sync_job.as_ref().is_some_and(|j| !j.is_finished()) {
             return;

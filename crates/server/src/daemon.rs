@@ -222,6 +222,7 @@ impl Daemon {
             members: cluster.members.iter().map(|m| m.name.clone()).collect(),
             automatic: cluster.failover == FailoverMode::Automatic,
             sync: cluster.replication == Replication::Sync,
+            strict: cluster.when_no_standby == lifeboat_config::NoStandby::Wait,
             retry: Duration::from_secs(2),
         };
         let mut machine = Machine::new(settings, state.generation, state.primary.clone());
