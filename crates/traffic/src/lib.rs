@@ -8,7 +8,15 @@
 //! [`Role::Read`]), [`ProxyOptions`], the [`Counters`] behind the metrics and their
 //! [`CountersSnapshot`], and [`Error`].
 //! Never here: deciding who the primary is (that is `lifeboat-failover`), health probes,
-//! reading configuration files, or any look at the bytes a client and a server exchange.
+//! reading configuration files, starting threads or runtimes (the daemon does), or any look
+//! at the bytes a client and a server exchange.
+//!
+//! # Runtime
+//! Each connection is one task that copies both directions with
+//! `tokio::io::copy_bidirectional`. Run a port with [`Port::serve`] on any runtime; the
+//! daemon runs it as ADR 0020 measured best: one current-thread runtime per CPU, each on its
+//! own thread and accepting on its own `SO_REUSEPORT` listener ([`Port::bind_reuseport`]),
+//! so a connection never leaves the thread that accepted it (`examples/proxy.rs`).
 //!
 //! # Example
 //! ```no_run

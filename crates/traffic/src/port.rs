@@ -130,11 +130,15 @@ impl Port {
     /// worker's reactor: run each port's [`Port::serve`] on its worker (`worker.spawn(..)`),
     /// so a connection lives on the thread that accepted it, with nothing handed over,
     /// stolen or woken across threads. With port 0 the first listener picks the port and the
-    /// others join it.
+    /// others join it. No workers, no ports.
+    ///
+    /// `SO_REUSEPORT` would also let a second process of the same user share the port (a
+    /// stale daemon with a stale route): before binding, a plain probe bind checks that
+    /// nothing listens on `addr` yet.
     ///
     /// # Errors
-    /// [`Error::Bind`] when a listener cannot be created or bound; [`Error::LocalAddr`] as in
-    /// [`Port::bind`].
+    /// [`Error::Bind`] when something already listens on `addr` or a listener cannot be
+    /// created or bound; [`Error::LocalAddr`] as in [`Port::bind`].
     pub fn bind_reuseport(
         role: Role,
         addr: SocketAddr,
@@ -148,16 +152,27 @@ impl Port {
             counters: Arc::new(Counters::default()),
             next: AtomicUsize::new(0),
         });
-        let mut addr = addr;
-        let mut ports = Vec::with_capacity(workers.len());
-        for worker in workers {
-            let bind_err = |source| Error::Bind { addr, source };
-            let socket = if addr.is_ipv4() {
+        let new_socket = |addr: SocketAddr| {
+            if addr.is_ipv4() {
                 tokio::net::TcpSocket::new_v4()
             } else {
                 tokio::net::TcpSocket::new_v6()
             }
-            .map_err(bind_err)?;
+        };
+        if addr.port() != 0 && !workers.is_empty() {
+            // SO_REUSEADDR lets the probe past our own TIME_WAIT connections (a restart),
+            // not past a listener.
+            let probe = new_socket(addr).map_err(|source| Error::Bind { addr, source })?;
+            probe
+                .set_reuseaddr(true)
+                .and_then(|()| probe.bind(addr))
+                .map_err(|source| Error::Bind { addr, source })?;
+        }
+        let mut addr = addr;
+        let mut ports = Vec::with_capacity(workers.len());
+        for worker in workers {
+            let bind_err = |source| Error::Bind { addr, source };
+            let socket = new_socket(addr).map_err(bind_err)?;
             socket.set_reuseaddr(true).map_err(bind_err)?;
             socket.set_reuseport(true).map_err(bind_err)?;
             socket.bind(addr).map_err(bind_err)?;

@@ -411,6 +411,14 @@ fn reuseport_workers_forward_and_close_on_switch() {
             worker.spawn(port.serve());
         }
         forwarded_then_closed(addr, &a, &tx, &counters).await;
+
+        // A port something already listens on is refused, not silently shared.
+        let (_tx, rx) = watch::channel(Route::default());
+        let taken = Port::bind_reuseport(Role::Write, addr, rx, ProxyOptions::default(), &workers);
+        assert!(
+            matches!(taken, Err(lifeboat_traffic::Error::Bind { .. })),
+            "{taken:?}"
+        );
     });
     drop(stops);
     for t in threads {
