@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -324,19 +325,34 @@ async fn forward(
     }
     let connected = shared.counters.forwarded(fwd.target);
     let size = shared.options.buffer_size;
-    let ended = tokio::select! {
-        // The switch check first: once the route has moved away, not one more byte goes to
-        // the old backend.
-        biased;
-        switched = until_dropped(routes, shared.role, fwd) => {
-            if switched {
-                shared.counters.closed_on_switch();
-                debug!(client = %peer, target = %fwd.target, "closed: the route moved away from the backend");
+    let forward_err = |source| Error::Forward {
+        client: peer,
+        target: fwd.target,
+        source,
+    };
+    let ended = {
+        let (client_rx, mut client_tx) = client.split();
+        let (backend_rx, mut backend_tx) = backend.split();
+        let mut up = BufReader::with_capacity(size, client_rx);
+        let mut down = BufReader::with_capacity(size, backend_rx);
+        // The connection ends when either side closes: PostgreSQL has no half-closed
+        // connections (a client says Terminate, then closes; a backend that exits has sent its
+        // last message), so both sockets close at once instead of shutting down one direction
+        // and waiting for the other side's FIN (two system calls and a wake-up per connection).
+        // Everything read before the close has been written on: `copy_buf` returns at EOF.
+        tokio::select! {
+            // The switch check first: once the route has moved away, not one more byte goes
+            // to the old backend.
+            biased;
+            switched = until_dropped(routes, shared.role, fwd) => {
+                if switched {
+                    shared.counters.closed_on_switch();
+                    debug!(client = %peer, target = %fwd.target, "closed: the route moved away from the backend");
+                }
+                Ok(())
             }
-            Ok(())
-        }
-        copied = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, size, size) => {
-            copied.map(|_| ()).map_err(|source| Error::Forward { client: peer, target: fwd.target, source })
+            r = tokio::io::copy_buf(&mut up, &mut backend_tx) => r.map(|_| ()).map_err(forward_err),
+            r = tokio::io::copy_buf(&mut down, &mut client_tx) => r.map(|_| ()).map_err(forward_err),
         }
     };
     // Both sockets close (the client and the backend see it at once), then the backend's
