@@ -197,7 +197,7 @@ done
 # ---- summary --------------------------------------------------------------------------------
 for p in $LPID $XPID; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; LPID="" XPID=""
 cp "$WORK/proxy.log" "$RES/proxy.log"; [ -z "${LB_EXTRA:-}" ] || cp "$WORK/proxy-x.log" "$RES/proxy-x.log"
-python3 - "$CSV" "$RES" <<'PY' | tee "$RES/summary.md"
+python3 - "$CSV" "$RES" "$QUIET_TIMEOUT" <<'PY' | tee "$RES/summary.md"
 import csv, sys, statistics as st
 rows = list(csv.DictReader(open(sys.argv[1])))
 def med(mode, conn, key):
@@ -226,7 +226,7 @@ for conn in ("persistent", "new"):
         if h and l:
             print(f"- {conn}: {lb}/haproxy TPS {l[0] / h[0]:.3f}; proxy CPU per transaction {lb}/haproxy "
                   f"{lc[0] / hc[0]:.2f} ({lc[0]:.1f} vs {hc[0]:.1f} µs)")
-noisy = [r for r in rows if float(r["quiet_wait_s"]) >= 60 or int(r["foreign_rustc"] or 0) > 0]
+noisy = [r for r in rows if float(r["quiet_wait_s"]) >= float(sys.argv[3]) or int(r["foreign_rustc"] or 0) > 0]
 print(f"- runs started while foreign compilers ran or after a quiet-wait timeout: {len(noisy)} of {len(rows)}")
 PY
 log "done"
