@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use lifeboat_config::{Config, FailoverMode, Replication};
 use lifeboat_traffic::{Counters, Port, ProxyOptions, Role, Route};
+
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -21,42 +22,75 @@ pub(crate) struct Proxy {
     pub(crate) counters: Vec<Arc<Counters>>,
 }
 
-/// Binds `[proxy] listen` and `read_listen` and serves them until `shutdown`.
+/// Binds `[proxy] listen` and `read_listen` and serves them until `shutdown`: one
+/// current-thread runtime per CPU on its own thread, each accepting on its own
+/// `SO_REUSEPORT` listener, so a connection lives on the thread that accepted it (the
+/// setup ADR 0020 measured against HAProxy). The workers' runtimes end with `shutdown`,
+/// closing every connection they carry.
 pub(crate) async fn start_proxy(
     config: &Config,
     routes: &watch::Receiver<Route>,
     shutdown: &CancellationToken,
 ) -> Result<Proxy, Error> {
-    let mut ports = Vec::new();
-    let mut bound = [None, None];
-    for (slot, (role, addr)) in [
+    let wanted = [
         (Role::Write, config.proxy.listen),
         (Role::Read, config.proxy.read_listen),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        if let Some(addr) = addr {
-            let p = Port::bind(role, addr, routes.clone(), ProxyOptions::default()).await?;
-            bound[slot] = Some(p.local_addr());
-            ports.push(p);
-        }
-    }
-    let counters = ports.iter().map(Port::counters).collect();
-    for p in ports {
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = p.serve() => {}
-                () = stop.cancelled() => {}
-            }
+    ];
+    if wanted.iter().all(|(_, a)| a.is_none()) {
+        return Ok(Proxy {
+            write: None,
+            read: None,
+            counters: Vec::new(),
         });
+    }
+    let n = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let workers = start_workers(n, shutdown)?;
+    let mut bound = [None, None];
+    let mut counters = Vec::new();
+    for (slot, (role, addr)) in wanted.into_iter().enumerate() {
+        let Some(addr) = addr else { continue };
+        let group = Port::bind_reuseport(
+            role,
+            addr,
+            routes.clone(),
+            ProxyOptions::default(),
+            &workers,
+        )?;
+        if let Some(first) = group.first() {
+            bound[slot] = Some(first.local_addr());
+            counters.push(first.counters());
+        }
+        for (port, worker) in group.into_iter().zip(&workers) {
+            worker.spawn(port.serve());
+        }
     }
     Ok(Proxy {
         write: bound[0],
         read: bound[1],
         counters,
     })
+}
+
+/// `n` current-thread runtimes, each on its own thread until `shutdown`.
+fn start_workers(
+    n: usize,
+    shutdown: &CancellationToken,
+) -> Result<Vec<tokio::runtime::Handle>, Error> {
+    (0..n)
+        .map(|i| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::ProxyWorkers(format!("runtime {i}: {e}")))?;
+            let handle = rt.handle().clone();
+            let stop = shutdown.clone();
+            std::thread::Builder::new()
+                .name(format!("proxy-worker-{i}"))
+                .spawn(move || rt.block_on(stop.cancelled()))
+                .map_err(|e| Error::ProxyWorkers(format!("thread {i}: {e}")))?;
+            Ok(handle)
+        })
+        .collect()
 }
 
 /// Binds `[api] listen`.

@@ -42,6 +42,9 @@ pub enum Error {
     /// A proxy port could not be bound.
     #[error("proxy: {0}")]
     Proxy(#[from] lifeboat_traffic::Error),
+    /// The proxy's worker threads could not start.
+    #[error("proxy workers: {0}")]
+    ProxyWorkers(String),
     /// The API could not listen.
     #[error("API on {addr}: {source}; is another daemon running? change [api] listen")]
     Api {
