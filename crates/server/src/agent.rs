@@ -8,7 +8,10 @@
 //! renew for TTL/2, the election (the same sync-mode safety rule as the embedded machine:
 //! only a standby the last primary saw flush past the point where its synchronous set came
 //! in force, and only when every member of that set can be compared), following the new
-//! leader (repoint, or rejoin through pg_rewind), the agent's status and its API.
+//! leader (repoint, or rejoin through pg_rewind), manual failover (an approval asked for in
+//! etcd, the election once an operator approved through any agent's API), switchover
+//! (asked through any agent, carried out by the leader's clean stop and hand-off to the
+//! named standby only), the agent's status and its API.
 //! It must never act on another node's PostgreSQL, never promote without first winning the
 //! generation compare-and-swap under its own live lease, and never let its primary take
 //! writes once the lease may have passed to another member. The protocol and its timing are
@@ -44,6 +47,9 @@ const REPAIR_RETRY: Duration = Duration::from_secs(2);
 const FRESH_REPORT: Duration = Duration::from_secs(1);
 /// How many alerts status keeps.
 const ALERTS_KEPT: usize = 50;
+/// How long a switchover request, or a stopped primary's hand-off to the switchover's
+/// target, stays valid: past it the other standbys stop holding and elect as usual.
+const HANDOFF_WAIT: Duration = Duration::from_secs(15);
 
 /// What [`start`] hands to [`crate::Daemon`].
 pub(crate) struct Parts {
@@ -181,6 +187,10 @@ pub(crate) async fn start(
         counters,
         state: None,
         reports: Vec::new(),
+        switchover: None,
+        handoff: None,
+        refused: None,
+        no_leader_since: None,
     };
     let stop = shutdown.clone();
     let task = tokio::spawn(agent.run(cmd_rx, stop));
@@ -261,6 +271,59 @@ struct Agent {
     counters: Vec<Arc<lifeboat_traffic::Counters>>,
     state: Option<ClusterState>,
     reports: Vec<MemberReport>,
+    /// A switchover asked through this agent's API, published in its report for the
+    /// leader's agent to carry out.
+    switchover: Option<Handoff>,
+    /// Set on the leader that stopped its primary for a switchover: the hand-off to the
+    /// target, published in its report until the next generation.
+    handoff: Option<Handoff>,
+    /// The last switchover request this leader refused (so it says so once).
+    refused: Option<Handoff>,
+    /// Since when this standby's agent sees no leader (manual mode asks for an approval
+    /// only after [`FRESH_REPORT`] of it).
+    no_leader_since: Option<Instant>,
+}
+
+/// A switchover on its way: requested (`lsn` unset) or handed off by the stopped primary
+/// (`lsn`: its final checkpoint, which the target must receive before it promotes).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Handoff {
+    /// The standby to promote.
+    to: String,
+    /// The generation it belongs to; any other generation makes it void.
+    generation: u64,
+    /// The stopped primary's last checkpoint location.
+    lsn: Option<u64>,
+    /// When it was made (Unix milliseconds of the making host).
+    at_ms: u64,
+}
+
+impl Handoff {
+    fn new(to: &str, generation: u64, lsn: Option<u64>) -> Self {
+        Handoff {
+            to: to.to_string(),
+            generation,
+            lsn,
+            at_ms: unix_ms(),
+        }
+    }
+
+    /// Still valid in `generation` (and not older than [`HANDOFF_WAIT`]).
+    fn live(&self, generation: u64) -> bool {
+        let age = Duration::from_millis(unix_ms().saturating_sub(self.at_ms));
+        self.generation == generation && age < HANDOFF_WAIT
+    }
+
+    /// The one published under `key` in `r`, if any.
+    fn from_report(r: &MemberReport, key: &str) -> Option<Self> {
+        serde_json::from_value(r.report.get(key)?.clone()).ok()
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn report_str<'a>(r: &'a MemberReport, key: &str) -> Option<&'a str> {
@@ -360,10 +423,117 @@ impl Agent {
                 }
                 Err(e) => format!("error: etcd did not record it: {e}"),
             },
-            other => format!(
-                "error: {other:?} is not available with the etcd coordinator yet (maintenance is)"
-            ),
+            Command::Approve { to } => self.approve(to).await,
+            Command::Switchover { to } => self.request_switchover(&to).await,
         }
+    }
+
+    /// `lifeboat failover approve [--to M]`: approves the failover waiting in etcd; the
+    /// standbys' agents see it and elect (only `to`, when named).
+    async fn approve(&mut self, to: Option<String>) -> String {
+        if let Some(l) = self.state.as_ref().and_then(|s| s.leader.clone()) {
+            return format!("error: no failover waits for approval: {l} holds the leader lease");
+        }
+        if let Some(t) = &to {
+            if !self.names.contains(t) {
+                return format!("error: {t} is not a member of this cluster");
+            }
+            let live = self
+                .reports
+                .iter()
+                .any(|r| r.member == *t && r.age < FRESH_REPORT && up_standby(r));
+            if !live {
+                return format!("error: {t} is not a live standby (its agent publishes no report of a running standby); nothing approved");
+            }
+        }
+        match self.coord.approve(to.as_deref()).await {
+            Ok(a) => {
+                let whom = a.to.clone().unwrap_or_else(|| "the best candidate".into());
+                self.alert(
+                    true,
+                    format!(
+                        "failover approved by an operator (generation {}): promoting {whom}",
+                        a.generation
+                    ),
+                );
+                format!("accepted: failover approved, promoting {whom}")
+            }
+            Err(lifeboat_coord::Error::NothingToApprove { .. }) => {
+                "error: no failover waits for approval".into()
+            }
+            Err(e) => format!("error: etcd did not record the approval: {e}"),
+        }
+    }
+
+    /// Why `to` cannot be a switchover's target now, or `None` when it can: a live,
+    /// streaming standby (in sync mode: confirmed in the primary's synchronous set) while a
+    /// live primary holds the lease.
+    fn switchover_refusal(&self, state: &ClusterState, to: &str) -> Option<String> {
+        if state.maintenance {
+            return Some("maintenance is on".into());
+        }
+        let Some(primary) = state.primary.as_deref() else {
+            return Some("no primary is recorded".into());
+        };
+        if state.leader.as_deref() != Some(primary) {
+            return Some(format!("{primary} does not hold the leader lease"));
+        }
+        if to == primary {
+            return Some(format!("{to} is already the primary"));
+        }
+        if !self.names.iter().any(|n| n == to) {
+            return Some(format!("{to} is not a member of this cluster"));
+        }
+        let Some(r) = self.reports.iter().find(|r| r.member == to) else {
+            return Some(format!("{to} has no live report (is its agent running?)"));
+        };
+        if r.age >= FRESH_REPORT || !up_standby(r) {
+            return Some(format!("{to} is not a live standby"));
+        }
+        if !r.report["streaming"].as_bool().unwrap_or(false) {
+            return Some(format!("{to} is not streaming from {primary}"));
+        }
+        if self.sync {
+            let confirmed = self.last_primary.as_ref().is_some_and(|v| {
+                v.generation == state.generation
+                    && v.member == primary
+                    && v.confirmed.iter().any(|c| c == to)
+            });
+            if !confirmed {
+                return Some(format!(
+                    "{to} is not a confirmed synchronous standby of {primary}"
+                ));
+            }
+        }
+        None
+    }
+
+    /// `lifeboat switchover --to M` on this agent: checked here, then published in this
+    /// agent's report, where the leader's agent picks it up.
+    async fn request_switchover(&mut self, to: &str) -> String {
+        let Some(state) = self.state.clone() else {
+            return "error: this agent has not read the cluster state yet".into();
+        };
+        if let Some(why) = self.switchover_refusal(&state, to) {
+            return format!("error: switchover to {to} refused: {why}");
+        }
+        self.switchover = Some(Handoff::new(to, state.generation, None));
+        let report = self.report(&state);
+        if let Err(e) = self.coord.publish(&self.me, &report).await {
+            self.switchover = None;
+            return format!("error: etcd did not record the switchover request: {e}");
+        }
+        self.alert(
+            false,
+            format!(
+                "switchover from {:?} to {to} requested (generation {})",
+                state.primary, state.generation
+            ),
+        );
+        format!(
+            "accepted: switchover from {} to {to} requested",
+            state.primary.unwrap_or_default()
+        )
     }
 
     fn verdict(&self) -> Verdict {
@@ -453,6 +623,9 @@ impl Agent {
                             self.alert(true, format!("{}: {how}", self.me));
                         }
                         self.fenced = false;
+                        if up.is_some() {
+                            self.handoff = None;
+                        }
                         self.upstream = up;
                     }
                     Ok((o, _)) => {
@@ -462,6 +635,9 @@ impl Agent {
                     Err(e) => tracing::warn!("repair task: {e}"),
                 }
             }
+        }
+        if state.leader.is_some() {
+            self.no_leader_since = None;
         }
         if self.leading.is_some() {
             self.lead(&state).await;
@@ -553,6 +729,8 @@ impl Agent {
             "leader": leading,
             "fenced": self.fenced,
             "error": self.obs.as_ref().and_then(|o| o.error.clone()),
+            "switchover": self.switchover.as_ref().filter(|h| h.live(state.generation)),
+            "handoff": self.handoff.as_ref().filter(|h| h.generation == state.generation),
         })
     }
 
@@ -585,6 +763,12 @@ impl Agent {
             self.fence_self(&why).await;
             return;
         }
+        if state.pending_approval.is_some() {
+            // A live leader: no failover waits (a request raced with this lease's start).
+            if let Err(e) = self.coord.clear_approval().await {
+                tracing::warn!("clearing a stale approval request: {e}");
+            }
+        }
         if state.maintenance {
             // Maintenance: keep the lease (the keeper renews it), change nothing.
             return;
@@ -610,6 +794,80 @@ impl Agent {
         if self.sync {
             self.manage_sync(&pg);
         }
+        self.switch_over(state).await;
+    }
+
+    /// The leader's part of a switchover asked through any agent: checks the target,
+    /// checkpoints, stops its primary cleanly (standby.signal, fast shutdown), publishes the
+    /// final checkpoint location for the target and gives the lease back.
+    async fn switch_over(&mut self, state: &ClusterState) {
+        let ask = self
+            .reports
+            .iter()
+            .filter_map(|r| Handoff::from_report(r, "switchover"))
+            .chain(self.switchover.clone())
+            .find(|h| h.live(state.generation) && h.lsn.is_none());
+        let Some(ask) = ask else { return };
+        if let Some(why) = self.switchover_refusal(state, &ask.to) {
+            if self.refused.as_ref() != Some(&ask) {
+                self.alert(true, format!("switchover to {} refused: {why}", ask.to));
+                self.refused = Some(ask);
+            }
+            return;
+        }
+        let Some(m) = self.member(&self.me) else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        // A checkpoint while writes still flow: the shutdown checkpoint then has little to do.
+        let (pgh, mc) = (self.executor.pg().clone(), m.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            pgh.connect(&mc)
+                .map(|mut c| c.batch_execute("checkpoint").is_ok())
+        })
+        .await;
+        tracing::info!(member = %self.me, to = %ask.to, "switchover: stopping the primary");
+        let action = Action {
+            id: 0,
+            generation: state.generation,
+            lane: Lane::Step,
+            kind: ActionKind::StopClean {
+                member: self.me.clone(),
+            },
+        };
+        let outcome = self.executor.run(&action).await;
+        // Whatever happened, the last probe no longer describes it.
+        self.obs = None;
+        let lsn = match outcome {
+            Some(Outcome::Stopped(lsn)) => lsn,
+            other => {
+                self.alert(
+                    true,
+                    format!("switchover to {}: stopping {} failed ({other:?}); it is fenced and the lease released", ask.to, self.me),
+                );
+                self.fence_self("its clean stop for a switchover failed")
+                    .await;
+                self.stop_leading(true).await;
+                return;
+            }
+        };
+        self.handoff = Some(Handoff::new(&ask.to, state.generation, Some(lsn)));
+        self.switchover = None;
+        let report = self.report(state);
+        if let Err(e) = self.coord.publish(&self.me, &report).await {
+            tracing::warn!(member = %self.me, "publishing the switchover hand-off: {e}");
+        }
+        self.stop_leading(true).await;
+        self.alert(
+            false,
+            format!(
+                "switchover: {} stopped at {} after {:?} and released the lease to {}",
+                self.me,
+                lifeboat_health::format_lsn(lsn),
+                started.elapsed(),
+                ask.to
+            ),
+        );
     }
 
     fn manage_sync(&mut self, pg: &lifeboat_health::PgState) {
@@ -711,6 +969,26 @@ impl Agent {
     // ---- standby ----
 
     async fn follow(&mut self, state: &ClusterState) {
+        if let Some(h) = self.handoff.clone() {
+            // This member's primary was stopped for a switchover: wait for the target to
+            // take the lease, then follow it like any stopped standby.
+            let other = state.leader.as_ref().is_some_and(|l| *l != self.me);
+            if !other {
+                if h.live(h.generation) {
+                    return;
+                }
+                self.handoff = None;
+                self.alert(
+                    true,
+                    format!(
+                        "switchover to {} did not complete within {HANDOFF_WAIT:?}; {} restarts read-only and the standbys elect as after a failure",
+                        h.to, self.me
+                    ),
+                );
+                self.start_stopped();
+                return;
+            }
+        }
         let pg = self.pg().cloned();
         let primary_here = pg.as_ref().is_some_and(|p| !p.in_recovery);
         match state.leader.clone() {
@@ -748,10 +1026,31 @@ impl Agent {
         }
     }
 
+    /// Starts the local PostgreSQL (stopped with `standby.signal`: it comes up read-only).
+    fn start_stopped(&mut self) {
+        let Some(m) = self.member(&self.me) else {
+            return;
+        };
+        let pgh = self.executor.pg().clone();
+        self.repair = Some(tokio::spawn(async move {
+            match tokio::task::spawn_blocking(move || pgh.start(&m)).await {
+                Ok(Ok(())) => (Outcome::Ok, None),
+                Ok(Err(e)) => (Outcome::Failed(e.to_string()), None),
+                Err(e) => (Outcome::Failed(e.to_string()), None),
+            }
+        }));
+    }
+
     /// The recorded primary's agent takes the lease (start, or after its lease lapsed).
     async fn take_back(&mut self, state: &ClusterState) {
         match self.coord.acquire_leader(&self.me, self.ttl).await {
             Ok(Some(lease)) => {
+                if state.pending_approval.is_some() {
+                    // The primary is back: the failover that waited is void.
+                    if let Err(e) = self.coord.clear_approval().await {
+                        tracing::warn!("clearing the pending approval: {e}");
+                    }
+                }
                 self.alert(
                     false,
                     format!(
@@ -788,6 +1087,7 @@ impl Agent {
         }
         if pg.as_ref().is_some_and(|p| p.in_recovery) && self.upstream.as_deref() == Some(leader) {
             self.fenced = false;
+            self.handoff = None;
             return;
         }
         if self.repair.is_some() || Instant::now() < self.repair_after {
@@ -840,6 +1140,43 @@ impl Agent {
             }));
             return;
         }
+        if self.handoff.is_some() && !self.fenced {
+            // Stopped cleanly for a switchover (standby.signal written): started read-only
+            // and pointed at the new primary at once; rewound only if it cannot follow.
+            tracing::info!(member = %me, %leader, "following the leader after a switchover: start and repoint");
+            self.repair = Some(tokio::spawn(async move {
+                let pgh = executor.pg().clone();
+                let (m2, l2) = (m.clone(), l.clone());
+                let r = tokio::task::spawn_blocking(move || {
+                    if !pgh.is_running(&m2)? {
+                        pgh.start(&m2)?;
+                    }
+                    pgh.repoint(&m2, &l2)
+                })
+                .await;
+                match r {
+                    Ok(Ok(_)) => (Outcome::Ok, Some(leader)),
+                    other => {
+                        tracing::warn!(member = %me, %leader, "does not follow after a switchover ({other:?}); rewinding it");
+                        let action = Action {
+                            id: 0,
+                            generation,
+                            lane: Lane::Background,
+                            kind: ActionKind::Rejoin {
+                                member: me.clone(),
+                                primary: leader.clone(),
+                            },
+                        };
+                        match executor.run(&action).await {
+                            Some(o @ (Outcome::Ok | Outcome::Repaired(_))) => (o, Some(leader)),
+                            Some(o) => (o, None),
+                            None => (Outcome::Failed("nothing done".into()), None),
+                        }
+                    }
+                }
+            }));
+            return;
+        }
         if !(self.fenced || self.verdict() == Verdict::Down) {
             return;
         }
@@ -884,6 +1221,13 @@ impl Agent {
         if !self.pg().is_some_and(|p| p.in_recovery) {
             return;
         }
+        // A switchover's hand-off: only its target takes the lease; the others hold.
+        if let Some(h) = self.handoff_of(state) {
+            if h.to == self.me {
+                self.take_over(state, h.lsn, "a switchover").await;
+            }
+            return;
+        }
         // The recorded primary's agent is alive and its PostgreSQL a primary: it takes the
         // lease back itself.
         if let Some(p) = &state.primary {
@@ -897,19 +1241,101 @@ impl Agent {
                 return;
             }
         }
-        if !self.automatic {
-            return;
-        }
-        let best = match self.candidate(state) {
-            Ok(b) => b,
-            Err(why) => {
-                tracing::debug!(member = %self.me, "no failover: {why}");
-                return;
+        let best = if self.automatic {
+            match self.candidate(state) {
+                Ok(b) => b,
+                Err(why) => {
+                    tracing::debug!(member = %self.me, "no failover: {why}");
+                    return;
+                }
+            }
+        } else {
+            match self.approved(state).await {
+                Some(b) => b,
+                None => return,
             }
         };
         if best != self.me {
             return;
         }
+        let why = if self.automatic {
+            "a failover"
+        } else {
+            "an approved failover"
+        };
+        self.take_over(state, None, why).await;
+    }
+
+    /// The hand-off a primary stopped for a switchover published for this generation.
+    fn handoff_of(&self, state: &ClusterState) -> Option<Handoff> {
+        let p = state.primary.as_ref()?;
+        let r = self.reports.iter().find(|r| r.member == *p)?;
+        Handoff::from_report(r, "handoff").filter(|h| h.live(state.generation) && h.lsn.is_some())
+    }
+
+    /// Manual mode: the member to promote once an operator approved, `None` while the
+    /// failover waits (asking for the approval in etcd first: the live standby with the
+    /// lowest name asks, so two agents do not overwrite each other's request).
+    async fn approved(&mut self, state: &ClusterState) -> Option<String> {
+        let pending = state
+            .pending_approval
+            .as_ref()
+            .filter(|a| a.generation == state.generation);
+        let Some(a) = pending else {
+            // Not at the first sight of no leader: an agent that starts with its cluster
+            // sees none until the primary's agent took its lease back.
+            let since = *self.no_leader_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < FRESH_REPORT {
+                return None;
+            }
+            let old = state.primary.clone().unwrap_or_default();
+            let asker = self
+                .reports
+                .iter()
+                .filter(|r| r.member != old && r.age < FRESH_REPORT && up_standby(r))
+                .map(|r| r.member.as_str())
+                .min();
+            if asker == Some(self.me.as_str()) {
+                let proposal = self.candidate(state).ok();
+                match self
+                    .coord
+                    .request_approval(state.generation, proposal.as_deref())
+                    .await
+                {
+                    Ok(()) => {
+                        self.alert(
+                            true,
+                            format!(
+                                "primary {old} is gone (generation {}): manual failover waits for `lifeboat failover approve` (proposed: {})",
+                                state.generation,
+                                proposal.as_deref().unwrap_or("none; name one with --to")
+                            ),
+                        );
+                    }
+                    Err(e) => self.etcd_failed("recording the approval request", &e),
+                }
+            }
+            return None;
+        };
+        a.approved_at?;
+        match &a.to {
+            // Named by the operator (or proposed by the rule and approved as is): the
+            // operator accepted what promoting it may lose.
+            Some(to) => {
+                let live = self.reports.iter().any(|r| {
+                    r.member == *to
+                        && r.member != state.primary.clone().unwrap_or_default()
+                        && up_standby(r)
+                });
+                live.then(|| to.clone())
+            }
+            None => self.candidate(state).ok(),
+        }
+    }
+
+    /// Takes the lease, wins the generation compare-and-swap and promotes the local
+    /// standby (after it received WAL past `wait_for_lsn`, for a switchover).
+    async fn take_over(&mut self, state: &ClusterState, wait_for_lsn: Option<u64>, why: &str) {
         let lease = match self.coord.acquire_leader(&self.me, self.ttl).await {
             Ok(Some(l)) => l,
             Ok(None) => return,
@@ -936,7 +1362,7 @@ impl Agent {
         self.alert(
             true,
             format!(
-                "{} takes over from {:?}: generation {generation}",
+                "{} takes over from {:?} in {why}: generation {generation}",
                 self.me, state.primary
             ),
         );
@@ -953,13 +1379,13 @@ impl Agent {
             lane: Lane::Step,
             kind: ActionKind::Promote {
                 member: self.me.clone(),
-                wait_for_lsn: None,
+                wait_for_lsn,
                 sync_names: if self.sync { names.clone() } else { Vec::new() },
             },
         };
         self.track.requested = Some(names);
         let outcome = self.executor.run(&action).await;
-        let event = json!({"promoted": self.me, "from": state.primary, "generation": generation, "outcome": format!("{outcome:?}")});
+        let event = json!({"promoted": self.me, "from": state.primary, "generation": generation, "why": why, "outcome": format!("{outcome:?}")});
         if let Err(e) = self.coord.record(&event).await {
             tracing::warn!("recording the promotion: {e}");
         }
@@ -969,6 +1395,16 @@ impl Agent {
                     false,
                     format!("{} is the primary of generation {generation}", self.me),
                 );
+                // Published now, not at the next probe: the proxies route to it on this.
+                let o = self.prober.probe().await;
+                self.hysteresis.observe(o.ok);
+                self.obs = Some(o);
+                if let Ok(st) = self.coord.state().await {
+                    let report = self.report(&st);
+                    if let Err(e) = self.coord.publish(&self.me, &report).await {
+                        tracing::warn!("publishing the new primary's report: {e}");
+                    }
+                }
             }
             other => {
                 // It did not become a primary: give the lease up; the others elect again.
@@ -1015,6 +1451,40 @@ impl Agent {
                 "failing_over",
                 Some(format!("{leader:?} holds the lease and is being promoted")),
             )
+        } else if let Some(h) = state.as_ref().and_then(|st| self.handoff_of(st)) {
+            (
+                "switching",
+                Some(format!(
+                    "switchover: {:?} stopped at {}; {} takes over",
+                    state.as_ref().and_then(|st| st.primary.clone()),
+                    lifeboat_health::format_lsn(h.lsn.unwrap_or(0)),
+                    h.to
+                )),
+            )
+        } else if !self.automatic {
+            let st = state.as_ref();
+            let pending = st.and_then(|st| {
+                st.pending_approval
+                    .clone()
+                    .filter(|a| a.generation == st.generation)
+            });
+            let proposal = st.and_then(|st| self.candidate(st).ok());
+            match pending {
+                Some(a) if a.approved_at.is_some() => (
+                    "failing_over",
+                    Some(format!(
+                        "failover approved: promoting {}",
+                        a.to.or(proposal).unwrap_or_else(|| "(no candidate)".into())
+                    )),
+                ),
+                _ => (
+                    "awaiting_approval",
+                    Some(format!(
+                        "no leader: manual failover is waiting for `lifeboat failover approve` (best candidate: {})",
+                        proposal.unwrap_or_else(|| "none; `--to MEMBER` accepts possible loss".into())
+                    )),
+                ),
+            }
         } else {
             let why = match state.as_ref().map(|st| self.candidate(st)) {
                 Some(Ok(c)) => format!("no leader; {c} is the candidate"),

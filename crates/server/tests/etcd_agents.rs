@@ -223,6 +223,11 @@ impl Estate {
     /// standbys, generation 1 in etcd), and an agent process per member. With `netns`,
     /// m1 (its PostgreSQL and its agent) lives in its own network namespace.
     fn start(netns: Option<Netns>) -> Estate {
+        Estate::start_with(netns, "")
+    }
+
+    /// As [`Estate::start`], with `cluster` added to every agent's `[cluster]` table.
+    fn start_with(netns: Option<Netns>, cluster: &str) -> Estate {
         use std::os::unix::fs::PermissionsExt;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -286,7 +291,7 @@ impl Estate {
                 etcd.endpoints()
             };
             let text = format!(
-                "[cluster]\nname = \"orders\"\nreplication = \"sync\"\n\n\
+                "[cluster]\nname = \"orders\"\nreplication = \"sync\"\n{cluster}\n\
                  [coordinator]\nurl = \"etcd://{endpoints}\"\n\n\
                  [proxy]\nlisten = \"{proxy}\"\n\n\
                  [api]\nlisten = \"{api}\"\ntoken = \"{TOKEN}\"\n\n{members_toml}"
@@ -554,6 +559,22 @@ fn http_status(api: SocketAddr) -> Option<serde_json::Value> {
     serde_json::from_str(body).ok()
 }
 
+/// `POST path` with a JSON `body` and the token: the status code and the body.
+fn http_post(api: SocketAddr, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&api, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: lifeboat\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, text.split_once("\r\n\r\n")?.1.to_string()))
+}
+
 /// The HTTP status code of `GET path` (the health endpoints need no token).
 fn http_code(api: SocketAddr, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect_timeout(&api, Duration::from_millis(500)).ok()?;
@@ -670,6 +691,18 @@ impl Writer {
             .iter()
             .find(|(_, at)| *at > t)
             .map(|(_, at)| *at)
+    }
+
+    /// The longest time between two acknowledged writes after `t`.
+    fn longest_gap_after(&self, t: Instant) -> Duration {
+        let acked = self.acked.lock().unwrap();
+        let times: Vec<Instant> = acked.iter().map(|(_, at)| *at).collect();
+        times
+            .windows(2)
+            .filter(|w| w[1] > t)
+            .map(|w| w[1].duration_since(w[0]))
+            .max()
+            .unwrap_or_default()
     }
 
     fn finish(mut self) -> Vec<i64> {
@@ -985,4 +1018,162 @@ fn a_partitioned_primary_stops_taking_writes_before_another_is_promoted() {
     );
     e.print_events();
     assert_eq!(e.in_recovery(0), None, "m1 must be fenced (not running)");
+}
+
+/// Every acknowledged id of `acked` that member `i` does not have.
+fn missing_on(e: &Estate, i: usize, acked: &[i64]) -> Vec<i64> {
+    let mut c = postgres::Client::connect(&e.dsn(i), postgres::NoTls).unwrap();
+    let on: Vec<i64> = c
+        .query("select id from orders order by id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    acked
+        .iter()
+        .filter(|id| on.binary_search(id).is_err())
+        .copied()
+        .collect()
+}
+
+#[test]
+fn manual_mode_holds_a_failover_until_an_operator_approves_it_on_any_agent() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut e = Estate::start_with(None, "failover = \"manual\"\n");
+    e.wait_healthy("m1", &[0, 1, 2]);
+    // Nothing waits: approving is refused.
+    let (code, body) = http_post(e.apis[1], "/failover/approve", "{}").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("no failover waits"), "{body}");
+    let writer = Writer::start(e.proxies[2]);
+    wait_until("50 acknowledged writes", 20, || {
+        (writer.count() >= 50).then_some(())
+    });
+
+    let pid = e.postmaster(0).unwrap();
+    kill_tree(pid);
+    e.kill_agent(0);
+    let killed = Instant::now();
+    let s = e.wait_status(1, "awaiting approval", 10, |s| {
+        s["phase"] == "awaiting_approval"
+    });
+    println!("waiting: {}", s["reason"]);
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("lifeboat failover approve"),
+        "{s:#}"
+    );
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(killed.elapsed()));
+    // 3 s after the kill: nobody promoted, both still standbys, the alert raised.
+    assert_eq!(e.in_recovery(1), Some(true));
+    assert_eq!(e.in_recovery(2), Some(true));
+    let s = e.status(2).unwrap();
+    assert_eq!(s["phase"], "awaiting_approval", "{s:#}");
+    assert_eq!(s["coordinator"]["generation"], 1);
+    // The critical alert (raised by the live standby with the lowest name, 1 s after it
+    // saw no leader).
+    let s = e.wait_status(1, "the critical alert", 5, |s| {
+        s["alerts"].as_array().is_some_and(|a| {
+            a.iter().any(|a| {
+                a["severity"] == "critical"
+                    && a["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("waits for `lifeboat failover approve`"))
+            })
+        })
+    });
+    assert_eq!(s["coordinator"]["generation"], 1);
+    assert_eq!(e.in_recovery(1), Some(true));
+
+    // Approved through m3's agent (any agent will do).
+    let approved = Instant::now();
+    let (code, body) = http_post(e.apis[2], "/failover/approve", "{}").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let back = wait_until("a write acknowledged after the approval", 30, || {
+        writer.acked_after(approved)
+    });
+    let s = e.wait_status(2, "a new primary", 10, |s| new_primary(s).is_some());
+    let to = new_primary(&s).unwrap();
+    println!(
+        "approved → first acknowledged write {:.3} s; new primary {to}, generation {}",
+        back.duration_since(approved).as_secs_f64(),
+        s["coordinator"]["generation"]
+    );
+    assert_eq!(s["coordinator"]["generation"], 2);
+    let acked = writer.finish();
+    let i = if to == "m2" { 1 } else { 2 };
+    let missing = missing_on(&e, i, &acked);
+    println!(
+        "{} writes acknowledged, {} missing on {to}",
+        acked.len(),
+        missing.len()
+    );
+    e.print_events();
+    assert!(
+        missing.is_empty(),
+        "acknowledged writes missing on {to}: {missing:?}"
+    );
+    // The approval was consumed by the promotion.
+    let pending = e.rt.block_on(async {
+        let c = Coordinator::connect_etcd(EtcdOptions::new(e.etcd.endpoint_list(), "orders"))
+            .await
+            .unwrap();
+        c.state().await.unwrap().pending_approval
+    });
+    assert_eq!(pending, None);
+}
+
+#[test]
+fn a_switchover_through_any_agent_loses_nothing_and_the_old_primary_follows() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let e = Estate::start(None);
+    e.wait_healthy("m1", &[0, 1, 2]);
+    // Refused: not a member, the primary itself.
+    for (to, why) in [("m9", "not a member"), ("m1", "already the primary")] {
+        let (code, body) =
+            http_post(e.apis[2], "/switchover", &format!("{{\"to\": \"{to}\"}}")).unwrap();
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains(why), "{body}");
+    }
+    let writer = Writer::start(e.proxies[2]);
+    wait_until("50 acknowledged writes", 20, || {
+        (writer.count() >= 50).then_some(())
+    });
+    let asked = Instant::now();
+    let (code, body) = http_post(e.apis[2], "/switchover", r#"{"to": "m2"}"#).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let s = e.wait_status(2, "m2 primary", 20, |s| {
+        s["primary"] == "m2" && s["phase"] == "healthy"
+    });
+    assert_eq!(s["coordinator"]["generation"], 2);
+    wait_until("writes through the new primary", 10, || {
+        writer
+            .acked_after(Instant::now() - Duration::from_millis(100))
+            .filter(|_| asked.elapsed() > Duration::from_secs(1))
+    });
+    // The old primary follows m2 as a streaming standby.
+    e.wait_status(0, "m1 streaming from m2", 40, |s| {
+        s["members"].as_array().is_some_and(|ms| {
+            ms.iter()
+                .any(|m| m["name"] == "m1" && m["role"] == "standby" && m["streaming"] == true)
+        })
+    });
+    assert_eq!(e.in_recovery(0), Some(true));
+    let gap = writer.longest_gap_after(asked);
+    let acked = writer.finish();
+    let missing = missing_on(&e, 1, &acked);
+    println!(
+        "switchover m1 → m2: write gap {:.3} s (longest between two acknowledged writes), {} writes acknowledged, {} missing",
+        gap.as_secs_f64(),
+        acked.len(),
+        missing.len()
+    );
+    e.print_events();
+    assert!(
+        missing.is_empty(),
+        "acknowledged writes missing on m2: {missing:?}"
+    );
+    assert!(gap < Duration::from_secs(5), "write gap {gap:?}");
 }
