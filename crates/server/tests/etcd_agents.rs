@@ -1175,5 +1175,5 @@ fn a_switchover_through_any_agent_loses_nothing_and_the_old_primary_follows() {
         missing.is_empty(),
         "acknowledged writes missing on m2: {missing:?}"
     );
-    assert!(gap < Duration::from_secs(5), "write gap {gap:?}");
+    assert!(gap < Duration::from_secs(2), "write gap {gap:?}");
 }
