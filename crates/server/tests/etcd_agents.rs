@@ -1038,6 +1038,18 @@ fn missing_on(e: &Estate, i: usize, acked: &[i64]) -> Vec<i64> {
 
 #[test]
 fn manual_mode_holds_a_failover_until_an_operator_approves_it_on_any_agent() {
+    manual_failover(None);
+}
+
+#[test]
+fn an_approval_naming_a_standby_promotes_that_one() {
+    // m2 is the proposal (ties go to the lowest name); the operator names m3.
+    manual_failover(Some("m3"));
+}
+
+/// Manual mode: kill the primary's node, check nothing happens for 3 s, approve through
+/// m3's agent (naming `to` when given), check the promotion lost nothing.
+fn manual_failover(to: Option<&str>) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut e = Estate::start_with(None, "failover = \"manual\"\n");
     e.wait_healthy("m1", &[0, 1, 2]);
@@ -1088,20 +1100,34 @@ fn manual_mode_holds_a_failover_until_an_operator_approves_it_on_any_agent() {
     assert_eq!(e.in_recovery(1), Some(true));
 
     // Approved through m3's agent (any agent will do).
+    if to.is_some() {
+        // Not a member: refused, nothing approved.
+        let (code, body) = http_post(e.apis[2], "/failover/approve", r#"{"to": "m9"}"#).unwrap();
+        assert_eq!(code, 503, "{body}");
+        assert_eq!(e.in_recovery(2), Some(true));
+    }
+    let body = match to {
+        Some(t) => format!("{{\"to\": \"{t}\"}}"),
+        None => "{}".into(),
+    };
     let approved = Instant::now();
-    let (code, body) = http_post(e.apis[2], "/failover/approve", "{}").unwrap();
+    let (code, body) = http_post(e.apis[2], "/failover/approve", &body).unwrap();
     assert_eq!(code, 200, "{body}");
     let back = wait_until("a write acknowledged after the approval", 30, || {
         writer.acked_after(approved)
     });
     let s = e.wait_status(2, "a new primary", 10, |s| new_primary(s).is_some());
-    let to = new_primary(&s).unwrap();
+    let promoted = new_primary(&s).unwrap();
     println!(
-        "approved → first acknowledged write {:.3} s; new primary {to}, generation {}",
+        "approved → first acknowledged write {:.3} s; new primary {promoted}, generation {}",
         back.duration_since(approved).as_secs_f64(),
         s["coordinator"]["generation"]
     );
     assert_eq!(s["coordinator"]["generation"], 2);
+    if let Some(named) = to {
+        assert_eq!(named, promoted, "the approval named {named}");
+    }
+    let to = promoted;
     let acked = writer.finish();
     let i = if to == "m2" { 1 } else { 2 };
     let missing = missing_on(&e, i, &acked);
