@@ -107,10 +107,15 @@ fn quickstart(args: &[String]) -> Result {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let exe = target.join("release/lifeboat");
     let args: Vec<String> = if args.is_empty() {
-        ["quickstart", "--dir", "/tmp/lifeboat-quickstart", "--detach"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "quickstart",
+            "--dir",
+            "/tmp/lifeboat-quickstart",
+            "--detach",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     } else {
         std::iter::once("quickstart".to_string())
             .chain(args.iter().cloned())
@@ -123,7 +128,10 @@ fn quickstart(args: &[String]) -> Result {
     if status.success() {
         Ok(())
     } else {
-        Err(format!("`lifeboat {}` failed with {status}", args.join(" ")))
+        Err(format!(
+            "`lifeboat {}` failed with {status}",
+            args.join(" ")
+        ))
     }
 }
 
