@@ -48,12 +48,15 @@
 #                        with CARGO_TARGET_DIR=/work/target-bench, binary copied to $WORK/bin
 #   LB=<path>            use this lifeboat binary instead of building (give LIFEBOAT_REV too)
 #   RES=bench/results/<UTC date>/failover-<rev>   raw results
+#   SUFFIX=              appended to the phases' file names: a re-run of a configuration
+#                        (SUFFIX=-rerun PHASES="lb-switchover summary") lands beside the first
+#                        run instead of mixing with it; the summary shows both
 #   INSTALL=1            apt-get install what is missing (postgresql-15 etcd-server etcd-client
 #                        patroni postgresql-15-auto-failover python3-psycopg2)
 #
 # Output in $RES: <phase>.jsonl (raw probe lines; Lifeboat lines also carry the daemon's
-# last_transition and the load of the machine), logs/ (daemon logs with -v, bootstrap output,
-# status after each trial), load.tsv (load1 and compiler processes every 5 s: other engineers
+# last_transition and the load of the machine), logs/ (daemon logs with -v, the members'
+# PostgreSQL logs, bootstrap output, status after each trial), load.tsv (load1 and compiler processes every 5 s: other engineers
 # build and test on this 2-core machine), machine.txt, command.txt, summary.md.
 set -euo pipefail
 
@@ -76,13 +79,13 @@ SHARED="$(cd "$SHARED" && pwd)"
 TRIALS="${TRIALS:-10}"; TRIALS_PEERS="${TRIALS_PEERS:-$TRIALS}"
 PHASES="${PHASES:-lb-sync lb-async lb-blip lb-switchover patroni-default patroni-tuned pgaf-tuned patroni-switchover summary}"
 WARMUP_MIN="${WARMUP_MIN:-3}"; WARMUP_MAX="${WARMUP_MAX:-6}"
-BLIP_S="${BLIP_S:-0.5}"; OBSERVE="${OBSERVE:-10}"
+BLIP_S="${BLIP_S:-0.5}"; OBSERVE="${OBSERVE:-10}"; SUFFIX="${SUFFIX:-}"
 WORK="${WORK:-/work/bench-failover}"
 INSTALL="${INSTALL:-1}"
 PY=/usr/bin/python3     # Debian's python3-psycopg2 (a pyenv python3 on PATH lacks it)
 PGBIN=/usr/lib/postgresql/15/bin
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-bench}"
-CMDLINE="$(for v in TRIALS TRIALS_PEERS PHASES WARMUP_MIN WARMUP_MAX BLIP_S OBSERVE LIFEBOAT_REV LB; do
+CMDLINE="$(for v in TRIALS TRIALS_PEERS PHASES WARMUP_MIN WARMUP_MAX BLIP_S OBSERVE SUFFIX LIFEBOAT_REV LB; do
   if [ -n "${!v:-}" ]; then printf '%s=%q ' "$v" "${!v}"; fi; done)bash bench/failover.sh"
 
 # ---- tools ------------------------------------------------------------------------------------
@@ -128,7 +131,9 @@ LOG="$RES/run.log"
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$LOG" >&2; }
 log "lifeboat $REV: $LB ($(sha256sum "$LB" | cut -c1-16)); results in $RES"
 echo "$CMDLINE" >>"$RES/command.txt"
-{
+if [ -f "$RES/machine.txt" ]; then   # a later invocation (re-run) into the same directory
+  echo "later run: $(date -u +%FT%TZ) $CMDLINE (load1 $(cut -d' ' -f1 /proc/loadavg))" >>"$RES/machine.txt"
+else {
   echo "date: $(date -u +%FT%TZ)"; echo "command: $CMDLINE"
   echo "lifeboat: $REV $("$LB" --version 2>/dev/null || true)"
   echo "cpu: $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
@@ -138,11 +143,11 @@ echo "$CMDLINE" >>"$RES/command.txt"
   echo "pg_autoctl: $(pg_autoctl --version 2>&1 | head -1)"
   echo "etcd: $(etcd --version 2>&1 | head -1)"
   echo "note: shared 2-core machine; other engineers build and run tests at the same time (load.tsv)"
-} >"$RES/machine.txt"
+} >"$RES/machine.txt"; fi
 
 # ---- processes we start, stopped by PID ----------------------------------------------------------
 export BENCH_BASE="$WORK/fobench"
-LOADPID="" DPID="" LBDIR="" PGPIDS=""
+LOADPID="" DPID="" LBDIR="" LBTAG="" PGPIDS=""
 lb_down() {  # stop the daemon, then the members' postmasters, by PID; remove the cluster dir
   local p
   if [ -n "$DPID" ]; then
@@ -162,7 +167,10 @@ lb_down() {  # stop the daemon, then the members' postmasters, by PID; remove th
     kill -KILL "$p" 2>/dev/null || true
   done
   PGPIDS=""
-  [ -n "$LBDIR" ] && rm -rf "$LBDIR"
+  if [ -n "$LBDIR" ]; then
+    for f in "$LBDIR"/pg/*.log; do [ -f "$f" ] && cp "$f" "$RES/logs/$LBTAG.$(basename "$f")"; done
+    rm -rf "$LBDIR"
+  fi
   LBDIR=""
 }
 cleanup() {
@@ -179,7 +187,7 @@ trap 'exit 130' INT TERM
   while :; do
     printf '%s\t%s\t%s\t%s\n' "$(date -u +%T)" "$(cut -d' ' -f1 /proc/loadavg)" \
       "$(cut -d' ' -f4 /proc/loadavg | cut -d/ -f1)" \
-      "$(pgrep -c -x 'rustc|cc|cc1|ld|cargo|cc1plus|ld.lld|mold' || true)" >>"$RES/load.tsv"
+      "$(ps -eo comm= | grep -c -E '^(rustc|cc|cc1|cc1plus|ld|ld.lld|mold|cargo)$' || true)" >>"$RES/load.tsv"
     sleep 5
   done
 ) &
@@ -199,7 +207,7 @@ print('' if v is None else v)"
 }
 lb_up() {  # lb_up <replication> <tag>: bootstrap + daemon, wait until protected
   local repl="$1" tag="$2"
-  LBDIR="$(mktemp -d "$WORK/lb/$tag.XXXXXX")"; chmod 755 "$LBDIR"
+  LBDIR="$(mktemp -d "$WORK/lb/$tag.XXXXXX")"; chmod 755 "$LBDIR"; LBTAG="$tag"
   local p1 p2 pw pr pa
   p1=$(free_port); p2=$(free_port); pw=$(free_port); pr=$(free_port); pa=$(free_port)
   CFG="$LBDIR/lifeboat.toml"
@@ -271,10 +279,10 @@ probe() { "$PY" "$ROOT/bench/failover_probe_node.py" --probe "$SHARED/failover_p
 me="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 
 lb_trials() {  # lb_trials <phase> <replication> <kind: kill|blip|switchover>
-  local phase="$1" repl="$2" kind="$3" n tag load out="$RES/$1.jsonl"
+  local phase="$1" repl="$2" kind="$3" n tag load out="$RES/$1$SUFFIX.jsonl"
   mkdir -p "$WORK/lb"
   for n in $(seq 1 "$TRIALS"); do
-    tag="$phase-t$n"
+    tag="$phase$SUFFIX-t$n"
     log "=== $phase trial $n/$TRIALS (load1 $(cut -d' ' -f1 /proc/loadavg))"
     if ! lb_up "$repl" "$tag"; then lb_down; continue; fi
     load="$(cut -d' ' -f1 /proc/loadavg)"
@@ -306,7 +314,7 @@ lb_trials() {  # lb_trials <phase> <replication> <kind: kill|blip|switchover>
 
 # ---- the peers, through the shared scripts --------------------------------------------------------
 peer() {  # peer <phase>
-  local out="$RES/$1.jsonl"
+  local out="$RES/$1$SUFFIX.jsonl"
   log "=== $1 ($TRIALS_PEERS trials)"
   case "$1" in
     patroni-default) TRIALS=$TRIALS_PEERS LABEL=patroni-default-sync OUT="$out" TTL=30 LOOP_WAIT=10 RETRY_TIMEOUT=10 SYNC_MODE=true "$SHARED/run-patroni-trials.sh" ;;
@@ -323,12 +331,16 @@ peer() {  # peer <phase>
 
 # ---- summary ------------------------------------------------------------------------------------
 summary() {
-  "$PY" - "$RES" "$CMDLINE" >"$RES/summary.md" <<'EOF'
-import glob, json, os, statistics, sys
-res, cmd = sys.argv[1], sys.argv[2]
-def load(name):
-    p = os.path.join(res, name + ".jsonl")
-    return [json.loads(l) for l in open(p) if l.strip()] if os.path.exists(p) else []
+  "$PY" - "$RES" "$(cat "$RES/command.txt")" >"$RES/summary.md" <<'EOF'
+import glob, json, os, re, statistics, sys
+res, cmds = sys.argv[1], sys.argv[2]
+def runs(key):
+    """(suffix, rows) for <key>.jsonl and its re-runs <key>-rerun*.jsonl"""
+    out = []
+    for p in sorted(glob.glob(os.path.join(res, key + "*.jsonl"))):
+        m = re.fullmatch(re.escape(key) + r"(-rerun\d*)?\.jsonl", os.path.basename(p))
+        if m: out.append((m.group(1) or "", [json.loads(l) for l in open(p) if l.strip()]))
+    return out
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -336,9 +348,10 @@ def fmt(xs, unit=" s", nd=2):
     xs = [x for x in xs if x is not None]
     if not xs: return "-"
     return f"{statistics.median(xs):.{nd}f}{unit} ({min(xs):.{nd}f}–{max(xs):.{nd}f})"
-print(f"# Failover benchmark\n\n`{cmd}`\n")
-m = open(os.path.join(res, "machine.txt")).read() if os.path.exists(os.path.join(res, "machine.txt")) else ""
-print("```\n" + m.strip() + "\n```\n")
+print("# Failover benchmark\n\nCommands (one line per invocation into this directory):\n")
+print("```\n" + cmds.strip() + "\n```\n")
+m = os.path.join(res, "machine.txt")
+if os.path.exists(m): print("```\n" + open(m).read().strip() + "\n```\n")
 kills = [("lb-sync", "Lifeboat, sync, defaults"), ("lb-async", "Lifeboat, async, defaults"),
          ("patroni-default", "Patroni 3.0.2 defaults (ttl 30, loop_wait 10, retry_timeout 10), synchronous_mode"),
          ("patroni-tuned", "Patroni 3.0.2 tuned (ttl 10, loop_wait 2, retry_timeout 3), synchronous_mode"),
@@ -346,19 +359,24 @@ kills = [("lb-sync", "Lifeboat, sync, defaults"), ("lb-async", "Lifeboat, async,
          ("patroni-tuned-async", "Patroni 3.0.2 tuned, async"),
          ("pgaf-tuned", "pg_auto_failover 2.0 tuned (hc 1 s/1 s, 1 retry 0.5 s, unhealthy/demote 3 s)")]
 print("## SIGKILL of the primary under a 10 ms insert loop\n")
-print("| configuration | trials (recovered) | RTO median (min–max) | write gap median | lost acked writes per trial | age of lost writes ms (max) | health 200 on new |")
-print("|---|---|---|---|---|---|---|")
+print("| configuration | trials (recovered) | RTO median (min–max) | write gap median | lost acked writes per trial | load1 at start median |")
+print("|---|---|---|---|---|---|")
 rto = {}
 for key, name in kills:
-    rs = load(key)
-    if not rs: continue
-    ok = [r for r in rs if r.get("recovered")]
-    rto[key] = med([r.get("rto_s") for r in ok])
-    lost = [r.get("rpo_rows") for r in rs]
-    ages = [r.get("rpo_ms") for r in rs if r.get("rpo_rows")]
-    print(f"| {name} | {len(rs)} ({len(ok)}) | {fmt([r.get('rto_s') for r in ok])} | {fmt([r.get('write_gap_s') for r in ok])} "
-          f"| {sum(x or 0 for x in lost)} total: {','.join(str(x) for x in lost)} | {max(ages) if ages else 0} "
-          f"| {fmt([r.get('health_first_200_new_s') for r in ok])} |")
+    for suf, rs in runs(key):
+        ok = [r for r in rs if r.get("recovered")]
+        if not suf: rto[key] = med([r.get("rto_s") for r in ok])
+        lost = [r.get("rpo_rows") for r in rs]
+        print(f"| {name}{' ' + suf if suf else ''} | {len(rs)} ({len(ok)}) | {fmt([r.get('rto_s') for r in ok])} | {fmt([r.get('write_gap_s') for r in ok])} "
+              f"| {sum(x or 0 for x in lost)} total ({','.join(str(x) for x in lost)}) | {fmt([r.get('load1_at_start') for r in rs], unit='')} |")
+print()
+for key in ("lb-async", "patroni-default-async", "patroni-tuned-async"):
+    for suf, rs in runs(key):
+        for r in rs:
+            if r.get("rpo_rows"):
+                last = (r.get("lost_ids") or [0])[-1] >= (r.get("acked_before_kill") or 0)
+                print(f"* {key}{suf} {r.get('trial_tag', '')}: {r['rpo_rows']} acknowledged write(s) lost, ids {r.get('lost_ids')}, "
+                      f"span {r.get('rpo_ms')} ms{'; the newest acknowledged write before the kill (acked < ~10 ms before it)' if last else ''}")
 print()
 lb = rto.get("lb-sync")
 if lb:
@@ -369,38 +387,45 @@ if lb:
     for key, name in kills[4:6]:
         if la and rto.get(key): print(f"* Lifeboat async / {name}: {la / rto[key]:.3f}")
     print()
-    t = []
-    t.append(f"RTO median ≤ 3 s: {'met' if lb <= 3 else 'MISSED'} ({lb:.2f} s)")
+    t = [f"RTO median ≤ 3 s: {'met' if lb <= 3 else 'MISSED'} ({lb:.2f} s)"]
     if rto.get("patroni-default"): t.append(f"≤ 1/5 of Patroni defaults: {'met' if lb <= rto['patroni-default'] / 5 else 'MISSED'}")
     if rto.get("patroni-tuned"): t.append(f"below Patroni tuned: {'met' if lb < rto['patroni-tuned'] else 'MISSED'}")
     if rto.get("pgaf-tuned"): t.append(f"below pg_auto_failover tuned: {'met' if lb < rto['pgaf-tuned'] else 'MISSED'}")
-    rs = load("lb-sync")
+    rs = [r for _, x in runs("lb-sync") for r in x]
     t.append(f"0 lost in sync: {'met' if all(r.get('rpo_rows') == 0 for r in rs) else 'MISSED'} ({sum(r.get('rpo_rows') or 0 for r in rs)} over {len(rs)} trials)")
     print("Targets: " + "; ".join(t) + "\n")
-rs = load("lb-sync")
-if rs and rs[0].get("lb_last_transition"):
-    print("Lifeboat sync: where the time goes (daemon's last_transition steps, ms after the first step; median over trials):\n")
+for key in ("lb-sync", "lb-async"):
+    rs = [r for _, x in runs(key) for r in x]
     steps = {}
     for r in rs:
         st = (r.get("lb_last_transition") or {}).get("steps") or []
         if not st: continue
         t0 = st[0].get("at_ms", 0)
-        for s in st: steps.setdefault(s.get("what", "?").split(":")[0][:70], []).append(s.get("at_ms", 0) - t0)
-    for k, v in steps.items(): print(f"* +{statistics.median(v):.0f} ms ({min(v)}–{max(v)}, n={len(v)}): {k}")
-    print()
+        for s_ in st: steps.setdefault(re.sub(r"\b(m[12]|[0-9A-F]{6,})\b", "…", s_.get("what", "?"))[:70], []).append(s_.get("at_ms", 0) - t0)
+    if steps:
+        print(f"{key}: the daemon's failover steps (last_transition, ms after 'decided'; median (min–max)):\n")
+        for k, v in steps.items(): print(f"* +{statistics.median(v):.0f} ms ({min(v)}–{max(v)}, n={len(v)}): {k}")
+        print()
 print("## Transient faults and planned switchover\n")
-print("| configuration | trials | false failovers / switched | max write gap median (min–max) | failed statements median (max) | lost acked writes |")
-print("|---|---|---|---|---|---|")
-for key, name, expect in [("lb-blip", "Lifeboat sync, SIGSTOP primary (postmaster+backends) 0.5 s", False),
-                          ("lb-switchover", "Lifeboat sync, `lifeboat switchover`", True),
-                          ("patroni-switchover", "Patroni 3.0.2 defaults, synchronous_mode, `patronictl switchover --force`", True)]:
-    rs = load(key)
-    if not rs: continue
-    ch = sum(1 for r in rs if r.get("failover_happened"))
-    errs = [r.get("errors_after_start") or 0 for r in rs]
-    print(f"| {name} | {len(rs)} | {ch if not expect else str(ch) + ' of ' + str(len(rs)) + ' switched'} | {fmt([r.get('max_write_gap_s') for r in rs], nd=3)} "
-          f"| {statistics.median(errs):.0f} ({max(errs)}) | {sum(r.get('rpo_rows') or 0 for r in rs)} |")
+print("| configuration | trials | failovers (writer saw the node change / daemon generation moved) | max write gap median (min–max) | failed statements median (max) | lost acked writes | load1 at start median |")
+print("|---|---|---|---|---|---|---|")
+for key, name, gen_ok in [("lb-blip", "Lifeboat sync, SIGSTOP primary (postmaster+backends) 0.5 s", 1),
+                          ("lb-switchover", "Lifeboat sync, `lifeboat switchover`", 2),
+                          ("patroni-switchover", "Patroni 3.0.2 defaults, synchronous_mode, `patronictl switchover --force`", None)]:
+    for suf, rs in runs(key):
+        ch = sum(1 for r in rs if r.get("failover_happened"))
+        extra = ""
+        if gen_ok is not None:
+            g = sum(1 for r in rs if (r.get("lb_generation") or 0) > gen_ok)
+            extra = f" / {g} beyond generation {gen_ok}"
+        errs = [r.get("errors_after_start") or 0 for r in rs]
+        print(f"| {name}{' ' + suf if suf else ''} | {len(rs)} | {ch}{extra} | {fmt([r.get('max_write_gap_s') for r in rs], nd=3)} "
+              f"| {statistics.median(errs):.0f} ({max(errs)}) | {sum(r.get('rpo_rows') or 0 for r in rs)} | {fmt([r.get('load1_at_start') for r in rs], unit='')} |")
 print()
+for suf, rs in runs("lb-switchover"):
+    print(f"lb-switchover{suf} per trial: " + "; ".join(
+        f"{r.get('trial_tag','?').split('-')[-1]} gap {r.get('max_write_gap_s')} s at +{r.get('max_gap_started_at_s')} s, gen {r.get('lb_generation')}, load1 {r.get('load1_at_start')}"
+        for r in rs) + "\n")
 print("Raw results: " + ", ".join(sorted(os.path.basename(p) for p in glob.glob(os.path.join(res, '*.jsonl')))) + " in this directory; logs/ has the daemon logs (-v) and status per trial; load.tsv the machine's load.")
 EOF
   # the shared summary too (cross-check; same JSON lines)
