@@ -142,15 +142,22 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
+    let env_filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .init();
+        .with_target(false);
+    // The daemon's log is read against other logs (kill → detection → promotion): it
+    // carries times; one-shot commands do not.
+    if matches!(
+        args.command,
+        cli::Command::Run(_) | cli::Command::Quickstart(_)
+    ) {
+        log.init();
+    } else {
+        log.without_time().init();
+    }
     match commands::run(args) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

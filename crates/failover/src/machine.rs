@@ -297,6 +297,11 @@ pub struct MemberView {
     pub verdict: Verdict,
     /// What PostgreSQL said at the last answered probe.
     pub pg: Option<PgFacts>,
+    /// Its last probe answered (a standby whose probes fail too, whatever its verdict so
+    /// far, is no candidate: when every member stops answering at once, the trouble is more
+    /// likely the monitor's — a starved or cut-off daemon — than the primary's).
+    #[serde(skip)]
+    pub fresh: bool,
     /// Must be rewound or re-cloned before it may serve (a former or rogue primary).
     pub needs_rejoin: bool,
     /// A rejoin or recovery of it is running.
@@ -425,6 +430,7 @@ impl Machine {
                     MemberView {
                         verdict: Verdict::Unknown,
                         pg: None,
+                        fresh: false,
                         needs_rejoin: false,
                         repairing: false,
                         failures: 0,
@@ -544,6 +550,7 @@ impl Machine {
         };
         let was = view.verdict;
         view.verdict = o.verdict;
+        view.fresh = o.pg.is_some();
         if o.pg.is_some() {
             view.pg = o.pg;
         }
@@ -1029,6 +1036,7 @@ impl Machine {
         let up_standby = |m: &str| {
             self.members.get(m).is_some_and(|v| {
                 v.verdict == Verdict::Up
+                    && v.fresh
                     && !v.needs_rejoin
                     && v.pg.as_ref().is_some_and(|p| p.in_recovery)
             })

@@ -892,3 +892,60 @@ fn sync_mode_that_waits_for_a_standby_never_loses_a_commit_and_always_heals() {
         "the faults must cause failovers ({failovers})"
     );
 }
+
+/// A monitor starved of CPU sees every member's probes time out in the same rounds (seen
+/// in the failover bench at load 7–9): the primary's verdict turns Down while the
+/// standby's is still Up from before. That is no reason to fail over; once the standby
+/// answers again while the primary still does not, it is.
+#[test]
+fn no_failover_while_the_standby_is_silent_too() {
+    let settings = Settings {
+        members: vec!["a".into(), "b".into()],
+        automatic: true,
+        sync: false,
+        strict: false,
+        retry: Duration::from_secs(2),
+    };
+    let mut m = Machine::new(settings, 1, Some("a".into()));
+    let facts = |in_recovery: bool| PgFacts {
+        in_recovery,
+        lsn: 100,
+        streaming: in_recovery,
+        replicas: if in_recovery {
+            vec![]
+        } else {
+            vec!["b".into()]
+        },
+        ..PgFacts::default()
+    };
+    let obs = |member: &str, verdict, pg| {
+        Input::Observe(Observation {
+            member: member.into(),
+            verdict,
+            pg,
+        })
+    };
+    let claims = |acts: &[lifeboat_failover::Action]| {
+        acts.iter()
+            .filter(|a| matches!(a.kind, ActionKind::Claim { .. }))
+            .count()
+    };
+    let mut t = Duration::ZERO;
+    let mut step = |m: &mut Machine, input| {
+        t += Duration::from_millis(250);
+        m.handle(t, input)
+    };
+    step(&mut m, obs("a", Verdict::Up, Some(facts(false))));
+    step(&mut m, obs("b", Verdict::Up, Some(facts(true))));
+    // Both silent in the same round: b's verdict is still Up, its probe failed.
+    step(&mut m, obs("b", Verdict::Up, None));
+    let acts = step(&mut m, obs("a", Verdict::Down, None));
+    assert_eq!(
+        claims(&acts),
+        0,
+        "failed over while the standby was silent too: {acts:?}"
+    );
+    // b answers again, a still does not: now it fails over.
+    let acts = step(&mut m, obs("b", Verdict::Up, Some(facts(true))));
+    assert_eq!(claims(&acts), 1, "{acts:?}");
+}
