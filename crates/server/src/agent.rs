@@ -27,7 +27,7 @@ use lifeboat_config::{Config, FailoverMode, Replication};
 use lifeboat_coord::{ClusterState, Coordinator, EtcdOptions, LeaderLease, MemberReport};
 use lifeboat_failover::{Action, ActionKind, Command, Lane, Outcome};
 use lifeboat_health::{Hysteresis, Observation, Prober, Target, Verdict};
-use lifeboat_postgres::cluster::{ClusterError, Member as PgMember, Pg, SyncMode};
+use lifeboat_postgres::cluster::{ClusterError, Member as PgMember, SyncMode};
 use lifeboat_traffic::Route;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -88,18 +88,8 @@ pub(crate) async fn start(
         Coordinator::connect_etcd(EtcdOptions::new(endpoints, cluster.name.clone())).await?,
     );
 
-    let mut pg = Pg::new(config.cluster.user.clone());
-    if let Some(dir) = options.pg_bin_dir.clone() {
-        pg = pg.with_bin_dir(dir);
-    }
-    if let Some(pw) = &config.cluster.password {
-        pg = pg.with_password(pw.clone());
-    }
-    let members: Vec<PgMember> = cluster
-        .members
-        .iter()
-        .map(|m| PgMember::new(&m.name, &m.host, m.port, &m.data_dir))
-        .collect();
+    let pg = crate::bootstrap::pg_for(&config, options.pg_bin_dir.as_deref());
+    let members = crate::bootstrap::members_of(&config);
     let mut addrs = BTreeMap::new();
     for m in &cluster.members {
         // A member this node cannot resolve (yet) only loses its route, not the agent.
@@ -1119,20 +1109,7 @@ impl Agent {
                     Ok(Ok(_)) => (Outcome::Ok, Some(leader)),
                     Ok(Err(e @ ClusterError::Timeout { .. })) => {
                         tracing::warn!(member = %me, %leader, "does not follow after a repoint ({e}); rewinding it");
-                        let action = Action {
-                            id: 0,
-                            generation,
-                            lane: Lane::Background,
-                            kind: ActionKind::Rejoin {
-                                member: me.clone(),
-                                primary: leader.clone(),
-                            },
-                        };
-                        match executor.run(&action).await {
-                            Some(o @ (Outcome::Ok | Outcome::Repaired(_))) => (o, Some(leader)),
-                            Some(o) => (o, None),
-                            None => (Outcome::Failed("nothing done".into()), None),
-                        }
+                        rewind(&executor, generation, me, leader).await
                     }
                     Ok(Err(e)) => (Outcome::Failed(e.to_string()), None),
                     Err(e) => (Outcome::Failed(e.to_string()), None),
@@ -1158,20 +1135,7 @@ impl Agent {
                     Ok(Ok(_)) => (Outcome::Ok, Some(leader)),
                     other => {
                         tracing::warn!(member = %me, %leader, "does not follow after a switchover ({other:?}); rewinding it");
-                        let action = Action {
-                            id: 0,
-                            generation,
-                            lane: Lane::Background,
-                            kind: ActionKind::Rejoin {
-                                member: me.clone(),
-                                primary: leader.clone(),
-                            },
-                        };
-                        match executor.run(&action).await {
-                            Some(o @ (Outcome::Ok | Outcome::Repaired(_))) => (o, Some(leader)),
-                            Some(o) => (o, None),
-                            None => (Outcome::Failed("nothing done".into()), None),
-                        }
+                        rewind(&executor, generation, me, leader).await
                     }
                 }
             }));
@@ -1659,6 +1623,30 @@ async fn keep_lease(
             }
             () = tokio::time::sleep_until(sent + ttl / 3) => {}
         }
+    }
+}
+
+/// Rewinds (or re-clones) `me` to follow `leader` through the executor: the outcome, and the
+/// leader it now follows when that worked.
+async fn rewind(
+    executor: &Executor,
+    generation: u64,
+    me: String,
+    leader: String,
+) -> (Outcome, Option<String>) {
+    let action = Action {
+        id: 0,
+        generation,
+        lane: Lane::Background,
+        kind: ActionKind::Rejoin {
+            member: me,
+            primary: leader.clone(),
+        },
+    };
+    match executor.run(&action).await {
+        Some(o @ (Outcome::Ok | Outcome::Repaired(_))) => (o, Some(leader)),
+        Some(o) => (o, None),
+        None => (Outcome::Failed("nothing done".into()), None),
     }
 }
 

@@ -18,7 +18,6 @@ use lifeboat_failover::{
     Action, ActionKind, Command, Input, Lane, Machine, Outcome, Phase, Settings,
 };
 use lifeboat_health::{Monitor, ProbeSettings, Target};
-use lifeboat_postgres::cluster::{Member as PgMember, Pg};
 use lifeboat_traffic::Route;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -124,18 +123,8 @@ impl Daemon {
         let coord = Arc::new(coord);
         let state = coord.state().await?;
 
-        let mut pg = Pg::new(config.cluster.user.clone());
-        if let Some(dir) = options.pg_bin_dir.clone() {
-            pg = pg.with_bin_dir(dir);
-        }
-        if let Some(pw) = &config.cluster.password {
-            pg = pg.with_password(pw.clone());
-        }
-        let members: Vec<PgMember> = cluster
-            .members
-            .iter()
-            .map(|m| PgMember::new(&m.name, &m.host, m.port, &m.data_dir))
-            .collect();
+        let pg = crate::bootstrap::pg_for(&config, options.pg_bin_dir.as_deref());
+        let members = crate::bootstrap::members_of(&config);
         let mut addrs = BTreeMap::new();
         for m in &cluster.members {
             let addr = tokio::net::lookup_host((m.host.as_str(), m.port))
