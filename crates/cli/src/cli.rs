@@ -505,6 +505,15 @@ pub struct PgRestoreCmd {
     /// WAL segments restore_command fetches ahead of replay (0: one at a time).
     #[arg(long, default_value_t = 16)]
     pub prefetch: usize,
+    /// The restored cluster is the new production: keep the backed-up archive settings, so
+    /// that it archives into the source it was restored from. Without this (or
+    /// --archive-to) it archives nowhere.
+    #[arg(long, conflicts_with = "archive_to")]
+    pub promote_as_source: bool,
+    /// Archive the restored cluster's WAL into this other source (a drill that keeps its
+    /// WAL) with `lifeboat pg wal-push`.
+    #[arg(long, value_name = "SOURCE")]
+    pub archive_to: Option<String>,
 }
 
 /// `pg backups`.

@@ -11,7 +11,7 @@ use lifeboat_postgres::archive::{wal_fetch, wal_push, FetchOutcome};
 use lifeboat_postgres::backup::{base_backup, PgBackupOptions};
 use lifeboat_postgres::catalog::listing;
 use lifeboat_postgres::restore::{
-    parse_time, pg_restore, PgRestoreOptions, RecoveryTarget, TargetAction,
+    parse_time, pg_restore, Archiving, PgRestoreOptions, RecoveryTarget, TargetAction,
 };
 use lifeboat_postgres::spool;
 use lifeboat_postgres::stream::{stream, StreamOptions, StreamStatus};
@@ -205,6 +205,27 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
                 &c.source.source,
                 (c.prefetch > 0).then(|| (c.prefetch, target_dir.join("lifeboat-spool"))),
             )?;
+            let archiving = if c.promote_as_source {
+                Archiving::AsSource
+            } else if let Some(to) = &c.archive_to {
+                if *to == c.source.source {
+                    return Err(usage(
+                        format!(
+                            "--archive-to {to}: that is the source restored from; pass \
+                             --promote-as-source if this cluster is the new production"
+                        ),
+                        None,
+                    ));
+                }
+                lifeboat_repo::wal::validate_source(to)
+                    .map_err(|e| usage(format!("--archive-to: {e}"), None))?;
+                Archiving::ToSource {
+                    source: to.clone(),
+                    archive_command: archive_command_for(g, to)?,
+                }
+            } else {
+                Archiving::Off
+            };
             let opts = PgRestoreOptions {
                 source: c.source.source.clone(),
                 target_dir,
@@ -214,6 +235,8 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
                 delta: c.delta,
                 backup: c.backup.clone(),
                 restore_command,
+                archiving,
+                durable: true,
                 extra_settings: Vec::new(),
                 files: RestoreOptions::default(),
             };
@@ -233,7 +256,7 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
                 json(&report)?;
             } else if !g.quiet {
                 line(&format!(
-                    "restored base backup {} ({} .. {}, timeline {}) into {}\n  files: {} written, {} kept, {} removed; {}\n  recovery target: {}\n  WAL in the repository reaches {}\nstart PostgreSQL on {} to recover",
+                    "restored base backup {} ({} .. {}, timeline {}) into {}\n  files: {} written, {} kept, {} removed; {}\n  recovery target: {}\n  WAL in the repository reaches {}\n  archiving: {}\nstart PostgreSQL on {} to recover",
                     report.backup.snapshot.short(),
                     report.backup.info.start_lsn,
                     report.backup.info.stop_lsn,
@@ -247,6 +270,7 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
                     report
                         .wal_available_to
                         .map_or("(nothing past the backup)".to_string(), |l| l.to_string()),
+                    report.archiving,
                     opts.target_dir.display(),
                 ))?;
             }
@@ -409,6 +433,29 @@ pub(crate) fn restore_command_with(
     }
     cmd.push_str(" %f %p");
     Ok((cmd, warning))
+}
+
+/// The `archive_command` that pushes a restored cluster's WAL into `source` of the same
+/// repository (`pg restore --archive-to`), with the password file when one was given.
+fn archive_command_for(g: &Global, source: &str) -> Result<String> {
+    let exe = std::env::current_exe().context("find the lifeboat binary")?;
+    let repo = location(g.repo.as_deref())?.to_string();
+    let q = shell_quote;
+    let mut cmd = format!(
+        "{} pg wal-push --source {} --repo {}",
+        q(&exe.display().to_string()),
+        q(source),
+        q(&repo)
+    );
+    if let Some(f) = &g.password_file {
+        let abs = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+        cmd.push_str(&format!(
+            " --password-file {}",
+            q(&abs.display().to_string())
+        ));
+    }
+    cmd.push_str(" %p");
+    Ok(cmd)
 }
 
 /// The spool side of `wal-fetch --prefetch`: `true` when the segment was there (and is now

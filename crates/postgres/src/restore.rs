@@ -2,10 +2,21 @@
 //! needs to recover from there to the chosen point (`backup_label`, `recovery.signal`,
 //! `restore_command` and the recovery target in `postgresql.auto.conf`).
 //!
-//! Lives here: [`pg_restore`], [`RecoveryTarget`], choosing the base backup for a target,
-//! and checking that the WAL the restore needs is in the repository. Never here: starting
-//! PostgreSQL (the user does, or `verify`), or fetching WAL (PostgreSQL calls
-//! `restore_command`, which is `archive::wal_fetch`).
+//! Lives here: [`pg_restore`], [`RecoveryTarget`], [`Archiving`], choosing the base backup
+//! for a target, checking that the WAL the restore needs is in the repository, and making
+//! the result durable. Never here: starting PostgreSQL (the user does, or `verify`), or
+//! fetching WAL (PostgreSQL calls `restore_command`, which is `archive::wal_fetch`).
+//!
+//! A restored cluster must never write into the source it came from unless the operator
+//! says it is the new production ([`Archiving::AsSource`]): by default it archives nowhere,
+//! streams from no primary and waits for no synchronous standby (docs/postgres.md).
+//!
+//! # Crash safety
+//! Every restored file and directory is durable (one `syncfs` per filesystem the data
+//! directory spans) before `backup_label` is written, and the recovery files are fsynced
+//! with their directory before [`pg_restore`] returns: a crash at any point leaves either
+//! a directory without `backup_label` (which PostgreSQL refuses to recover as a backup) or
+//! a complete one — never a durable `backup_label` over missing relation files.
 
 use std::fmt;
 use std::io::Write;
@@ -106,6 +117,64 @@ impl TargetAction {
     }
 }
 
+/// What the restored cluster does with its WAL once it runs.
+///
+/// A restore for a drill or an investigation that promotes onto a new timeline and keeps the
+/// backed-up `archive_command` pushes its history file and segments into production's
+/// source: production's next failover then conflicts on that history file, and a later
+/// restore to "latest" can follow the clone's timeline. So a restore archives nowhere
+/// unless told otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Archiving {
+    /// `archive_mode = 'off'`, `archive_command = ''`, `archive_library = ''` (the default).
+    #[default]
+    Off,
+    /// Archives with `archive_command` into another source (a drill that keeps its WAL).
+    ToSource {
+        /// The other source.
+        source: String,
+        /// The `archive_command` that pushes into it (`lifeboat pg wal-push …`).
+        archive_command: String,
+    },
+    /// Keeps the backed-up archive settings: the restored cluster is the new production and
+    /// archives into the source it came from (`--promote-as-source`).
+    AsSource,
+}
+
+/// What the restored cluster does with its WAL, as written (`--json`: docs/json.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArchivingReport {
+    /// `off`, `to_source` or `as_source`.
+    pub mode: &'static str,
+    /// The source it archives into (`None` when off).
+    pub source: Option<String>,
+}
+
+impl fmt::Display for ArchivingReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.mode, &self.source) {
+            ("to_source", Some(s)) => write!(f, "into source {s} (not the one restored from)"),
+            ("as_source", Some(s)) => write!(
+                f,
+                "as backed up, into source {s}: this cluster is the new production"
+            ),
+            _ => f.write_str(
+                "off (this cluster writes nothing into the repository; --archive-to SOURCE \
+                 archives into another source, --promote-as-source makes it the new production)",
+            ),
+        }
+    }
+}
+
+/// Settings that keep a restored cluster from waiting on or streaming from production,
+/// whatever the archiving: it has no synchronous standby yet (commits would hang), and it
+/// must not follow production's primary.
+const DETACHED: &[&str] = &[
+    "primary_conninfo = ''",
+    "primary_slot_name = ''",
+    "synchronous_standby_names = ''",
+];
+
 /// How to restore.
 #[derive(Debug, Clone)]
 pub struct PgRestoreOptions {
@@ -125,7 +194,12 @@ pub struct PgRestoreOptions {
     pub backup: Option<String>,
     /// The `restore_command` to write (the binary runs `lifeboat pg wal-fetch`).
     pub restore_command: String,
-    /// Extra lines for `postgresql.auto.conf` (e.g. `archive_mode = off` for a test).
+    /// What the restored cluster does with its WAL (default: archives nowhere).
+    pub archiving: Archiving,
+    /// Make every restored file durable before `backup_label` is written (see the module's
+    /// crash safety). Off only for a scratch copy that is thrown away after a crash anyway.
+    pub durable: bool,
+    /// Extra lines for `postgresql.auto.conf` (e.g. `hot_standby = on` for a test).
     pub extra_settings: Vec<String>,
     /// The file engine's options.
     pub files: RestoreOptions,
@@ -145,6 +219,10 @@ pub struct PgRestoreReport {
     pub wal_available_to: Option<Lsn>,
     /// The settings written to `postgresql.auto.conf`.
     pub settings: Vec<String>,
+    /// What the restored cluster does with its WAL.
+    pub archiving: ArchivingReport,
+    /// Seconds spent making the restored files durable (`syncfs`) before `backup_label`.
+    pub sync_seconds: f64,
 }
 
 /// Chooses the base backup for `target`: the newest one that ends before it.
@@ -302,24 +380,48 @@ pub fn pg_restore(
     )?;
 
     // What recovery needs.
+    let owner = owner_of(dir)?;
     for sub in ["pg_wal", "pg_wal/archive_status"] {
         let p = dir.join(sub);
         std::fs::create_dir_all(&p).map_err(Error::io(&p))?;
+        chown(&p, owner)?;
     }
-    write_file(&dir.join("backup_label"), &info.backup_label)?;
-    if !info.tablespace_map.is_empty() {
-        write_file(&dir.join("tablespace_map"), &info.tablespace_map)?;
+    // Every relation file and directory durable before backup_label names them.
+    let synced = std::time::Instant::now();
+    if opts.durable {
+        sync_filesystems(dir)?;
     }
-    write_file(&dir.join("recovery.signal"), "")?;
+    let sync_seconds = synced.elapsed().as_secs_f64();
     let settings = recovery_settings(opts);
-    write_auto_conf(dir, &settings)?;
-    copy_owner(dir)?;
+    write_auto_conf(dir, &settings, owner)?;
+    if !info.tablespace_map.is_empty() {
+        write_file(&dir.join("tablespace_map"), &info.tablespace_map, owner)?;
+    }
+    write_file(&dir.join("backup_label"), &info.backup_label, owner)?;
+    write_file(&dir.join("recovery.signal"), "", owner)?;
+    sync_dir(dir)?;
+    let archiving = match &opts.archiving {
+        Archiving::Off => ArchivingReport {
+            mode: "off",
+            source: None,
+        },
+        Archiving::ToSource { source, .. } => ArchivingReport {
+            mode: "to_source",
+            source: Some(source.clone()),
+        },
+        Archiving::AsSource => ArchivingReport {
+            mode: "as_source",
+            source: Some(opts.source.clone()),
+        },
+    };
     Ok(PgRestoreReport {
         backup,
         target: opts.target.clone(),
         files,
         wal_available_to,
         settings,
+        archiving,
+        sync_seconds,
     })
 }
 
@@ -375,6 +477,25 @@ fn recovery_settings(opts: &PgRestoreOptions) -> Vec<String> {
         "recovery_target_timeline = {}",
         quote(opts.timeline.as_deref().unwrap_or("latest"))
     ));
+    match &opts.archiving {
+        Archiving::Off => out.extend(
+            [
+                "archive_mode = 'off'",
+                "archive_command = ''",
+                "archive_library = ''",
+            ]
+            .map(String::from),
+        ),
+        Archiving::ToSource {
+            archive_command, ..
+        } => {
+            out.push("archive_mode = 'on'".into());
+            out.push(format!("archive_command = {}", quote(archive_command)));
+            out.push("archive_library = ''".into());
+        }
+        Archiving::AsSource => {}
+    }
+    out.extend(DETACHED.iter().map(|s| (*s).to_string()));
     out.extend(opts.extra_settings.iter().cloned());
     out
 }
@@ -394,7 +515,7 @@ const REPLACED: &[&str] = &[
     "primary_slot_name",
 ];
 
-fn write_auto_conf(dir: &Path, settings: &[String]) -> Result<()> {
+fn write_auto_conf(dir: &Path, settings: &[String], owner: Option<(u32, u32)>) -> Result<()> {
     let path = dir.join("postgresql.auto.conf");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
     let mut extra_keys: Vec<String> = settings
@@ -419,35 +540,80 @@ fn write_auto_conf(dir: &Path, settings: &[String]) -> Result<()> {
         text.push_str(s);
         text.push('\n');
     }
-    write_file(&path, &text)
+    write_file(&path, &text, owner)
 }
 
-fn write_file(path: &Path, text: &str) -> Result<()> {
+/// Writes `text` to `path`, gives it `owner`, and fsyncs it (its directory entry is made
+/// durable by [`sync_dir`] after the last recovery file).
+fn write_file(path: &Path, text: &str, owner: Option<(u32, u32)>) -> Result<()> {
     let mut f = std::fs::File::create(path).map_err(Error::io(path))?;
     f.write_all(text.as_bytes()).map_err(Error::io(path))?;
+    chown(path, owner)?;
     f.sync_all().map_err(Error::io(path))
 }
 
-/// Gives the files this module wrote the owner of the data directory (a restore run as
-/// root into a directory owned by `postgres` must leave nothing PostgreSQL cannot read).
-fn copy_owner(dir: &Path) -> Result<()> {
+/// Fsyncs directory `dir` (the entries created in it).
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(dir))
+}
+
+/// Makes everything under `dir` durable: one `syncfs` per filesystem the tree spans (the
+/// data directory's, and those of symlinked `pg_wal` or tablespaces and of mount points
+/// inside it). One call per filesystem costs what writing back the restored data costs;
+/// an fsync per file would add a journal commit per file (measured in docs/postgres.md).
+///
+/// # Errors
+/// [`Error::Io`] naming the directory whose filesystem could not be synced.
+pub fn sync_filesystems(dir: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata(dir).map_err(Error::io(dir))?;
-    if !rustix::process::geteuid().is_root() {
-        return Ok(());
-    }
-    for sub in [
-        "backup_label",
-        "tablespace_map",
-        "recovery.signal",
-        "postgresql.auto.conf",
-        "pg_wal",
-        "pg_wal/archive_status",
-    ] {
-        let p = dir.join(sub);
-        if p.exists() {
-            std::os::unix::fs::lchown(&p, Some(md.uid()), Some(md.gid())).map_err(Error::io(&p))?;
+    let mut devices: std::collections::BTreeMap<u64, PathBuf> = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let md = std::fs::metadata(&d).map_err(Error::io(&d))?;
+        devices.entry(md.dev()).or_insert_with(|| d.clone());
+        let rd = std::fs::read_dir(&d).map_err(Error::io(&d))?;
+        for e in rd {
+            let e = e.map_err(Error::io(&d))?;
+            let ft = e.file_type().map_err(Error::io(&e.path()))?;
+            if ft.is_dir() {
+                todo.push(e.path());
+            } else if ft.is_symlink() {
+                // pg_wal or a tablespace elsewhere: its filesystem, not its tree (the
+                // restore wrote into the directory the link names, and only there).
+                let p = e.path();
+                if let Ok(md) = std::fs::metadata(&p) {
+                    if md.is_dir() {
+                        devices.entry(md.dev()).or_insert(p);
+                    }
+                }
+            }
         }
+    }
+    for path in devices.values() {
+        let f = std::fs::File::open(path).map_err(Error::io(path))?;
+        rustix::fs::syncfs(&f)
+            .map_err(std::io::Error::from)
+            .map_err(Error::io(path))?;
+    }
+    Ok(())
+}
+
+/// The owner of `dir` when this process is root (a restore run as root into a directory
+/// owned by `postgres` must leave nothing PostgreSQL cannot read); `None` otherwise.
+fn owner_of(dir: &Path) -> Result<Option<(u32, u32)>> {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(None);
+    }
+    let md = std::fs::metadata(dir).map_err(Error::io(dir))?;
+    Ok(Some((md.uid(), md.gid())))
+}
+
+fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<()> {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(Error::io(path))?;
     }
     Ok(())
 }
@@ -483,6 +649,8 @@ mod tests {
             delta: false,
             backup: None,
             restore_command: "lifeboat pg wal-fetch --source orders %f %p".into(),
+            archiving: Archiving::Off,
+            durable: true,
             extra_settings: vec![],
             files: RestoreOptions::default(),
         };
@@ -500,5 +668,51 @@ mod tests {
             s.contains(&"recovery_target_time = '2026-11-30 14:03:27.123456+00'".to_string()),
             "{s:?}"
         );
+    }
+
+    #[test]
+    fn a_restore_archives_nowhere_unless_told_and_never_waits_on_production() {
+        let opts = PgRestoreOptions {
+            source: "orders".into(),
+            target_dir: PathBuf::from("/tmp/x"),
+            target: RecoveryTarget::Latest,
+            timeline: None,
+            action: TargetAction::Promote,
+            delta: false,
+            backup: None,
+            restore_command: "fetch %f %p".into(),
+            archiving: Archiving::Off,
+            durable: true,
+            extra_settings: vec![],
+            files: RestoreOptions::default(),
+        };
+        let s = recovery_settings(&opts);
+        for want in [
+            "archive_mode = 'off'",
+            "archive_command = ''",
+            "archive_library = ''",
+            "primary_conninfo = ''",
+            "synchronous_standby_names = ''",
+        ] {
+            assert!(s.contains(&want.to_string()), "{want}: {s:?}");
+        }
+        let s = recovery_settings(&PgRestoreOptions {
+            archiving: Archiving::ToSource {
+                source: "orders-drill".into(),
+                archive_command: "push --source orders-drill '%p'".into(),
+            },
+            ..opts.clone()
+        });
+        assert!(s.contains(&"archive_mode = 'on'".to_string()), "{s:?}");
+        assert!(
+            s.contains(&"archive_command = 'push --source orders-drill ''%p'''".to_string()),
+            "{s:?}"
+        );
+        let s = recovery_settings(&PgRestoreOptions {
+            archiving: Archiving::AsSource,
+            ..opts
+        });
+        assert!(!s.iter().any(|l| l.starts_with("archive_")), "{s:?}");
+        assert!(s.contains(&"synchronous_standby_names = ''".to_string()));
     }
 }

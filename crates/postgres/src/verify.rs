@@ -289,6 +289,9 @@ pub fn verify(
         delta: false,
         backup: opts.backup.clone(),
         restore_command: opts.restore_command.clone(),
+        archiving: crate::restore::Archiving::Off,
+        // A scratch copy: a crash discards it, so nothing waits for the disk.
+        durable: false,
         extra_settings: SAFETY_SETTINGS.iter().map(|s| (*s).to_string()).collect(),
         files: opts.files.clone(),
     };
