@@ -11,7 +11,9 @@
 //! takes the next generation in the coordinator (`Claim`, a compare-and-swap that refuses a
 //! stale generation), closes the proxy's write route, fences the old primary, promotes the
 //! best candidate, routes writes to it, then repoints the other standbys and rewinds the old
-//! primary in the background. In `sync` mode only a member of the synchronous set can be
+//! primary in the background. A fence that was not confirmed (the driver's `Failed`) is
+//! never followed by a promotion: the failover is held, awaiting approval, and an
+//! operator's approval fences once more and promotes. In `sync` mode only a member of the synchronous set can be
 //! the candidate, and only while every member of that set can be compared: so no
 //! acknowledged commit is ever lost.
 
@@ -264,7 +266,8 @@ pub enum Phase {
     Discovering,
     /// The primary is up (standbys may be missing: see the members).
     Healthy,
-    /// The primary is down; manual mode (or no safe candidate) waits for approval.
+    /// The primary is down; manual mode (or no safe candidate, or a fence of the old primary
+    /// that was not confirmed) waits for approval.
     AwaitingApproval {
         /// Why it waits.
         reason: String,
@@ -359,6 +362,8 @@ struct Pending {
     planned: bool,
     stopped_lsn: Option<u64>,
     sync_names: Vec<String>,
+    /// An operator approved going on after the fence of `from` could not be confirmed.
+    fence_approved: bool,
 }
 
 /// The failover controller's state machine (see the module comment).
@@ -382,6 +387,9 @@ pub struct Machine {
     /// it may lack commits acknowledged without one, or by an earlier primary.
     baseline: Option<u64>,
     pending: Option<Pending>,
+    /// A failover whose fence of the old primary could not be confirmed: claimed, not
+    /// promoted, waiting for an operator's approval (nothing else is decided meanwhile).
+    held: Option<Pending>,
     /// Until then, a promotion's synchronous standbys stay in the set while being repointed.
     sync_grace_until: Duration,
     background: BTreeMap<u64, String>,
@@ -456,6 +464,7 @@ impl Machine {
             confirmed: Vec::new(),
             baseline: None,
             pending: None,
+            held: None,
             sync_grace_until: Duration::ZERO,
             background: BTreeMap::new(),
             fencing: Vec::new(),
@@ -619,6 +628,42 @@ impl Machine {
                 self.alert(out, Severity::Info, msg.into());
             }
             Command::Approve { to } => {
+                if let Some(mut p) = self.held.take() {
+                    if to.as_ref().is_some_and(|t| *t != p.to) {
+                        self.alert(
+                            out,
+                            Severity::Critical,
+                            format!(
+                                "approve: the failover waiting for approval promotes {} (generation {} is claimed for it); approve without --to",
+                                p.to, self.generation
+                            ),
+                        );
+                        self.held = Some(p);
+                        return;
+                    }
+                    self.record(format!(
+                        "approved by an operator: {} counts as fenced; fencing once more, then promoting {}",
+                        p.from, p.to
+                    ));
+                    if let Some(t) = self.last.as_mut() {
+                        t.approved = true;
+                    }
+                    self.phase = Phase::FailingOver {
+                        from: p.from.clone(),
+                        to: p.to.clone(),
+                    };
+                    p.fence_approved = true;
+                    p.id = self.push(
+                        out,
+                        Lane::Step,
+                        ActionKind::Fence {
+                            member: p.from.clone(),
+                        },
+                    );
+                    p.step = Step::Fence;
+                    self.pending = Some(p);
+                    return;
+                }
                 let Some(from) = self.primary.clone() else {
                     self.alert(out, Severity::Info, "approve: no primary is known".into());
                     return;
@@ -740,6 +785,7 @@ impl Machine {
             planned,
             stopped_lsn: None,
             sync_names: Vec::new(),
+            fence_approved: false,
         });
     }
 
@@ -856,10 +902,33 @@ impl Machine {
                 p.step = Step::Fence;
                 self.pending = Some(p);
             }
+            (Step::Fence, Outcome::Failed(why)) if !p.fence_approved => {
+                // Not confirmed: the old primary may still take writes. Promoting now could
+                // give two primaries; an operator must look (its route stays closed).
+                self.record(format!(
+                    "fencing {} was not confirmed ({why}); waiting for approval",
+                    p.from
+                ));
+                let reason = if why.contains("failover approve") {
+                    format!("{why} (a failover to {} is held until then)", p.to)
+                } else {
+                    format!(
+                        "could not fence {}: {why}; make sure it cannot take writes, then `lifeboat failover approve` (a failover to {} is held until then)",
+                        p.from, p.to
+                    )
+                };
+                self.alert(out, Severity::Critical, reason.clone());
+                self.phase = Phase::AwaitingApproval { reason };
+                if let Some(v) = self.members.get_mut(&p.from) {
+                    v.needs_rejoin = true;
+                    v.pg = None;
+                }
+                self.held = Some(p);
+            }
             (Step::Fence, outcome) => {
                 match outcome {
                     Outcome::Failed(why) => self.record(format!(
-                        "fencing {} failed ({why}); its route is closed, promoting anyway",
+                        "fencing {} still not confirmed ({why}); promoting as approved",
                         p.from
                     )),
                     _ => self.record(format!("fenced {}", p.from)),
@@ -1103,7 +1172,7 @@ impl Machine {
 
     /// Decides what the current picture calls for.
     fn evaluate(&mut self, out: &mut Vec<Action>) {
-        if self.pending.is_some() {
+        if self.pending.is_some() || self.held.is_some() {
             return;
         }
         match self.phase.clone() {
@@ -1168,6 +1237,7 @@ impl Machine {
                     planned: true,
                     stopped_lsn: None,
                     sync_names: Vec::new(),
+                    fence_approved: false,
                 });
             }
             [_, _, ..] if !matches!(self.phase, Phase::AwaitingApproval { .. }) => {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use lifeboat_failover::{
     Action, ActionKind, Command, Input, Lane, Machine, Observation, Outcome, PgFacts, Phase,
-    Settings, Verdict,
+    Settings, Severity, Verdict,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -948,4 +948,106 @@ fn no_failover_while_the_standby_is_silent_too() {
     // b answers again, a still does not: now it fails over.
     let acts = step(&mut m, obs("b", Verdict::Up, Some(facts(true))));
     assert_eq!(claims(&acts), 1, "{acts:?}");
+}
+
+/// Issue 9 item 7: a fence that could not be confirmed (standby.signal unwritable, the
+/// old primary's address still answering) is never followed by a promotion; the failover
+/// waits for an operator, and the approval fences once more and promotes.
+#[test]
+fn r9_7_an_unconfirmed_fence_holds_the_failover_until_approved() {
+    let settings = Settings {
+        members: vec!["a".into(), "b".into()],
+        automatic: true,
+        sync: false,
+        strict: false,
+        retry: Duration::from_secs(2),
+    };
+    let mut m = Machine::new(settings, 1, Some("a".into()));
+    let facts = |in_recovery: bool| PgFacts {
+        in_recovery,
+        lsn: 100,
+        streaming: in_recovery,
+        ..PgFacts::default()
+    };
+    let obs = |member: &str, verdict, pg| {
+        Input::Observe(Observation {
+            member: member.into(),
+            verdict,
+            pg,
+        })
+    };
+    let mut t = Duration::ZERO;
+    let mut step = |m: &mut Machine, input| {
+        t += Duration::from_millis(250);
+        m.handle(t, input)
+    };
+    step(&mut m, obs("a", Verdict::Up, Some(facts(false))));
+    step(&mut m, obs("b", Verdict::Up, Some(facts(true))));
+    let acts = step(&mut m, obs("a", Verdict::Down, None));
+    let claim = acts
+        .iter()
+        .find(|a| matches!(a.kind, ActionKind::Claim { .. }))
+        .expect("a failover starts");
+    let acts = step(
+        &mut m,
+        Input::Done {
+            id: claim.id,
+            outcome: Outcome::Claimed(2),
+        },
+    );
+    let fence = acts
+        .iter()
+        .find(|a| matches!(a.kind, ActionKind::Fence { .. }))
+        .expect("the old primary is fenced first");
+    let why = "could not fence a: writing standby.signal into /x: Permission denied; check the data_dir in lifeboat.toml, then `lifeboat failover approve`";
+    let acts = step(
+        &mut m,
+        Input::Done {
+            id: fence.id,
+            outcome: Outcome::Failed(why.into()),
+        },
+    );
+    let promotes = |acts: &[lifeboat_failover::Action]| {
+        acts.iter()
+            .any(|a| matches!(a.kind, ActionKind::Promote { .. }))
+    };
+    assert!(
+        !promotes(&acts),
+        "promoted after an unconfirmed fence: {acts:?}"
+    );
+    assert!(
+        acts.iter().any(|a| matches!(&a.kind, ActionKind::Alert { severity: Severity::Critical, message } if message.contains("Permission denied"))),
+        "{acts:?}"
+    );
+    assert!(
+        matches!(m.phase(), Phase::AwaitingApproval { reason } if reason.contains("Permission denied") && reason.contains("failover approve")),
+        "{:?}",
+        m.phase()
+    );
+    // Time and probes change nothing (no new claim, no promotion).
+    for _ in 0..20 {
+        let acts = step(&mut m, obs("b", Verdict::Up, Some(facts(true))));
+        assert!(!promotes(&acts), "{acts:?}");
+        assert!(
+            !acts
+                .iter()
+                .any(|a| matches!(a.kind, ActionKind::Claim { .. })),
+            "{acts:?}"
+        );
+        step(&mut m, obs("a", Verdict::Down, None));
+    }
+    // The operator approves: one more fence, then the promotion whatever it says.
+    let acts = step(&mut m, Input::Command(Command::Approve { to: None }));
+    let fence = acts
+        .iter()
+        .find(|a| matches!(a.kind, ActionKind::Fence { .. }))
+        .expect("the approval fences once more");
+    let acts = step(
+        &mut m,
+        Input::Done {
+            id: fence.id,
+            outcome: Outcome::Failed(why.into()),
+        },
+    );
+    assert!(promotes(&acts), "the approval must promote: {acts:?}");
 }

@@ -13,8 +13,10 @@
 //! (asked through any agent, carried out by the leader's clean stop and hand-off to the
 //! named standby only), the agent's status and its API.
 //! It must never act on another node's PostgreSQL, never promote without first winning the
-//! generation compare-and-swap under its own live lease, and never let its primary take
-//! writes once the lease may have passed to another member. The protocol and its timing are
+//! generation compare-and-swap under its own live lease, never let its primary take
+//! writes once the lease may have passed to another member, and never give the lease up
+//! early after a self-fence that was not confirmed (it keeps it until a fence is confirmed
+//! or an operator approves; docs/ha.md). The protocol and its timing are
 //! ADR 0021.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -162,6 +164,7 @@ pub(crate) async fn start(
         obs: None,
         leading: None,
         fenced: false,
+        fence_failed: None,
         track: SyncTrack::default(),
         last_primary: None,
         etcd_error: None,
@@ -245,6 +248,9 @@ struct Agent {
     /// This agent fenced (or found stale) its PostgreSQL: it must be rewound before it may
     /// lead or be a candidate.
     fenced: bool,
+    /// The leader's PostgreSQL is down and fencing it was not confirmed (why): the lease is
+    /// kept, so nobody is promoted, until a fence succeeds or an operator approves.
+    fence_failed: Option<String>,
     track: SyncTrack,
     last_primary: Option<PrimaryView>,
     etcd_error: Option<String>,
@@ -422,7 +428,18 @@ impl Agent {
     /// standbys' agents see it and elect (only `to`, when named).
     async fn approve(&mut self, to: Option<String>) -> String {
         if let Some(l) = self.state.as_ref().and_then(|s| s.leader.clone()) {
-            return format!("error: no failover waits for approval: {l} holds the leader lease");
+            let holding = self
+                .reports
+                .iter()
+                .any(|r| r.member == l && r.report["fence_failed"].as_str().is_some());
+            if !holding {
+                return format!(
+                    "error: no failover waits for approval: {l} holds the leader lease"
+                );
+            }
+            if to.is_some() {
+                return format!("error: {l} could not be fenced and holds the lease until approved; approve without --to (the election picks the standby)");
+            }
         }
         if let Some(t) = &to {
             if !self.names.contains(t) {
@@ -718,6 +735,7 @@ impl Agent {
             "generation": pg.and_then(|p| p.generation),
             "leader": leading,
             "fenced": self.fenced,
+            "fence_failed": self.fence_failed,
             "error": self.obs.as_ref().and_then(|o| o.error.clone()),
             "switchover": self.switchover.as_ref().filter(|h| h.live(state.generation)),
             "handoff": self.handoff.as_ref().filter(|h| h.generation == state.generation),
@@ -730,9 +748,9 @@ impl Agent {
 
     /// Fences the local PostgreSQL (standby.signal, SIGKILL of the postmaster and its
     /// children) and waits for it.
-    async fn fence_self(&mut self, why: &str) {
+    async fn fence_self(&mut self, why: &str) -> Outcome {
         self.fenced = true;
-        fence(&self.executor, &self.me, why).await;
+        fence(&self.executor, &self.me, why).await
     }
 
     // ---- leader ----
@@ -753,7 +771,14 @@ impl Agent {
             self.fence_self(&why).await;
             return;
         }
-        if state.pending_approval.is_some() {
+        if self.verdict() != Verdict::Down && self.fence_failed.take().is_some() {
+            self.fenced = false;
+            self.alert(
+                true,
+                format!("primary {} answers again; no failover", self.me),
+            );
+        }
+        if state.pending_approval.is_some() && self.fence_failed.is_none() {
             // A live leader: no failover waits (a request raced with this lease's start).
             if let Err(e) = self.coord.clear_approval().await {
                 tracing::warn!("clearing a stale approval request: {e}");
@@ -765,8 +790,46 @@ impl Agent {
         }
         if self.verdict() == Verdict::Down {
             // Fast failover: the lease goes now, not after its TTL. Fenced first so it
-            // cannot come back as a primary.
-            self.fence_self("its PostgreSQL is down").await;
+            // cannot come back as a primary — and only when that is confirmed: otherwise the
+            // lease is kept (nobody is promoted) until a fence succeeds or an operator
+            // approves.
+            let approved = state
+                .pending_approval
+                .as_ref()
+                .is_some_and(|a| a.generation == state.generation && a.approved_at.is_some());
+            match self.fence_self("its PostgreSQL is down").await {
+                Outcome::Ok => {}
+                Outcome::Failed(why) | Outcome::Repaired(why) if !approved => {
+                    if self.fence_failed.as_deref() != Some(why.as_str()) {
+                        self.alert(
+                            true,
+                            format!(
+                                "primary {} is down and {why}; the leader lease is kept, so no standby is promoted until then",
+                                self.me
+                            ),
+                        );
+                        if state.pending_approval.is_none() {
+                            if let Err(e) =
+                                self.coord.request_approval(state.generation, None).await
+                            {
+                                self.etcd_failed("recording the approval request", &e);
+                            }
+                        }
+                    }
+                    self.fence_failed = Some(why);
+                    return;
+                }
+                other => {
+                    self.alert(
+                        true,
+                        format!(
+                            "fencing {} not confirmed ({other:?}); an operator approved the failover",
+                            self.me
+                        ),
+                    );
+                }
+            }
+            self.fence_failed = None;
             self.stop_leading(true).await;
             self.alert(
                 true,
@@ -831,13 +894,28 @@ impl Agent {
         let lsn = match outcome {
             Some(Outcome::Stopped(lsn)) => lsn,
             other => {
-                self.alert(
-                    true,
-                    format!("switchover to {}: stopping {} failed ({other:?}); it is fenced and the lease released", ask.to, self.me),
-                );
-                self.fence_self("its clean stop for a switchover failed")
-                    .await;
-                self.stop_leading(true).await;
+                match self
+                    .fence_self("its clean stop for a switchover failed")
+                    .await
+                {
+                    Outcome::Ok => {
+                        self.alert(
+                            true,
+                            format!("switchover to {}: stopping {} failed ({other:?}); it is fenced and the lease released", ask.to, self.me),
+                        );
+                        self.stop_leading(true).await;
+                    }
+                    Outcome::Failed(why) | Outcome::Repaired(why) => {
+                        // Unconfirmed: it may still take writes, so the lease stays here.
+                        self.alert(
+                            true,
+                            format!("switchover to {}: stopping {} failed ({other:?}) and {why}; the switchover is abandoned and the lease kept", ask.to, self.me),
+                        );
+                        self.switchover = None;
+                        self.fence_failed = Some(why);
+                    }
+                    o => tracing::warn!("unexpected fence outcome {o:?}"),
+                }
                 return;
             }
         };
@@ -1410,6 +1488,17 @@ impl Agent {
             ("discovering", None)
         } else if leader_up {
             ("healthy", None)
+        } else if let Some(why) = leader
+            .as_ref()
+            .and_then(|l| reports.get(l.as_str()))
+            .and_then(|r| r.report["fence_failed"].as_str())
+        {
+            (
+                "awaiting_approval",
+                Some(format!(
+                    "{why} (the leader lease is kept until then: nobody is promoted)"
+                )),
+            )
         } else if leader.is_some() {
             (
                 "failing_over",
@@ -1558,10 +1647,10 @@ fn choose(
         .ok_or_else(|| "no confirmed synchronous standby".to_string())
 }
 
-/// Fences `me` on this host and logs why.
-async fn fence(executor: &Executor, me: &str, why: &str) {
+/// Fences `me` on this host and logs why; returns whether the fence is confirmed.
+async fn fence(executor: &Executor, me: &str, why: &str) -> Outcome {
     let Some(m) = executor.member(me).cloned() else {
-        return;
+        return Outcome::Failed(format!("could not fence {me}: it is not in the config"));
     };
     let started = std::time::Instant::now();
     let ex = executor.clone();
@@ -1569,6 +1658,7 @@ async fn fence(executor: &Executor, me: &str, why: &str) {
         .await
         .unwrap_or_else(|e| Outcome::Failed(format!("the fence panicked: {e}")));
     tracing::warn!(member = %me, ?outcome, took = ?started.elapsed(), "fenced its own PostgreSQL: {why}");
+    outcome
 }
 
 /// Renews `lease` every TTL/3; fences the local PostgreSQL when TTL/2 passed since the

@@ -16,6 +16,10 @@ use lifeboat_postgres::cluster::{ClusterError, Member, Pg, RejoinPath, StopMode,
 
 /// How long a promotion may take before it counts as failed.
 const PROMOTE_WAIT: Duration = Duration::from_secs(10);
+/// How long a SIGKILLed postmaster may take to be gone before the fence counts as failed.
+const FENCE_WAIT: Duration = Duration::from_secs(5);
+/// How long a probe of a fenced member's address may take.
+const LISTEN_PROBE: Duration = Duration::from_secs(1);
 /// How long a switchover's target may take to receive the stopped primary's last WAL.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
 
@@ -135,28 +139,80 @@ impl Executor {
     /// Makes `m` unable to take writes, at once: `standby.signal` first (any restart comes
     /// up in recovery), then SIGKILL to the postmaster and every child of it. A stopped
     /// (SIGSTOP) server dies too: SIGKILL needs no cooperation, and nothing of it resumes.
+    ///
+    /// `Ok` means the fence is **confirmed**: `standby.signal` is durable in the data
+    /// directory, no postmaster of it runs, and nothing listens on its address. Anything
+    /// less is `Failed` with what is unknown and how to fix it, and the caller must not
+    /// promote another member on it (the machine waits for an operator's approval). The
+    /// postmaster is killed even when the signal file cannot be written. A member whose data
+    /// directory is not on this host (or a wrong `data_dir`) counts as fenced only when
+    /// nothing accepts connections at its address.
     pub(crate) fn fence(&self, m: &Member) -> Outcome {
         if !m.data_dir.join("PG_VERSION").exists() {
-            return Outcome::Failed(format!(
-                "{} is not on this host ({} not found): only its route is closed",
-                m.name,
-                m.data_dir.display()
-            ));
+            return match listening(m) {
+                Ok(false) => {
+                    tracing::info!(member = %m.name, "{} not found: not on this host; nothing listens at {}:{}, so it takes no writes", m.data_dir.display(), m.host, m.port);
+                    Outcome::Ok
+                }
+                Ok(true) => Outcome::Failed(format!(
+                    "could not fence {}: {} has no PG_VERSION (not on this host, or a wrong data_dir in lifeboat.toml) and {}:{} still accepts connections; stop that server or correct the data_dir, then `lifeboat failover approve`",
+                    m.name,
+                    m.data_dir.display(),
+                    m.host,
+                    m.port
+                )),
+                Err(e) => Outcome::Failed(format!(
+                    "could not fence {}: {} has no PG_VERSION (not on this host, or a wrong data_dir in lifeboat.toml) and whether {}:{} still runs is unknown ({e}); make sure it is stopped, then `lifeboat failover approve`",
+                    m.name,
+                    m.data_dir.display(),
+                    m.host,
+                    m.port
+                )),
+            };
         }
-        if let Err(e) = write_signal(&m.data_dir) {
-            return Outcome::Failed(format!(
-                "writing standby.signal into {}: {e}",
-                m.data_dir.display()
-            ));
-        }
+        // The signal file first, but a failure to write it does not spare the postmaster.
+        let signal = write_signal(&m.data_dir)
+            .err()
+            .map(|e| format!("writing standby.signal into {}: {e}", m.data_dir.display()));
+        let mut problems: Vec<String> = signal.into_iter().collect();
         match self.pg.postmaster_pid(m) {
             Ok(Some(pid)) => {
                 kill_tree(pid);
-                Outcome::Ok
+                let deadline = Instant::now() + FENCE_WAIT;
+                while alive(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                if alive(pid) {
+                    problems.push(format!(
+                        "its postmaster {pid} still runs {FENCE_WAIT:?} after SIGKILL"
+                    ));
+                }
             }
-            Ok(None) => Outcome::Ok,
-            Err(e) => Outcome::Failed(e.to_string()),
+            Ok(None) => {}
+            Err(e) => problems.push(format!("finding its postmaster: {e}")),
         }
+        match listening(m) {
+            Ok(false) => {}
+            Ok(true) => problems.push(format!(
+                "{}:{} still accepts connections (another server there, or a wrong data_dir in lifeboat.toml)",
+                m.host, m.port
+            )),
+            Err(e) => problems.push(format!("probing {}:{}: {e}", m.host, m.port)),
+        }
+        if problems.is_empty() {
+            return Outcome::Ok;
+        }
+        let killed = problems.len() == 1 && problems[0].starts_with("writing standby.signal");
+        Outcome::Failed(format!(
+            "could not fence {}: {}; {}check the data_dir in lifeboat.toml and that it cannot take writes, then `lifeboat failover approve`",
+            m.name,
+            problems.join("; "),
+            if killed {
+                "it was killed, but a restart (systemd) would bring it up as a primary: "
+            } else {
+                ""
+            }
+        ))
     }
 
     /// A switchover's first step: stop the primary with a fast shutdown (its WAL reaches
@@ -309,6 +365,42 @@ fn write_signal(data_dir: &Path) -> std::io::Result<()> {
         let _ = std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid()));
     }
     std::fs::File::open(data_dir)?.sync_all()
+}
+
+/// Whether something accepts connections at `m`'s address (a socket directory, or host and
+/// port): `Ok(false)` only when every address refused (or the socket is absent).
+///
+/// # Errors
+/// The reason when an address neither accepted nor refused (a timeout, no route).
+fn listening(m: &Member) -> Result<bool, String> {
+    if m.host.starts_with('/') {
+        let path = Path::new(&m.host).join(format!(".s.PGSQL.{}", m.port));
+        return match std::os::unix::net::UnixStream::connect(&path) {
+            Ok(_) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        };
+    }
+    use std::net::ToSocketAddrs;
+    let addrs = (m.host.as_str(), m.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolving {}: {e}", m.host))?;
+    let mut unknown = None;
+    for a in addrs {
+        match std::net::TcpStream::connect_timeout(&a, LISTEN_PROBE) {
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Err(e) => unknown = Some(format!("{a}: {e}")),
+        }
+    }
+    unknown.map_or(Ok(false), Err)
 }
 
 /// SIGKILL to `pid` and every process whose parent it is (PostgreSQL's backends).

@@ -1203,3 +1203,79 @@ fn a_switchover_through_any_agent_loses_nothing_and_the_old_primary_follows() {
     );
     assert!(gap < Duration::from_secs(2), "write gap {gap:?}");
 }
+
+/// `chattr +i` on a directory while it lives (even root cannot create a file in it);
+/// `chattr -i` on drop.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn new(dir: &Path) -> Immutable {
+        let st = Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .status()
+            .expect("chattr (e2fsprogs)");
+        assert!(
+            st.success(),
+            "chattr +i {}: the test needs ext4 or xfs",
+            dir.display()
+        );
+        Immutable(dir.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// Issue 9 item 7, etcd mode: the primary's PostgreSQL dies while its data directory is
+/// immutable, so its agent cannot write standby.signal (a restart would come up as a
+/// primary). The agent must keep the lease — no standby is elected — and every agent says
+/// why; an approval through another agent releases it and a standby is promoted.
+#[test]
+fn r9_7_an_unconfirmed_self_fence_keeps_the_lease_until_approved() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let e = Estate::start(None);
+    e.wait_healthy("m1", &[0, 1, 2]);
+    let immutable = Immutable::new(&e.root.join("pg/m1"));
+    let pid = e.postmaster(0).unwrap();
+    kill_tree(pid);
+    let killed = Instant::now();
+    let s = e.wait_status(1, "awaiting approval", 15, |s| {
+        s["phase"] == "awaiting_approval" || new_primary(s).is_some()
+    });
+    println!(
+        "{:.3} s after the kill: {} {}",
+        killed.elapsed().as_secs_f64(),
+        s["phase"],
+        s["reason"]
+    );
+    assert_eq!(s["phase"], "awaiting_approval", "{s:#}");
+    let reason = s["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("standby.signal") && reason.contains("failover approve"),
+        "{reason}"
+    );
+    // Nobody is promoted while nobody approves.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(e.in_recovery(1), Some(true), "m2 promoted without approval");
+        assert_eq!(e.in_recovery(2), Some(true), "m3 promoted without approval");
+        let s = e.status(2).unwrap();
+        assert_eq!(s["coordinator"]["generation"], 1, "{s:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, body) = http_post(e.apis[2], "/failover/approve", "{}").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let approved = Instant::now();
+    let s = e.wait_status(2, "a new primary", 20, |s| new_primary(s).is_some());
+    println!(
+        "new primary {} {:.3} s after the approval",
+        new_primary(&s).unwrap(),
+        approved.elapsed().as_secs_f64()
+    );
+    assert_eq!(s["coordinator"]["generation"], 2);
+    drop(immutable);
+}
