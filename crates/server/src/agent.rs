@@ -391,13 +391,28 @@ impl Agent {
             if let Ok(Some(lease)) = l.keeper.await {
                 // Nothing guards the primary once its agent is gone: it stops (standby.signal,
                 // immediate stop) before the lease is handed over, as Patroni does.
-                if let Some(m) = self.member(&self.me) {
-                    let pg = self.executor.pg().clone();
-                    let r = tokio::task::spawn_blocking(move || pg.fence(&m)).await;
-                    tracing::warn!(member = %self.me, result = ?r.map(|r| r.map(|f| f.took)), "the agent stops: its primary was stopped read-only");
-                }
-                if let Err(e) = self.coord.release(lease).await {
-                    tracing::warn!("releasing the leader lease: {e}");
+                let stopped = match self.member(&self.me) {
+                    Some(m) => {
+                        let pg = self.executor.pg().clone();
+                        let r = tokio::task::spawn_blocking(move || pg.fence(&m)).await;
+                        match r {
+                            Ok(Ok(f)) => {
+                                tracing::warn!(member = %self.me, took = ?f.took, "the agent stops: its primary was stopped read-only");
+                                true
+                            }
+                            other => {
+                                tracing::error!(member = %self.me, result = ?other.map(|r| r.map(|f| f.took)), "the agent stops and could not stop its primary: the leader lease is not given back, it lapses in {:?}; stop PostgreSQL before that, or a standby may be promoted while it runs", self.ttl);
+                                false
+                            }
+                        }
+                    }
+                    None => false,
+                };
+                // Only a primary that is stopped hands the lease over at once.
+                if stopped {
+                    if let Err(e) = self.coord.release(lease).await {
+                        tracing::warn!("releasing the leader lease: {e}");
+                    }
                 }
             }
         }
@@ -1682,7 +1697,10 @@ async fn keep_lease(
         async move {
             // Marked first: the loop must not treat the member as its primary any more.
             lost.store(true, Ordering::SeqCst);
-            fence(&executor, &me, &why).await;
+            if let Outcome::Failed(e) = fence(&executor, &me, &why).await {
+                // The lease is going or gone: nothing can hold a promotion back any more.
+                tracing::error!(member = %me, "the leader lease lapses ({why}) and fencing its PostgreSQL was not confirmed: {e}");
+            }
         }
     };
     loop {
