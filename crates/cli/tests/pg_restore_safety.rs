@@ -250,3 +250,44 @@ fn r9_4_every_restored_file_is_durable_before_backup_label_is_written() {
     s.wait_for("select pg_is_in_recovery()", "f").unwrap();
     assert_eq!(s.sql("select count(*) from orders").unwrap(), "20000");
 }
+
+#[test]
+fn r9_3_a_drill_can_keep_its_wal_in_another_source() {
+    let shop = Shop::new();
+    shop.insert(1);
+    shop.backup();
+    shop.archive_now();
+    // The source restored from is refused as a target of --archive-to.
+    let target = owner_tempdir("lifeboat-restore-").unwrap();
+    let d = target.path().join("data").to_str().unwrap().to_string();
+    let out = shop.lb(&[
+        "pg",
+        "restore",
+        "--source",
+        SOURCE,
+        "--target",
+        &d,
+        "--archive-to",
+        SOURCE,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--promote-as-source"),
+        "{}",
+        stderr(&out)
+    );
+
+    let (report, clone) = restore_and_promote(&shop, &["--latest", "--archive-to", "orders-drill"]);
+    assert_eq!(report["archiving"]["mode"], "to_source", "{report}");
+    assert_eq!(report["archiving"]["source"], "orders-drill", "{report}");
+    clone
+        .sql("insert into orders values (100, 'drill')")
+        .unwrap();
+    archive_now(&clone);
+    wait_until("the drill's history file in its own source", || {
+        histories(&shop, "orders-drill").contains(&2)
+    });
+    assert!(!runs_on(&shop, "orders-drill", 2).is_empty());
+    assert_eq!(histories(&shop, SOURCE), Vec::<u64>::new());
+    assert!(runs_on(&shop, SOURCE, 2).is_empty());
+}
