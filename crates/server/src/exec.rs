@@ -498,3 +498,48 @@ fn checkpoint_location(bin_dir: &Path, data_dir: &Path) -> Result<u64, String> {
             )
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_counts_as_free_only_when_it_refuses() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let m = Member::new("db1", "127.0.0.1", port, "/nonexistent");
+        assert_eq!(listening(&m), Ok(true));
+        drop(l);
+        assert_eq!(listening(&m), Ok(false));
+        // A socket directory without the socket: nothing listens.
+        let dir = tempfile::tempdir().unwrap();
+        let m = Member::new("db1", dir.path().to_str().unwrap(), 5432, "/nonexistent");
+        assert_eq!(listening(&m), Ok(false));
+    }
+
+    #[test]
+    fn a_wrong_data_dir_with_the_server_still_answering_is_no_fence() {
+        // The data directory is not here, but its address answers: not confirmed.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let m = Member::new("db1", "127.0.0.1", port, "/nonexistent/data");
+        let dir = tempfile::tempdir().unwrap();
+        let coord = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(Coordinator::open_embedded(
+                lifeboat_coord::EmbeddedOptions::new(dir.path().join("state.sqlite"), "orders"),
+            ))
+            .unwrap();
+        let ex = Executor::new(Pg::new("postgres"), vec![m.clone()], Arc::new(coord));
+        match ex.fence(&m) {
+            Outcome::Failed(why) => assert!(
+                why.contains("db1") && why.contains("data_dir") && why.contains("failover approve"),
+                "{why}"
+            ),
+            o => panic!("a fence of a member still answering was confirmed: {o:?}"),
+        }
+        drop(l);
+        assert_eq!(ex.fence(&m), Outcome::Ok, "nothing answers: fenced");
+    }
+}
