@@ -1000,3 +1000,34 @@ impl Repository {
         Ok(header)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_packs_are_found_by_stat_and_by_listing() {
+        let storage = Storage::memory().unwrap();
+        let opts = InitOptions {
+            kdf: KdfParams {
+                m_cost: 1024,
+                t_cost: 1,
+                p_cost: 1,
+            },
+            ..InitOptions::default()
+        };
+        let repo = Repository::init(storage, b"pw", &opts).unwrap();
+        let packs: Vec<PackId> = (0..40u8).map(|i| PackId([i; 32])).collect();
+        for p in packs.iter().step_by(2) {
+            repo.storage().put(&paths::pack(p), vec![1]).unwrap();
+        }
+        let gone: Vec<PackId> = packs.iter().skip(1).step_by(2).copied().collect();
+        // 40 packs of a repository that knows 0: more than 12 HEADs, one listing.
+        assert_eq!(repo.missing_packs(&packs, 0).unwrap(), gone);
+        // A few packs of a repository that knows 100,000: a HEAD each.
+        assert_eq!(
+            repo.missing_packs(&packs[..4], 100_000).unwrap(),
+            vec![packs[1], packs[3]]
+        );
+    }
+}

@@ -677,6 +677,28 @@ mod tests {
     }
 
     #[test]
+    fn opening_creates_nothing_and_the_first_write_creates_the_temp_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("typo");
+        let e = Storage::open(
+            &Location::Local(missing.clone()),
+            &StorageOptions::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        assert!(!missing.exists());
+        let empty = dir.path().join("mnt");
+        std::fs::create_dir(&empty).unwrap();
+        let s = Storage::open(&Location::Local(empty.clone()), &StorageOptions::default()).unwrap();
+        assert!(s.list("").unwrap().is_empty());
+        assert_eq!(s.get("config").unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+        s.put("locks/a", vec![1]).unwrap();
+        assert!(empty.join(".tmp").is_dir());
+        assert_eq!(s.get("locks/a").unwrap(), vec![1]);
+    }
+
+    #[test]
     fn fault_plan_fails_after_budget() {
         let s = Storage::memory()
             .unwrap()
