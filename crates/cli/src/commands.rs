@@ -48,9 +48,26 @@ pub(crate) fn location(url: Option<&str>) -> Result<Location> {
     Location::parse(url, &env).map_err(|e| usage(e.to_string(), None))
 }
 
+/// Opens the storage of an existing repository. Creates nothing: a local directory that
+/// does not exist is "no repository at PATH" (a usage error), not a new directory.
 fn storage(url: Option<&str>) -> Result<Storage> {
     let loc = location(url)?;
-    Storage::open(&loc, &StorageOptions::default()).with_context(|| format!("open storage {loc}"))
+    match Storage::open(&loc, &StorageOptions::default()) {
+        Ok(s) => Ok(s),
+        Err(e) if e.is_not_found() => {
+            Err(anyhow::Error::new(lifeboat_repo::Error::NotARepository {
+                repo: loc.to_string(),
+            }))
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("open storage {loc}"))),
+    }
+}
+
+/// Opens the storage where a repository is to be created (`init`, `copy --to`), creating
+/// a local directory that does not exist yet.
+fn storage_to_create(url: Option<&str>) -> Result<Storage> {
+    let loc = location(url)?;
+    Storage::create(&loc, &StorageOptions::default()).with_context(|| format!("open storage {loc}"))
 }
 
 fn read_password_file(path: &Path) -> Result<Secret<String>> {
@@ -100,14 +117,10 @@ pub(crate) fn open(g: &Global) -> Result<Repository> {
 }
 
 /// A read lease: a running prune will not delete packs this command reads. Taken before
-/// the snapshot is looked up, so a snapshot found stays readable.
-fn read_lease(repo: &Repository, what: &str) -> Result<lifeboat_repo::lease::Lease> {
-    Ok(lifeboat_repo::lease::Lease::acquire(
-        repo,
-        lifeboat_repo::lease::LeaseKind::Read,
-        what,
-        lifeboat_repo::lease::DEFAULT_TTL,
-    )?)
+/// the snapshot is looked up, so a snapshot found stays readable. `None` (after a warning)
+/// where the repository refuses writes: reading goes on without one (`Lease::acquire_read`).
+fn read_lease(repo: &Repository, what: &str) -> Result<Option<lifeboat_repo::lease::Lease>> {
+    Ok(lifeboat_repo::lease::Lease::acquire_read(repo, what)?)
 }
 
 /// Writes 32 random bytes (hex) into a new file readable only by its owner.
@@ -160,7 +173,7 @@ pub fn run(args: Args) -> Result<u8> {
     let g = &args.global;
     match args.command {
         Command::Init(c) => {
-            let st = storage(g.repo.as_deref())?;
+            let st = storage_to_create(g.repo.as_deref())?;
             let pw = main_password(g)?;
             if pw.expose().is_empty() {
                 return Err(usage(
@@ -749,7 +762,7 @@ pub fn run(args: Args) -> Result<u8> {
                 "the target",
             )
             .unwrap_or(pw);
-            let dst_storage = storage(Some(&c.to))?;
+            let dst_storage = storage_to_create(Some(&c.to))?;
             let dst = match Repository::open(dst_storage.clone(), to_pw.expose().as_bytes()) {
                 Ok(r) => r,
                 Err(lifeboat_repo::Error::NotARepository { .. }) => Repository::init_like(

@@ -100,7 +100,7 @@ pub fn run(g: &Global, c: &DemoCmd) -> Result<u8> {
         "1. repository: {} (local, the embedded default)",
         repo_path.display()
     ))?;
-    let storage = Storage::open(
+    let storage = Storage::create(
         &Location::Local(repo_path.clone()),
         &StorageOptions::default(),
     )?;

@@ -1146,10 +1146,12 @@ impl Pg {
         if !alive(pid) {
             return Ok(None);
         }
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let comm = comm.trim();
-        if !(comm.starts_with("postgres") || comm.starts_with("postmaster")) {
-            return Ok(None);
+        // A name that cannot be read (not ours to see) is trusted, as the cwd below is.
+        if let Ok(comm) = fs::read_to_string(format!("/proc/{pid}/comm")) {
+            let comm = comm.trim();
+            if !(comm.starts_with("postgres") || comm.starts_with("postmaster")) {
+                return Ok(None);
+            }
         }
         // After a crash the PID may belong to another cluster's process now: a postmaster
         // works in its data directory (unreadable when it is not ours to see; then trust it).
@@ -2469,7 +2471,9 @@ fn diverged_line(member: &Member, from: &mut u64) -> Option<String> {
         .map(|l| l.trim().to_string())
 }
 
-/// Whether process `pid` exists and is not a zombie.
+/// Whether process `pid` exists and is not a zombie. When `/proc/<pid>/stat` cannot be
+/// read (`hidepid`, another user's process) the kernel is asked with `kill(pid, 0)`: only
+/// `ESRCH` means that no such process exists — "cannot tell" is not "gone".
 fn alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         // `pid (comm) S …`: the state follows the last `)`.
@@ -2477,7 +2481,15 @@ fn alive(pid: u32) -> bool {
             .rsplit_once(')')
             .and_then(|(_, rest)| rest.trim_start().chars().next())
             .is_some_and(|state| state != 'Z' && state != 'X'),
-        Err(_) => false,
+        Err(_) => i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .is_some_and(|p| {
+                !matches!(
+                    rustix::process::test_kill_process(p),
+                    Err(rustix::io::Errno::SRCH)
+                )
+            }),
     }
 }
 

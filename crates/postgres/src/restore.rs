@@ -287,7 +287,14 @@ pub fn refuse_running(dir: &Path) -> Result<()> {
             .next()
             .and_then(|l| l.trim().parse::<i32>().ok())
         {
-            if pid > 0 && Path::new(&format!("/proc/{pid}")).exists() {
+            // `/proc/<pid>` is hidden under `hidepid`: ask the kernel, only ESRCH is "gone".
+            let running = rustix::process::Pid::from_raw(pid).is_some_and(|p| {
+                !matches!(
+                    rustix::process::test_kill_process(p),
+                    Err(rustix::io::Errno::SRCH)
+                )
+            });
+            if running {
                 return Err(Error::Invalid(format!(
                     "{} holds a running PostgreSQL (postmaster.pid names process {pid}); stop it \
                      first, or restore somewhere else",
@@ -350,12 +357,7 @@ pub fn pg_restore(
     let wal_available_to = available_to(&catalog, first);
 
     // Files.
-    let _lease = lifeboat_repo::lease::Lease::acquire(
-        repo,
-        lifeboat_repo::lease::LeaseKind::Read,
-        "pg restore",
-        lifeboat_repo::lease::DEFAULT_TTL,
-    )?;
+    let _lease = lifeboat_repo::lease::Lease::acquire_read(repo, "pg restore")?;
     let (_, snap) = repo.find_snapshot(&backup.snapshot.to_hex())?;
     let index = repo.load_index()?;
     let name = Path::new(&info.data_dir)

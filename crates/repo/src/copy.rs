@@ -154,7 +154,9 @@ pub fn copy(
             dst.storage().describe()
         )));
     }
-    let _read = Lease::acquire(src, LeaseKind::Read, "copy (source)", DEFAULT_TTL)?;
+    // A read-only source (a mounted snapshot of the backup disk, read-only credentials) is
+    // what a copy to a DR repository often reads: it goes on without a lease there.
+    let _read = Lease::acquire_read(src, "copy (source)")?;
     let write = Lease::acquire(dst, LeaseKind::Write, "copy (target)", DEFAULT_TTL)?;
     // The caller listed `snapshots` before the read lease existed: one forgotten since may
     // already have lost its packs to a prune. Those still listed now are protected.
@@ -181,8 +183,9 @@ pub fn copy(
             continue;
         }
         progress(&format!("copying snapshot {}", sid.short()));
-        let dst_index = dst.load_index_for_write()?;
-        let writer = BlobWriter::new(dst, Arc::new(dst_index), &opts.writer)?;
+        let dst_index = Arc::new(dst.load_index_for_write()?);
+        let known_packs = dst_index.packs().count();
+        let writer = BlobWriter::new(dst, dst_index, &opts.writer)?;
         let mut blobs = 0u64;
         let mut stack = vec![snap.tree];
         let mut seen: HashSet<BlobId> = HashSet::new();
@@ -211,10 +214,9 @@ pub fn copy(
         if opts.verify_upload {
             verify_index_files(dst, &wr.index_files)?;
         }
-        write.check_valid()?;
         let mut copied = snap.clone();
         copied.original = Some(snap.original.unwrap_or(*sid));
-        let tid = dst.save_snapshot(&copied)?;
+        let tid = dst.commit_snapshot(&write, &wr.packs_used, known_packs, &copied)?;
         report.copied.push(CopiedSnapshot {
             source: *sid,
             target: tid,

@@ -19,7 +19,9 @@ pub enum Error {
         keys: usize,
     },
     /// The location holds no repository.
-    #[error("there is no repository at {repo}; create one with `lifeboat init`")]
+    #[error(
+        "no repository at {repo} (fix: check --repo / LIFEBOAT_REPOSITORY, or run `lifeboat init`)"
+    )]
     NotARepository {
         /// The repository location.
         repo: String,
@@ -95,6 +97,16 @@ pub enum Error {
     LeaseExpired {
         /// The operation whose lease expired.
         operation: String,
+    },
+    /// Packs a writer built on or wrote were deleted before it could commit.
+    #[error("{count} pack(s) that this {operation} uses were deleted while it ran (first: {first}); nothing was committed. A prune must have taken this {operation}'s lease for dead: run the {operation} again, and give prune and backups on one host the same view of processes (no `hidepid` between them) — docs/design/0001-concurrency.md")]
+    PacksGone {
+        /// The operation (from its lease).
+        operation: String,
+        /// How many packs are gone.
+        count: usize,
+        /// The first of them.
+        first: String,
     },
     /// A WAL file of that name is already in the repository with different content.
     #[error("{file} is already in the repository with different content; refusing to overwrite it (two clusters archiving under one source name, or a cluster restored without a new source name?)")]

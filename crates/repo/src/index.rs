@@ -5,6 +5,7 @@
 //! Never here: I/O; `Repository::load_index` reads the files.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use lifeboat_types::{BlobId, IndexId, PackId};
 
@@ -43,6 +44,9 @@ pub struct Index {
     blobs: HashMap<BlobId, Slot>,
     avoid: HashSet<u32>,
     files: Vec<IndexId>,
+    /// One bit per pack of `packs` (as they were when [`Index::track_use`] was called):
+    /// set when [`Index::has_usable`] vouched for a blob in it. Empty when not tracking.
+    used: Vec<AtomicU64>,
 }
 
 impl Index {
@@ -116,11 +120,43 @@ impl Index {
         })
     }
 
-    /// Whether the blob is stored in a pack that new snapshots may build on.
+    /// Whether the blob is stored in a pack that new snapshots may build on. When tracking
+    /// ([`Index::track_use`]), a `true` answer records its pack as used.
     pub fn has_usable(&self, id: &BlobId) -> bool {
-        self.blobs
-            .get(id)
-            .is_some_and(|s| !self.avoid.contains(&s.pack))
+        match self.blobs.get(id) {
+            Some(s) if !self.avoid.contains(&s.pack) => {
+                if let Some(word) = self.used.get(s.pack as usize / 64) {
+                    word.fetch_or(1 << (s.pack % 64), Ordering::Relaxed);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Starts recording which packs [`Index::has_usable`] vouches for: a writer builds
+    /// on exactly those (and on the packs it writes), so it can check they still exist
+    /// before it commits. Call after the last file is added.
+    pub fn track_use(&mut self) {
+        self.used = (0..self.packs.len().div_ceil(64))
+            .map(|_| AtomicU64::new(0))
+            .collect();
+    }
+
+    /// The packs [`Index::has_usable`] vouched for since [`Index::track_use`].
+    pub fn used_packs(&self) -> Vec<PackId> {
+        let mut out = Vec::new();
+        for (w, word) in self.used.iter().enumerate() {
+            let mut bits = word.load(Ordering::Relaxed);
+            while bits != 0 {
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if let Some(p) = self.packs.get(w * 64 + b) {
+                    out.push(*p);
+                }
+            }
+        }
+        out
     }
 
     /// Number of blobs.

@@ -7,8 +7,10 @@
 //! A lease is a small JSON file `locks/<random id>` naming its holder (host, pid), what it
 //! does, when it started and when it was last refreshed. It is refreshed every TTL/3 by a
 //! background thread, so a lease whose holder died simply expires after the TTL; on the
-//! holder's own host a lease whose process is gone is dead at once. Nobody ever has to
-//! remove a lease by hand.
+//! holder's own host a lease whose process is certainly gone is dead at once ("cannot
+//! tell", e.g. under `hidepid`, is not "gone": such a lease lives until it expires). Nobody
+//! ever has to remove a lease by hand. A reader that cannot write a lease at all (read-only
+//! or full storage) reads without one ([`Lease::acquire_read`]).
 //!
 //! "The holder's own host" means the same kernel boot and the same pid namespace, not just
 //! the same host name: two containers may share a name but not their process tables. A pid
@@ -87,8 +89,9 @@ fn local_host_id() -> Option<String> {
     Some(format!("{}/{}", boot.trim(), ns.display()))
 }
 
-/// State and start time (field 3 and 22 of `/proc/<pid>/stat`), or `None` when there is
-/// no such process.
+/// State and start time (field 3 and 22 of `/proc/<pid>/stat`), or `None` when the file
+/// cannot be read or parsed. `None` does **not** mean the process is gone: `/proc` mounted
+/// with `hidepid`, or another user's process, hide it too (see [`process_state`]).
 fn proc_stat(pid: u32) -> Option<(char, Option<u64>)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
@@ -99,16 +102,47 @@ fn proc_stat(pid: u32) -> Option<(char, Option<u64>)> {
     Some((state, start))
 }
 
-/// Whether the process `pid` that started at `start` (when known) still runs here. A
-/// zombie (killed, not yet reaped) does not run.
-fn pid_alive(pid: u32, start: Option<u64>) -> bool {
+/// What this host can tell about a lease holder's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProcessState {
+    /// It runs (and, where its start time could be read, is the same process).
+    Running,
+    /// It certainly does not run: no such pid, a zombie, or the pid was reused.
+    Gone,
+    /// It cannot be examined; only the lease's expiry can tell.
+    Unknown,
+}
+
+/// Whether the process `pid` that started at `start` (when known) still runs here.
+///
+/// "Cannot tell" is never "gone": `/proc/<pid>/stat` is unreadable when `/proc` is mounted
+/// with `hidepid=1|2` or belongs to another user under some security modules, so when it
+/// cannot be read the kernel is asked with `kill(pid, 0)`, where only `ESRCH` means that no
+/// such process exists (`EPERM` means it exists and belongs to someone else).
+fn process_state(pid: u32, start: Option<u64>) -> ProcessState {
     match proc_stat(pid) {
-        None => false,
-        Some(('Z' | 'X', _)) => false,
+        Some(('Z' | 'X', _)) => ProcessState::Gone,
         Some((_, now_start)) => match (start, now_start) {
-            (Some(a), Some(b)) => a == b,
-            _ => true,
+            (Some(a), Some(b)) if a != b => ProcessState::Gone,
+            _ => ProcessState::Running,
         },
+        None => {
+            // Pid 0 and anything above i32::MAX are no process (and kill() would read them
+            // as "my process group" or a negative group): nothing can hold them.
+            let Some(p) = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            else {
+                return ProcessState::Gone;
+            };
+            match rustix::process::test_kill_process(p) {
+                // It exists, but its start time is hidden: it may be a reused pid; let the
+                // lease expire rather than guess.
+                Ok(()) | Err(rustix::io::Errno::PERM) => ProcessState::Unknown,
+                Err(rustix::io::Errno::SRCH) => ProcessState::Gone,
+                Err(_) => ProcessState::Unknown,
+            }
+        }
     }
 }
 
@@ -116,12 +150,15 @@ impl LeaseInfo {
     /// Whether the lease still holds at `now`: refreshed within its TTL and, when held in
     /// this process table (same boot, same pid namespace), its process still runs.
     pub fn is_live(&self, now: f64) -> bool {
-        let same_table = match &self.host_id {
-            Some(h) => Some(h) == local_host_id().as_ref(),
-            // Written without a host id: trust the host name alone.
-            None => self.hostname == local_hostname(),
-        };
-        if same_table && !pid_alive(self.pid, self.pid_start) {
+        // Same boot id and pid namespace *and* the same host name: a virtual machine cloned
+        // while running keeps its boot id, and usually gets a new name.
+        let same_table = self.hostname == local_hostname()
+            && match &self.host_id {
+                Some(h) => Some(h) == local_host_id().as_ref(),
+                // Written without a host id: trust the host name alone.
+                None => true,
+            };
+        if same_table && process_state(self.pid, self.pid_start) == ProcessState::Gone {
             return false;
         }
         self.refreshed + self.ttl_s > now
@@ -297,6 +334,36 @@ impl Lease {
         })
     }
 
+    /// Takes a [`LeaseKind::Read`] lease for `operation` with the default TTL, or goes on
+    /// without one where the repository refuses writes for good (a read-only mount or
+    /// bucket, read-only credentials, a full disk): reading must work where writing cannot.
+    /// Says so once (a warning naming the risk) and returns `None` then.
+    ///
+    /// Without a lease a reader is protected only as far as `load_index` avoids condemned
+    /// packs: a prune sweeping from another host that can write (or one that found
+    /// condemned records written before the disk filled) may delete a pack this reader
+    /// then reads, which fails the read — blobs are authenticated, so never with wrong
+    /// data. docs/design/0001-concurrency.md, "Readers that cannot write".
+    ///
+    /// # Errors
+    /// Other storage errors writing the lease file.
+    pub fn acquire_read(repo: &Repository, operation: &str) -> Result<Option<Lease>> {
+        match Lease::acquire(repo, LeaseKind::Read, operation, DEFAULT_TTL) {
+            Ok(lease) => Ok(Some(lease)),
+            Err(Error::Storage(e)) if e.refuses_writes() => {
+                tracing::warn!(
+                    "cannot record a read lease in {} ({e}); {operation} goes on without one. \
+                     Risk: a prune running at the same time from a host that can write there \
+                     may delete data this {operation} reads; it then fails (never with wrong \
+                     data) and must be run again",
+                    repo.storage().describe()
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The lease file's path.
     pub fn path(&self) -> &str {
         &self.path
@@ -425,6 +492,30 @@ mod tests {
             lease.check_valid(),
             Err(Error::LeaseExpired { .. })
         ));
+    }
+
+    #[test]
+    fn a_process_that_cannot_be_examined_is_not_gone() {
+        // Pid 1 always exists; whether its /proc entry is readable or not, it is not gone.
+        assert_ne!(process_state(1, None), ProcessState::Gone);
+        assert_eq!(
+            process_state(std::process::id(), None),
+            ProcessState::Running
+        );
+        // Pids that cannot exist, and one above pid_max that kill() reports as ESRCH.
+        assert_eq!(process_state(0, None), ProcessState::Gone);
+        assert_eq!(process_state(u32::MAX, None), ProcessState::Gone);
+        assert_eq!(process_state(i32::MAX as u32, None), ProcessState::Gone);
+    }
+
+    #[test]
+    fn a_clone_with_another_host_name_counts_only_the_ttl() {
+        let repo = repo();
+        let lease = Lease::acquire(&repo, LeaseKind::Write, "backup", DEFAULT_TTL).unwrap();
+        let mut clone = lease.info();
+        clone.pid = u32::MAX - 1;
+        clone.hostname = format!("{}-clone", clone.hostname);
+        assert!(clone.is_live(now_s()));
     }
 
     #[test]

@@ -696,7 +696,7 @@ mod tests {
         // A local repository (parts written one after the other) and a file read in small
         // chunks: WAL-like pieces, an incompressible piece (stored as is) and a short tail.
         let dir = tempfile::tempdir().unwrap();
-        let storage = lifeboat_storage::Storage::open(
+        let storage = lifeboat_storage::Storage::create(
             &lifeboat_storage::Location::Local(dir.path().join("repo")),
             &lifeboat_storage::StorageOptions::default(),
         )

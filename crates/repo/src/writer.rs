@@ -72,6 +72,10 @@ pub struct WriterReport {
     pub packs: u64,
     /// Index files written.
     pub index_files: Vec<IndexId>,
+    /// Every pack what was stored may reference: the packs this writer uploaded and those
+    /// holding blobs it did not store again because the index had them (when the index
+    /// tracks use, as `Repository::load_index_for_write` sets it up). Sorted, no repeats.
+    pub packs_used: Vec<PackId>,
 }
 
 enum Job {
@@ -149,6 +153,7 @@ struct Shared {
     error: Mutex<Option<Error>>,
     pending: Mutex<IndexFile>,
     written: Mutex<Vec<IndexId>>,
+    packs_written: Mutex<Vec<PackId>>,
     packs_per_index: usize,
     blobs: AtomicU64,
     raw_bytes: AtomicU64,
@@ -202,6 +207,7 @@ impl BlobWriter {
             error: Mutex::new(None),
             pending: Mutex::new(IndexFile::default()),
             written: Mutex::new(Vec::new()),
+            packs_written: Mutex::new(Vec::new()),
             packs_per_index: opts.packs_per_index.max(1),
             blobs: AtomicU64::new(0),
             raw_bytes: AtomicU64::new(0),
@@ -372,7 +378,12 @@ impl BlobWriter {
         }
         self.shared.flush_index(true)?;
         let s = &self.shared;
+        let mut packs_used = std::mem::take(&mut *s.packs_written.lock());
+        packs_used.extend(self.index.used_packs());
+        packs_used.sort_unstable();
+        packs_used.dedup();
         Ok(WriterReport {
+            packs_used,
             blobs: s.blobs.load(Ordering::Relaxed),
             raw_bytes: s.raw_bytes.load(Ordering::Relaxed),
             stored_bytes: s.stored_bytes.load(Ordering::Relaxed),
@@ -609,6 +620,7 @@ fn upload_loop(sh: &Shared, rx: &Receiver<Pack>) {
         }
         sh.stored_bytes.fetch_add(size, Ordering::Relaxed);
         sh.packs.fetch_add(1, Ordering::Relaxed);
+        sh.packs_written.lock().push(pack.id);
         sh.pending.lock().packs.push(IndexPack {
             id: pack.id,
             size,

@@ -418,14 +418,23 @@ fn kill_tree(pid: u32) {
 
 /// Whether `pid` runs: it exists and is not a zombie (a killed postmaster whose parent
 /// has not reaped it yet still has a /proc entry, and PostgreSQL's own lock-file check
-/// takes it for a live server).
+/// takes it for a live server). When `/proc/<pid>/stat` cannot be read (`hidepid`, another
+/// user's process), only `kill(pid, 0)` answering `ESRCH` means gone.
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => s
             .rfind(')')
             .and_then(|i| s[i + 1..].split_whitespace().next())
             .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
+        Err(_) => i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .is_some_and(|p| {
+                !matches!(
+                    rustix::process::test_kill_process(p),
+                    Err(rustix::io::Errno::SRCH)
+                )
+            }),
     }
 }
 

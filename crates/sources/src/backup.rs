@@ -16,7 +16,8 @@
 //!
 //! # Crash safety
 //! The snapshot is written last, after every pack and index file it needs (see
-//! `lifeboat_repo::writer`), and only while this process still holds its write lease.
+//! `lifeboat_repo::writer`), only while this process still holds its write lease, and only
+//! after checking that every pack it uses still exists (`Repository::commit_snapshot`).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -343,8 +344,7 @@ pub fn backup_with(
         postgres: None,
     };
     before_commit(&mut snap)?;
-    lease.check_valid()?;
-    let id = repo.save_snapshot(&snap)?;
+    let id = repo.commit_snapshot(&lease, &report.packs_used, index.packs().count(), &snap)?;
     drop(lease);
     Ok(BackupReport {
         snapshot_id: id,
@@ -863,8 +863,8 @@ pub fn backup_stream<R: Read>(
         "backup --stdin",
         opts.lease_ttl.unwrap_or(DEFAULT_TTL),
     )?;
-    let index = repo.load_index_for_write()?;
-    let writer = BlobWriter::new(repo, Arc::new(index), &opts.writer)?;
+    let index = Arc::new(repo.load_index_for_write()?);
+    let writer = BlobWriter::new(repo, index.clone(), &opts.writer)?;
     let chunker = Chunker::new(repo.config().chunker);
     let mut content = Vec::new();
     let mut buf = Vec::new();
@@ -926,8 +926,7 @@ pub fn backup_stream<R: Read>(
         summary: summary.clone(),
         postgres: None,
     };
-    lease.check_valid()?;
-    let id = repo.save_snapshot(&snap)?;
+    let id = repo.commit_snapshot(&lease, &report.packs_used, index.packs().count(), &snap)?;
     Ok(BackupReport {
         snapshot_id: id,
         parent: None,

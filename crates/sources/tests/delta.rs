@@ -17,7 +17,7 @@ fn repo(dir: &Path) -> Repository {
 }
 
 fn repo_of_version(dir: &Path, format_version: u32) -> Repository {
-    let storage = Storage::open(
+    let storage = Storage::create(
         &Location::Local(dir.to_path_buf()),
         &StorageOptions::default(),
     )
@@ -256,7 +256,7 @@ fn a_version_1_repository_gets_whole_files_until_it_is_migrated() {
 fn copy_refuses_a_target_older_than_its_source() {
     let tmp = tempfile::tempdir().unwrap();
     let src = repo(&tmp.path().join("a"));
-    let storage = Storage::open(
+    let storage = Storage::create(
         &Location::Local(tmp.path().join("b")),
         &StorageOptions::default(),
     )

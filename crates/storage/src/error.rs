@@ -70,6 +70,27 @@ impl Error {
         self.kind == ErrorKind::NotFound
     }
 
+    /// Whether the storage refuses writes for good: a read-only file system, mount or
+    /// bucket, a full disk or exhausted quota, no permission to write. Trying again cannot
+    /// help, and a command that only reads can go on without writing.
+    pub fn refuses_writes(&self) -> bool {
+        use std::io::ErrorKind as K;
+        self.kind == ErrorKind::PermissionDenied
+            || self
+                .source
+                .as_deref()
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .is_some_and(|e| {
+                    matches!(
+                        e.kind(),
+                        K::ReadOnlyFilesystem
+                            | K::StorageFull
+                            | K::QuotaExceeded
+                            | K::PermissionDenied
+                    )
+                })
+    }
+
     pub(crate) fn io(path: &str, e: std::io::Error) -> Self {
         let kind = match e.kind() {
             std::io::ErrorKind::NotFound => ErrorKind::NotFound,

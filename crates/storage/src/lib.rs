@@ -146,10 +146,44 @@ impl std::fmt::Debug for Storage {
 impl Storage {
     /// Connects to `location`.
     ///
+    /// Creates nothing: a local directory that does not exist is an error (a mistyped or
+    /// unmounted path must not gain a directory), and a local repository's temp directory
+    /// is created by the first write (so a read-only or full file system can be read). Use
+    /// [`Storage::create`] to make a new location.
+    ///
     /// # Errors
-    /// [`ErrorKind::Config`] when the location cannot be used (a bad endpoint, say), or a
-    /// runtime error when the tokio runtime cannot start.
+    /// [`ErrorKind::Config`] when the location cannot be used (a bad endpoint, say),
+    /// [`ErrorKind::NotFound`] for a local directory that does not exist, or a runtime
+    /// error when the tokio runtime cannot start.
     pub fn open(location: &Location, options: &StorageOptions) -> Result<Self, Error> {
+        if let Location::Local(path) = location {
+            match std::fs::metadata(path) {
+                Ok(md) if md.is_dir() => {}
+                Ok(_) => {
+                    return Err(Error::config(
+                        &location.to_string(),
+                        "is not a directory: a local repository is a directory",
+                    ))
+                }
+                Err(e) => return Err(Error::io(&location.to_string(), e)),
+            }
+        }
+        Self::connect(location, options)
+    }
+
+    /// Like [`Storage::open`], creating a local directory (and its parents) first when it
+    /// does not exist: for making a new repository.
+    ///
+    /// # Errors
+    /// As [`Storage::open`], and when the directory cannot be created.
+    pub fn create(location: &Location, options: &StorageOptions) -> Result<Self, Error> {
+        if let Location::Local(path) = location {
+            std::fs::create_dir_all(path).map_err(|e| Error::io(&location.to_string(), e))?;
+        }
+        Self::open(location, options)
+    }
+
+    fn connect(location: &Location, options: &StorageOptions) -> Result<Self, Error> {
         // The workspace builds OpenDAL without its auto-registration constructor, so the
         // reqwest (rustls) HTTP transport must be installed before any S3 request. Idempotent.
         opendal::install_default();
@@ -157,12 +191,10 @@ impl Storage {
         let mut local_root = None;
         let (op, create_only) = match location {
             Location::Local(path) => {
-                let tmp = path.join(local::TMP_DIR);
-                std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&describe, e))?;
+                // OpenDAL's fs service is used to read, list, stat and delete; every write
+                // goes through `local` (temp file under `.tmp`, created on first use).
                 let root = path.to_string_lossy().into_owned();
-                let builder = opendal::services::Fs::default()
-                    .root(&root)
-                    .atomic_write_dir(&tmp.to_string_lossy());
+                let builder = opendal::services::Fs::default().root(&root);
                 local_root = Some(path.clone());
                 (
                     Operator::new(builder).map_err(|e| Error::from_opendal(&describe, e))?,
@@ -274,16 +306,18 @@ impl Storage {
     }
 
     fn put_unfaulted(&self, path: &str, data: Vec<u8>) -> Result<(), Error> {
+        if let Some(root) = &self.inner.local_root {
+            // Not through OpenDAL: its fs writer retries a read-only or full file system as
+            // if it were a passing failure (~21 s before giving up), and does not fsync the
+            // directory.
+            return local::put(root, path, &data);
+        }
         let op = &self.inner.op;
         self.inner
             .rt
             .block_on(op.write(path, data))
             .map(|_| ())
-            .map_err(|e| Error::from_opendal(path, e))?;
-        if let Some(root) = &self.inner.local_root {
-            local::sync_parent(root, path)?;
-        }
-        Ok(())
+            .map_err(|e| Error::from_opendal(path, e))
     }
 
     /// Starts an object that is written piece by piece and published whole with
@@ -630,7 +664,7 @@ mod tests {
     #[test]
     fn local_behaves_and_leaves_no_temp_files() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(
+        let s = Storage::create(
             &Location::Local(dir.path().join("repo")),
             &StorageOptions::default(),
         )
@@ -640,6 +674,28 @@ mod tests {
             .unwrap()
             .collect();
         assert!(tmp.is_empty());
+    }
+
+    #[test]
+    fn opening_creates_nothing_and_the_first_write_creates_the_temp_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("typo");
+        let e = Storage::open(
+            &Location::Local(missing.clone()),
+            &StorageOptions::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        assert!(!missing.exists());
+        let empty = dir.path().join("mnt");
+        std::fs::create_dir(&empty).unwrap();
+        let s = Storage::open(&Location::Local(empty.clone()), &StorageOptions::default()).unwrap();
+        assert!(s.list("").unwrap().is_empty());
+        assert_eq!(s.get("config").unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+        s.put("locks/a", vec![1]).unwrap();
+        assert!(empty.join(".tmp").is_dir());
+        assert_eq!(s.get("locks/a").unwrap(), vec![1]);
     }
 
     #[test]

@@ -1,12 +1,16 @@
-//! Local file system specifics that OpenDAL's fs service does not give us: create-only
-//! writes that are atomic against concurrent writers, and directory fsyncs.
-//! Lives here: the temp directory name, `put_new` by hard link, parent-directory syncing.
+//! Local file system specifics that OpenDAL's fs service does not give us: every write
+//! (atomic and durable), create-only writes that are atomic against concurrent writers,
+//! and directory fsyncs.
+//! Lives here: the temp directory name (created by the first write, never by opening),
+//! `put`, `put_new` by hard link, staged files, directory syncing, stale-temp cleanup.
 //! Never here: reads, listing or anything the OpenDAL fs service already does well.
 //!
-//! Why (docs/decisions/0010-local-fsync.md): OpenDAL writes into `<root>/.tmp`, fsyncs the
-//! file and renames it into place, but does not fsync the directory, so after a power loss
-//! the new name may be gone although `put` returned `Ok`. Its `if_not_exists` on fs is a
-//! check followed by a rename, so two concurrent creators can both "win".
+//! Why (docs/decisions/0010-local-fsync.md): OpenDAL's fs writer does not fsync the
+//! directory, so after a power loss the new name may be gone although `put` returned `Ok`;
+//! it needs its temp directory to exist when the storage is opened (so a mistyped or
+//! read-only location gained or needed one), and its retry layer retried `EROFS`/`ENOSPC`
+//! for ~21 s. Its `if_not_exists` on fs is a check followed by a rename, so two concurrent
+//! creators can both "win".
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -54,12 +58,37 @@ fn sync_dirs(root: &Path, target: &Path, created_dirs: bool, path: &str) -> Resu
     Ok(())
 }
 
-/// Fsyncs the directory that holds the object `path` after OpenDAL renamed it into place.
-pub(crate) fn sync_parent(root: &Path, path: &str) -> Result<(), Error> {
-    let target = object_path(root, path)?;
-    // OpenDAL may have created intermediate directories; syncing up to the root is cheap
-    // next to an object upload and covers that case.
-    sync_dirs(root, &target, true, path)
+/// Creates a new temp file `<root>/.tmp/<name>`, creating `.tmp` first when it is missing
+/// (never the root: a root that does not exist is no repository).
+fn create_temp(root: &Path, name: &str, object: &str) -> Result<(File, PathBuf), Error> {
+    let dir = root.join(TMP_DIR);
+    let tmp = dir.join(name);
+    let open = || OpenOptions::new().write(true).create_new(true).open(&tmp);
+    let file = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io(object, e)),
+            }
+            open()
+        }
+        other => other,
+    }
+    .map_err(|e| Error::io(object, e))?;
+    Ok((file, tmp))
+}
+
+/// Writes `data` as the object `path` atomically and durably: a temp file under `.tmp`,
+/// fsynced, renamed into place, the directories that changed fsynced. Replaces an existing
+/// object. Failures are reported at once: a read-only or full file system does not pass.
+pub(crate) fn put(root: &Path, path: &str, data: &[u8]) -> Result<(), Error> {
+    let mut staged = StagedFile::create_for(root, path)?;
+    staged
+        .file
+        .write_all(data)
+        .map_err(|e| Error::io(path, e))?;
+    staged.publish(root, path)
 }
 
 /// Writes `parts` (one after the other) as `path` only if no object of that name exists,
@@ -72,17 +101,13 @@ pub(crate) fn put_new(root: &Path, path: &str, parts: &[&[u8]]) -> Result<(), Er
     let parent = target.parent().unwrap_or(root);
     let created_dirs = !parent.exists();
     fs::create_dir_all(parent).map_err(|e| Error::io(path, e))?;
-    let tmp = root.join(TMP_DIR).join(format!(
+    let name = format!(
         "new-{}-{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    );
+    let (mut f, tmp) = create_temp(root, &name, path)?;
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| Error::io(path, e))?;
         for data in parts {
             f.write_all(data).map_err(|e| Error::io(path, e))?;
         }
@@ -109,17 +134,18 @@ pub(crate) struct StagedFile {
 
 impl StagedFile {
     pub(crate) fn create(root: &Path) -> Result<Self, Error> {
+        Self::create_for(root, ".tmp")
+    }
+
+    /// A temp file for the object `object` (named in errors).
+    fn create_for(root: &Path, object: &str) -> Result<Self, Error> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let tmp = root.join(TMP_DIR).join(format!(
+        let name = format!(
             "stage-{}-{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| Error::io(".tmp", e))?;
+        );
+        let (file, tmp) = create_temp(root, &name, object)?;
         Ok(StagedFile { file, tmp })
     }
 

@@ -202,7 +202,7 @@ fn memory_conforms() {
 fn local_fs_conforms_and_leaves_no_temp_files() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("repo");
-    let s = Storage::open(&Location::Local(root.clone()), &StorageOptions::default()).unwrap();
+    let s = Storage::create(&Location::Local(root.clone()), &StorageOptions::default()).unwrap();
     assert!(s.create_is_atomic());
     suite(&s);
     let leftovers: Vec<_> = std::fs::read_dir(root.join(".tmp")).unwrap().collect();
@@ -215,7 +215,7 @@ fn local_fs_conforms_and_leaves_no_temp_files() {
 #[test]
 fn local_fs_rejects_paths_escaping_the_root() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Storage::open(
+    let s = Storage::create(
         &Location::Local(dir.path().join("repo")),
         &StorageOptions::default(),
     )
