@@ -345,22 +345,21 @@ fn clear_stale_locks(data_dir: &Path) {
     let Ok(text) = std::fs::read_to_string(&pidfile) else {
         return;
     };
-    let lines: Vec<&str> = text.lines().collect();
-    let Some(pid) = lines.first().and_then(|l| l.trim().parse::<u32>().ok()) else {
+    let Some(lock_file) = lifeboat_postgres::server_files::PostmasterPid::parse(&text) else {
         return;
     };
+    let pid = lock_file.pid;
     if alive(pid) {
         return;
     }
-    let port = lines.get(3).map(|l| l.trim()).unwrap_or("");
-    if let Some(dir) = lines.get(4).map(|l| l.trim()).filter(|d| !d.is_empty()) {
-        let lock = Path::new(dir).join(format!(".s.PGSQL.{port}.lock"));
+    if let (Some(dir), Some(port)) = (&lock_file.socket_dir, lock_file.port) {
+        let lock = dir.join(format!(".s.PGSQL.{port}.lock"));
         let same = std::fs::read_to_string(&lock)
             .ok()
             .and_then(|t| t.lines().next().map(|l| l.trim() == pid.to_string()))
             .unwrap_or(false);
         if same {
-            let _ = std::fs::remove_file(Path::new(dir).join(format!(".s.PGSQL.{port}")));
+            let _ = std::fs::remove_file(dir.join(format!(".s.PGSQL.{port}")));
             let _ = std::fs::remove_file(&lock);
         }
     }
