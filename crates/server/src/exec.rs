@@ -405,3 +405,41 @@ fn checkpoint_location(bin_dir: &Path, data_dir: &Path) -> Result<u64, String> {
             )
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lock files of a dead postmaster go (through the shared `postmaster.pid` decoder);
+    /// a lock file whose PID could address a process group is left alone.
+    #[test]
+    fn stale_lock_files_of_a_dead_postmaster_are_removed() {
+        let data = tempfile::tempdir().unwrap();
+        let sockets = tempfile::tempdir().unwrap();
+        // No process has the largest PID Linux allows (and /proc has no entry for it).
+        let pid = i32::MAX;
+        std::fs::write(
+            data.path().join("postmaster.pid"),
+            format!(
+                "{pid}\n{}\n1764500000\n5999\n{}\n127.0.0.1\n",
+                data.path().display(),
+                sockets.path().display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            sockets.path().join(".s.PGSQL.5999.lock"),
+            format!("{pid}\n"),
+        )
+        .unwrap();
+        std::fs::write(sockets.path().join(".s.PGSQL.5999"), "").unwrap();
+        clear_stale_locks(data.path());
+        assert!(!data.path().join("postmaster.pid").exists());
+        assert!(!sockets.path().join(".s.PGSQL.5999.lock").exists());
+        assert!(!sockets.path().join(".s.PGSQL.5999").exists());
+
+        std::fs::write(data.path().join("postmaster.pid"), "-1\n").unwrap();
+        clear_stale_locks(data.path());
+        assert!(data.path().join("postmaster.pid").exists());
+    }
+}
