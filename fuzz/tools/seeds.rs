@@ -197,5 +197,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     write(root, "lease", vec![serde_json::to_vec(&lease)?])?;
     let rec = Condemned { created: 1.7e9, packs: vec![PackId([4; 32]), PackId([0xfe; 32])] };
     write(root, "condemned", vec![serde_json::to_vec(&rec)?])?;
+
+    // Issue 9: what servers, peers and users send.
+    write(root, "user_inputs", [
+        "2026-11-30 14:03:27+01", "2026-11-30 14:03:27.25+0130", "2026-11-30T13:03:27Z",
+        "2026-11-30 14:03:27+1é1", "0/16B3748", "FFFFFFFF/FFFFFFFF", "7382", "latest", "3",
+        "before_migration", "19MiB", "16 mib", "10%", "2.5", "250ms", "1.5s", "2m",
+        "host=db password=hunter2", "postgresql://app:pw@db/shop?sslmode=disable",
+    ].iter().map(|s| s.as_bytes().to_vec()).collect())?;
+    write(root, "config_toml", vec![
+        b"[cluster]\nname = \"orders\"\npassword = \"${SET}\"\n\n[[cluster.member]]\nname = \"db1\"\nhost = \"10.0.1.10\"\nport = 5432\ndata_dir = \"/srv/pg1\"\n\n[[cluster.member]]\nname = \"db2\"\nhost = \"10.0.2.10\"\nport = 5432\ndata_dir = \"/srv/pg2\"\n\n[health]\ninterval = \"250ms\"\ntimeout = \"0.2s\"\nfall = 3\ncommand = [\"/bin/true\", \"{host}\"]\n\n[coordinator]\nurl = \"etcd://10.0.1.5:2379,10.0.2.5:2379\"\n\n[proxy]\nlisten = \"0.0.0.0:6432\"\n\n[api]\nlisten = \"127.0.0.1:8008\"\ntoken = \"${SET}\"\n".to_vec(),
+        b"[cluster]\nname = \"x\"\nreplication = \"async\"\n[[cluster.member]]\nname = \"a\"\nhost = \"h\"\nport = 1\ndata_dir = \"/d\"\n[api]\ntoken = \"0123456789abcdef\"\n".to_vec(),
+    ])?;
+    write(root, "pg_server_files", vec![
+        b"4242\n/var/lib/postgresql/15/main\n1764500000\n5432\n/var/run/postgresql\n127.0.0.1\n  5432001   32769\nready   \n".to_vec(),
+        b"pg_control version number:            1300\nDatabase cluster state:               in production\nwal_level setting:                    replica\n".to_vec(),
+    ])?;
+    write(root, "health_row", vec![
+        "f\x000/3000148\x00\x01\x00\x01\x0000000002\x00\x01\x00\x01\x00\x01\x00\x01\x00\x01\x00[[\"walreceiver\", \"streaming\", \"sync\", \"0/3000148\", \"0/3000060\"]]\x00walreceiver\x007\x000/3000148".as_bytes().to_vec(),
+        "t\x00\x01\x000/3000148\x000/3000060\x00\x01\x00streaming\x0010.0.0.1\x005432\x002\x001764500000.25\x00\x01\x00\x00\x01\x00\x01".as_bytes().to_vec(),
+    ])?;
+    let frame = |tag: u8, body: &[u8]| cat(&[&[tag], &(body.len() as u32 + 4).to_be_bytes(), body]);
+    write(root, "replication_frames", vec![
+        frame(b'd', &cat(&[b"w", &[0; 24], b"WAL bytes"])),
+        frame(b'd', &cat(&[b"k", &[0; 16], &[1]])),
+        cat(&[&frame(b'E', b"SERROR\0C42P01\0Mno such slot\0\0"), &frame(b'Z', b"I")]),
+        frame(b'D', &cat(&[&1u16.to_be_bytes(), &3u32.to_be_bytes(), b"abc"])),
+    ])?;
+    write(root, "etcd_values", vec![
+        br#"{"at":1764500000000,"report":{"role":"standby","lsn":50331720,"fenced":false}}"#.to_vec(),
+        br#"{"to":"db2","requested_at":1764500000000,"generation":7,"approved_at":null}"#.to_vec(),
+        br#"{"at":1764500000000,"event":{"kind":"failover","from":"db1","to":"db2"}}"#.to_vec(),
+    ])?;
+    write(root, "delta_rebuild", vec![
+        vec![0, 0, 2, 3, 6, 2, 1, 4, 2, 5, 0, 7, 3],
+        vec![0, 1, 3, 3, 6, 2],
+        vec![1, 0, 2, 3, 6, 10, 20, 1, 2, 4, 5, 30, 40, 7],
+    ])?;
     Ok(())
 }

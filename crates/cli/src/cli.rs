@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
 
+/// The longest wait or timeout a flag takes, in seconds (a week): longer ones are typos.
+const MAX_WAIT_SECS: u64 = 7 * 86_400;
+
 /// Lifeboat: disaster recovery for online shops. Deduplicated, encrypted, verifiable
 /// backups on local disk or S3.
 #[derive(Debug, Parser)]
@@ -292,11 +295,15 @@ pub struct CopyCmd {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCmd {
     /// Check a config file and report every mistake with file, line, column and the fix
-    /// (exit 0 valid, 2 not).
+    /// (exit 0 valid, 2 not). Also warns about what is valid but unsafe: secrets other
+    /// users can read, a config file others can change, an API open beyond this host.
     Validate {
         /// The config file.
         #[arg(long, env = "LIFEBOAT_CONFIG", default_value = "lifeboat.toml")]
         config: PathBuf,
+        /// Fail (exit 2) on warnings too.
+        #[arg(long)]
+        strict: bool,
     },
 }
 
@@ -388,8 +395,9 @@ pub struct PgBackupCmd {
     /// Tag the snapshot (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
-    /// How long to wait for the WAL the backup needs to reach the repository (seconds).
-    #[arg(long, default_value_t = 120)]
+    /// How long to wait for the WAL the backup needs to reach the repository (seconds, at
+    /// most 604800: a week).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(0..=MAX_WAIT_SECS))]
     pub wal_wait: u64,
 }
 
@@ -546,8 +554,8 @@ pub struct PgVerifyCmd {
     /// running cluster.
     #[arg(long)]
     pub scratch: Option<PathBuf>,
-    /// Give up when restore plus recovery take longer than this (seconds).
-    #[arg(long, default_value_t = 1800)]
+    /// Give up when restore plus recovery take longer than this (seconds, 1 to 604800).
+    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..=MAX_WAIT_SECS))]
     pub timeout: u64,
     /// Keep the scratch directory (and stop the server) instead of removing it.
     #[arg(long)]
@@ -571,8 +579,8 @@ pub struct PgStreamCmd {
     /// Stream without a slot (the server may remove WAL before it is received).
     #[arg(long, conflicts_with = "slot")]
     pub no_slot: bool,
-    /// How often received WAL is made durable, in milliseconds.
-    #[arg(long, default_value_t = 200)]
+    /// How often received WAL is made durable, in milliseconds (1 to 3600000).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub flush_interval_ms: u64,
     /// Make every received batch durable at once (use with
     /// synchronous_standby_names = 'lifeboat_<source>' for no loss of acknowledged commits).

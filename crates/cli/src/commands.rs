@@ -145,19 +145,56 @@ fn generate_password_file(path: &Path) -> Result<Secret<String>> {
     Ok(secret)
 }
 
+/// Lets `--kdf-memory` go below the floor for human passwords. For test suites only: a key
+/// made this way gives a guessable password up to offline guessing (ADR 0004).
+const INSECURE_KDF_ENV: &str = "LIFEBOAT_INSECURE_KDF_FOR_TESTS";
+
+/// The Argon2id cost of a key for a password a person chose, from `--kdf-memory`: at least
+/// the documented floor ([`KdfParams::PASSWORD_MIN_M_COST`], 19 MiB), at most 1 GiB.
 fn kdf(memory: &str) -> Result<KdfParams> {
     let m: ByteSize = memory
         .parse()
-        .map_err(|e: lifeboat_types::ByteSizeError| usage(e.to_string(), None))?;
-    let kib = (m.0 / 1024).clamp(8, 1 << 20) as u32;
+        .map_err(|e: lifeboat_types::ByteSizeError| usage(format!("--kdf-memory: {e}"), None))?;
+    let floor = u64::from(KdfParams::PASSWORD_MIN_M_COST);
+    let max = u64::from(KdfParams::MAX_M_COST);
+    let kib = m.0 / 1024;
+    let insecure_ok = env(INSECURE_KDF_ENV).is_some_and(|v| v == "1");
+    if kib > max {
+        return Err(usage(
+            format!(
+                "--kdf-memory {memory}: more than {} (1 GiB), which no key file may ask for",
+                ByteSize(max * 1024)
+            ),
+            Some("use 19MiB (the default) up to 1GiB"),
+        ));
+    }
+    if kib < floor && !(insecure_ok && kib >= 8) {
+        return Err(usage(
+            format!(
+                "--kdf-memory {memory}: below the floor of 19MiB for a password a person chose; \
+                 less lets a stolen key file give the password up to cheap guessing"
+            ),
+            Some("leave --kdf-memory at its default (19MiB) or raise it; for machine use, `lifeboat key add --generate FILE` makes a random key that needs no stretching"),
+        ));
+    }
     Ok(KdfParams {
-        m_cost: kib,
+        m_cost: kib as u32,
         ..KdfParams::default()
     })
 }
 
 pub(crate) fn progress_enabled(g: &Global) -> bool {
     !(g.json || g.quiet || g.no_progress)
+}
+
+/// Config problems or warnings as JSON objects (docs/json.md).
+fn problem_list(list: &[lifeboat_config::Problem]) -> Vec<serde_json::Value> {
+    list.iter()
+        .map(|p| {
+            serde_json::json!({"line": p.line, "column": p.column,
+                "key": p.key, "message": p.message, "fix": p.fix})
+        })
+        .collect()
 }
 
 /// Splits `SNAP[:PATH]`.
@@ -173,6 +210,20 @@ pub fn run(args: Args) -> Result<u8> {
     let g = &args.global;
     match args.command {
         Command::Init(c) => {
+            // Arguments first: a refused --kdf-memory or --pack-size touches no storage.
+            let kdf_params = kdf(&c.kdf_memory)?;
+            let pack_size: ByteSize =
+                c.pack_size
+                    .parse()
+                    .map_err(|e: lifeboat_types::ByteSizeError| {
+                        usage(format!("--pack-size: {e}"), None)
+                    })?;
+            if !(1 << 20..=512 << 20).contains(&pack_size.0) {
+                return Err(usage(
+                    format!("--pack-size {}: packs are 1MiB to 512MiB", c.pack_size),
+                    Some("16MiB (the default) suits most repositories"),
+                ));
+            }
             let st = storage_to_create(g.repo.as_deref())?;
             let pw = main_password(g)?;
             if pw.expose().is_empty() {
@@ -181,14 +232,10 @@ pub fn run(args: Args) -> Result<u8> {
                     Some("an empty password protects nothing; use `lifeboat key add --generate FILE` on an existing repository for machine use, or give a real password"),
                 ));
             }
-            let pack_size: ByteSize = c
-                .pack_size
-                .parse()
-                .map_err(|e: lifeboat_types::ByteSizeError| usage(e.to_string(), None))?;
             let opts = InitOptions {
-                kdf: kdf(&c.kdf_memory)?,
+                kdf: kdf_params,
                 compression: c.compression,
-                pack_size: pack_size.0.min(u64::from(u32::MAX)) as u32,
+                pack_size: u32::try_from(pack_size.0).unwrap_or(512 << 20),
                 ..InitOptions::default()
             };
             let describe = st.describe().to_string();
@@ -533,25 +580,15 @@ pub fn run(args: Args) -> Result<u8> {
             Ok(EXIT_OK)
         }
         Command::Check(c) => {
-            let repo = open(g)?;
             let subset = match &c.read_data_subset {
                 Some(s) => {
-                    let v: f64 = s.trim_end_matches('%').parse().map_err(|_| {
-                        usage(
-                            format!("--read-data-subset {s:?}: give a percentage like 10%"),
-                            None,
-                        )
-                    })?;
-                    if !(0.0..=100.0).contains(&v) {
-                        return Err(usage(
-                            "--read-data-subset must be between 0% and 100%",
-                            None,
-                        ));
-                    }
+                    let v = lifeboat_types::parse_percent(s)
+                        .map_err(|e| usage(format!("--read-data-subset: {e}"), None))?;
                     Some(v)
                 }
                 None => None,
             };
+            let repo = open(g)?;
             let _lease = read_lease(&repo, "check")?;
             let report = check(
                 &repo,
@@ -919,7 +956,7 @@ pub fn run(args: Args) -> Result<u8> {
             Ok(EXIT_OK)
         }
         Command::Pg(c) => crate::pg::run(g, c),
-        Command::Config(ConfigCmd::Validate { config }) => {
+        Command::Config(ConfigCmd::Validate { config, strict }) => {
             match lifeboat_config::load(&config, &env) {
                 Ok(c) => {
                     let coordinator = match &c.coordinator {
@@ -928,40 +965,46 @@ pub fn run(args: Args) -> Result<u8> {
                             format!("etcd ({} endpoints)", endpoints.len())
                         }
                     };
+                    let failed = strict && !c.warnings.is_empty();
                     if g.json {
                         json(&serde_json::json!({
-                            "valid": true,
+                            "valid": !failed,
                             "file": config.display().to_string(),
                             "cluster": c.cluster.name,
                             "members": c.cluster.members.iter().map(|m| &m.name).collect::<Vec<_>>(),
                             "coordinator": coordinator,
+                            "warnings": problem_list(&c.warnings.list),
                         }))?;
-                    } else if !g.quiet {
-                        line(&format!(
-                            "{}: valid; cluster {} with {} member(s), {:?} replication, {:?} failover, coordinator {coordinator}",
-                            config.display(),
-                            c.cluster.name,
-                            c.cluster.members.len(),
-                            c.cluster.replication,
-                            c.cluster.failover,
-                        ))?;
+                    } else {
+                        for w in c.warnings.to_string().lines() {
+                            eprintln!("warning: {w}");
+                        }
+                        if failed {
+                            eprintln!(
+                                "{} warning(s) in {}; --strict fails on warnings",
+                                c.warnings.list.len(),
+                                c.warnings.file
+                            );
+                        } else if !g.quiet {
+                            line(&format!(
+                                "{}: valid; cluster {} with {} member(s), {:?} replication, {:?} failover, coordinator {coordinator}",
+                                config.display(),
+                                c.cluster.name,
+                                c.cluster.members.len(),
+                                c.cluster.replication,
+                                c.cluster.failover,
+                            ))?;
+                        }
                     }
-                    Ok(EXIT_OK)
+                    Ok(if failed { EXIT_USAGE } else { EXIT_OK })
                 }
                 Err(problems) => {
                     if g.json {
-                        let list: Vec<serde_json::Value> = problems
-                            .list
-                            .iter()
-                            .map(|p| {
-                                serde_json::json!({"line": p.line, "column": p.column,
-                                    "key": p.key, "message": p.message, "fix": p.fix})
-                            })
-                            .collect();
                         json(&serde_json::json!({
                             "valid": false,
                             "file": problems.file,
-                            "problems": list,
+                            "problems": problem_list(&problems.list),
+                            "warnings": [],
                         }))?;
                     } else {
                         eprintln!("{problems}");

@@ -147,6 +147,11 @@ fn load(path: &Path) -> Result<lifeboat_config::Config> {
 /// Runs `run`.
 pub fn run_daemon(_g: &Global, c: &RunCmd) -> Result<u8> {
     let config = load(&c.cfg.config)?;
+    // Valid but unsafe (a secret others can read, an API open to the network): the daemon
+    // runs, and says so once in its log.
+    for w in config.warnings.to_string().lines() {
+        tracing::warn!("config: {w}");
+    }
     let rt = runtime()?;
     let code = rt.block_on(async {
         let options = DaemonOptions {

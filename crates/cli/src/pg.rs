@@ -11,7 +11,8 @@ use lifeboat_postgres::archive::{wal_fetch, wal_push, FetchOutcome};
 use lifeboat_postgres::backup::{base_backup, PgBackupOptions};
 use lifeboat_postgres::catalog::listing;
 use lifeboat_postgres::restore::{
-    parse_time, pg_restore, Archiving, PgRestoreOptions, RecoveryTarget, TargetAction,
+    parse_restore_point, parse_time, parse_timeline, parse_xid, pg_restore, Archiving,
+    PgRestoreOptions, RecoveryTarget, TargetAction,
 };
 use lifeboat_postgres::spool;
 use lifeboat_postgres::stream::{stream, StreamOptions, StreamStatus};
@@ -26,6 +27,23 @@ use crate::commands::{location, open, progress_enabled, usage};
 use crate::output::{bytes, json, line, time};
 use crate::progress::Bar;
 use crate::{EXIT_DAMAGE, EXIT_OK};
+
+/// The environment variable `--dsn` falls back to.
+const DSN_ENV: &str = "LIFEBOAT_PG_DSN";
+
+/// Warns when `--dsn` was given on the command line with a password in it: every user of
+/// the host can read a command line (`ps`), not another user's environment. Never echoes
+/// the connection string.
+fn warn_password_on_command_line(dsn: &str) {
+    let from_env = std::env::var(DSN_ENV).is_ok_and(|v| v == dsn);
+    if !from_env && lifeboat_postgres::backup::dsn_has_password(dsn) {
+        eprintln!(
+            "warning: the --dsn given on the command line holds a password, which every user \
+             of this host can read (ps, /proc/PID/cmdline); set {DSN_ENV} instead and leave \
+             --dsn out, or connect without a password (peer or cert authentication)"
+        );
+    }
+}
 
 /// Exit code of `pg wal-fetch` for anything but "not found": PostgreSQL treats exit codes
 /// above 125 as fatal and stops recovery, where any lower code would make it take the
@@ -136,6 +154,7 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
             }
         }
         PgCmd::Backup(c) => {
+            warn_password_on_command_line(&c.dsn);
             let repo = open(g)?;
             let opts = PgBackupOptions {
                 source: c.source.source.clone(),
@@ -176,7 +195,7 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
             Ok(EXIT_OK)
         }
         PgCmd::Restore(c) => {
-            let repo = open(g)?;
+            // Arguments first: a mistyped target is a usage error before anything is opened.
             let target = if let Some(t) = &c.to_time {
                 RecoveryTarget::Time(parse_time(t)?)
             } else if let Some(l) = &c.to_lsn {
@@ -185,9 +204,9 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
                         .map_err(|e| usage(format!("--to-lsn: {e}"), None))?,
                 )
             } else if let Some(x) = &c.to_xid {
-                RecoveryTarget::Xid(x.clone())
+                RecoveryTarget::Xid(parse_xid(x)?)
             } else if let Some(n) = &c.to_name {
-                RecoveryTarget::Name(n.clone())
+                RecoveryTarget::Name(parse_restore_point(n)?)
             } else if c.immediate {
                 RecoveryTarget::Immediate
             } else {
@@ -198,6 +217,8 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
                 "shutdown" => TargetAction::Shutdown,
                 _ => TargetAction::Promote,
             };
+            let timeline = c.timeline.as_deref().map(parse_timeline).transpose()?;
+            let repo = open(g)?;
             let target_dir = std::path::absolute(&c.target)
                 .with_context(|| format!("resolve {}", c.target.display()))?;
             let (restore_command, warning) = restore_command_with(
@@ -230,7 +251,7 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
                 source: c.source.source.clone(),
                 target_dir,
                 target,
-                timeline: c.timeline.clone(),
+                timeline,
                 action,
                 delta: c.delta,
                 backup: c.backup.clone(),
@@ -283,6 +304,7 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
         }
         PgCmd::Verify(c) => crate::pg_verify::run(g, c),
         PgCmd::Stream(c) => {
+            warn_password_on_command_line(&c.dsn);
             let repo = open(g)?;
             let mut opts = StreamOptions::new(&c.source.source, &c.dsn);
             opts.slot = c.slot.clone();

@@ -22,6 +22,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 fn lifeboat(repo: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
     c.env("LIFEBOAT_PASSWORD", PASSWORD)
+        .env("LIFEBOAT_INSECURE_KDF_FOR_TESTS", "1") // --kdf-memory 1MiB
         .env("LIFEBOAT_REPOSITORY", repo)
         .env_remove("LIFEBOAT_PASSWORD_FILE")
         .env_remove("LIFEBOAT_LOG")

@@ -93,6 +93,7 @@ fn kills_wanted(default: usize) -> usize {
 fn lifeboat(repo: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
     c.env("LIFEBOAT_PASSWORD", PASSWORD)
+        .env("LIFEBOAT_INSECURE_KDF_FOR_TESTS", "1") // --kdf-memory 1MiB
         .env("LIFEBOAT_REPOSITORY", repo)
         .env_remove("LIFEBOAT_PASSWORD_FILE")
         .env_remove("LIFEBOAT_TO_PASSWORD")

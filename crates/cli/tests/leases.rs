@@ -34,6 +34,7 @@ fn lifeboat(repo: &Path) -> Command {
     c.args(["-c", "umask 0; exec \"$@\"", "sh", BIN])
         .env("LIFEBOAT_PASSWORD", PASSWORD)
         .env("LIFEBOAT_REPOSITORY", repo)
+        .env("LIFEBOAT_INSECURE_KDF_FOR_TESTS", "1") // lets init use --kdf-memory 1MiB
         .env_remove("LIFEBOAT_PASSWORD_FILE")
         .env_remove("LIFEBOAT_LOG")
         .arg("--no-progress")

@@ -6,6 +6,11 @@
 //! is walked by hand over `toml`'s spanned tree rather than deserialised by serde, which
 //! stops at the first error and loses the position of semantic ones.
 //!
+//! Also here: [`Warnings`], what is valid but unsafe — a secret other users can read (inline
+//! in a config file others can read, or a `*_file` others can read or anyone but its owner
+//! and group can write), a config file others can change, an API reachable beyond this host.
+//! `lifeboat config validate` prints them (and fails on them with `--strict`).
+//!
 //! Never here: acting on the config (starting anything, connecting anywhere), or printing a
 //! secret: problems name the key, never a secret's value.
 
@@ -33,6 +38,8 @@ pub struct Config {
     pub proxy: Proxy,
     /// The HTTP API.
     pub api: Api,
+    /// What is valid but unsafe (empty when nothing is).
+    pub warnings: Warnings,
 }
 
 /// `[cluster]`.
@@ -215,6 +222,69 @@ impl fmt::Display for Problems {
 
 impl std::error::Error for Problems {}
 
+/// What is valid but unsafe in one config file, in file order: secrets other users can read,
+/// a config file others can change, a listener reachable beyond this host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Warnings {
+    /// The file as given.
+    pub file: String,
+    /// The warnings (line 0: about the file as a whole).
+    pub list: Vec<Problem>,
+}
+
+impl Warnings {
+    /// Whether there is nothing to warn about.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+impl fmt::Display for Warnings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.list.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(
+                f,
+                "{}:{}:{}: {}: {} (fix: {})",
+                self.file, p.line, p.column, p.key, p.message, p.fix
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Permission bits that make a file holding a secret unsafe: readable by others (not the
+/// owner, not the group), or writable by anyone but the owner. A group may read a secret
+/// (`0640 root:lifeboat` is a common way to share one with a service).
+const UNSAFE_SECRET_BITS: u32 = 0o026;
+/// Permission bits that make the config file itself unsafe whatever it holds: writable by
+/// the group or others (it names commands the daemon runs and data directories it manages).
+const UNSAFE_CONFIG_BITS: u32 = 0o022;
+
+/// Who can do what to a file, in words: the bits of `mode` within `mask`.
+fn exposure(mode: u32, mask: u32) -> String {
+    let bits = mode & mask;
+    let mut who = Vec::new();
+    if bits & 0o004 != 0 {
+        who.push("readable by every user");
+    }
+    if bits & 0o002 != 0 {
+        who.push("writable by every user");
+    }
+    if bits & 0o020 != 0 {
+        who.push("writable by its group");
+    }
+    format!("{} (mode {:04o})", who.join(" and "), mode & 0o7777)
+}
+
+/// The permission bits of `path`, when it can be looked at.
+fn mode_of(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).ok().map(|m| m.permissions().mode())
+}
+
 /// Reads and validates the config file at `path`; `env` resolves `${NAME}` references
 /// (pass `|n| std::env::var(n).ok()`). Relative `*_file` paths are relative to the
 /// config file's directory.
@@ -234,7 +304,25 @@ pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
         }],
     })?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    parse(&file, &text, dir, env)
+    let mode = mode_of(path);
+    let mut config = parse_inner(&file, &text, dir, env, mode)?;
+    if let Some(m) = mode.filter(|m| m & UNSAFE_CONFIG_BITS != 0) {
+        config.warnings.list.insert(
+            0,
+            Problem {
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: format!(
+                    "the config file is {}: whoever can change it chooses the commands and \
+                     data directories the daemon acts on",
+                    exposure(m, UNSAFE_CONFIG_BITS)
+                ),
+                fix: format!("chmod go-w {file}"),
+            },
+        );
+    }
+    Ok(config)
 }
 
 /// Parses and validates config `text` (named `file` in problems; `dir` anchors relative
@@ -248,11 +336,25 @@ pub fn parse(
     dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, Problems> {
+    parse_inner(file, text, dir, env, None)
+}
+
+/// [`parse`], knowing the config file's permission bits (`mode`) when it was read from disk,
+/// so that an inline secret in a file others can read is warned about.
+fn parse_inner(
+    file: &str,
+    text: &str,
+    dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    mode: Option<u32>,
+) -> Result<Config, Problems> {
     let mut cx = Cx {
         text,
         dir,
         env,
+        mode,
         problems: Vec::new(),
+        warnings: Vec::new(),
     };
     let (doc, errors) = DeTable::parse_recoverable(text);
     for e in errors {
@@ -271,6 +373,15 @@ pub fn parse(
     };
     let mut problems = cx.problems;
     problems.sort_by_key(|p| (p.line, p.column));
+    let mut warnings = cx.warnings;
+    warnings.sort_by_key(|p| (p.line, p.column));
+    let config = config.map(|mut c| {
+        c.warnings = Warnings {
+            file: file.to_string(),
+            list: warnings,
+        };
+        c
+    });
     if config.is_none() && problems.is_empty() {
         problems.push(Problem {
             line: 1,
@@ -295,22 +406,39 @@ struct Cx<'a> {
     text: &'a str,
     dir: &'a Path,
     env: &'a dyn Fn(&str) -> Option<String>,
+    /// The config file's permission bits, when it came from disk.
+    mode: Option<u32>,
     problems: Vec<Problem>,
+    warnings: Vec<Problem>,
 }
 
 impl Cx<'_> {
-    fn problem(&mut self, span: Range<usize>, key: &str, message: String, fix: &str) {
-        let start = span.start.min(self.text.len());
-        let before = &self.text[..start];
+    /// A problem (or warning) at `span`: 1-based line and column (in characters).
+    fn at(&self, span: Range<usize>, key: &str, message: String, fix: &str) -> Problem {
+        let mut start = span.start.min(self.text.len());
+        while !self.text.is_char_boundary(start) {
+            start -= 1;
+        }
+        let before = self.text.get(..start).unwrap_or_default();
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        self.problems.push(Problem {
+        Problem {
             line,
             column,
             key: key.to_string(),
             message,
             fix: fix.to_string(),
-        });
+        }
+    }
+
+    fn problem(&mut self, span: Range<usize>, key: &str, message: String, fix: &str) {
+        let p = self.at(span, key, message, fix);
+        self.problems.push(p);
+    }
+
+    fn warning(&mut self, span: Range<usize>, key: &str, message: String, fix: &str) {
+        let p = self.at(span, key, message, fix);
+        self.warnings.push(p);
     }
 
     /// Reports keys of `table` that are not in `known` (with the closest known key).
@@ -398,6 +526,7 @@ impl Cx<'_> {
             coordinator: coordinator?,
             proxy: proxy?,
             api: api?,
+            warnings: Warnings::default(),
         })
     }
 
@@ -939,6 +1068,26 @@ impl Cx<'_> {
         self.unknown_keys(t, p, &["listen", "read_listen"]);
         let listen = self.addr(t, p, "listen");
         let read_listen = self.addr(t, p, "read_listen");
+        for (key, addr) in [("listen", &listen), ("read_listen", &read_listen)] {
+            if let Some(Some(a)) = addr {
+                if a.ip().is_unspecified() {
+                    let span = t.get(key).map_or(0..0, Spanned::span);
+                    self.warning(
+                        span,
+                        &join(p, key),
+                        format!(
+                            "{a} listens on every network of this host: anyone who reaches one \
+                             can try PostgreSQL logins through it"
+                        ),
+                        &format!(
+                            "listen on the address of the network your applications use (e.g. \
+                             \"10.0.1.5:{}\"), and let pg_hba.conf admit only them",
+                            a.port()
+                        ),
+                    );
+                }
+            }
+        }
         Some(Proxy {
             listen: listen?,
             read_listen: read_listen?,
@@ -966,17 +1115,52 @@ impl Cx<'_> {
                 );
                 Some(None)
             }
-            (Some(_), None) => Some(
-                self.string(t, p, key, true)
-                    .map(|(s, span)| (s, span, full.clone())),
-            ),
+            (Some(raw), None) => {
+                // Written out in the file (not a ${NAME} reference): as exposed as the file.
+                let inline = matches!(raw.get_ref(), DeValue::String(v) if !v.contains("${"));
+                if let (true, Some(m)) = (inline, self.mode) {
+                    if m & UNSAFE_SECRET_BITS != 0 {
+                        self.warning(
+                            raw.span(),
+                            &full,
+                            format!(
+                                "the {key} is written in a config file {}",
+                                exposure(m, UNSAFE_SECRET_BITS)
+                            ),
+                            &format!(
+                                "move it to {file_key} (mode 0600), or write {key} = \"${{ENV_VAR}}\", \
+                                 or chmod o-rw,g-w the config file"
+                            ),
+                        );
+                    }
+                }
+                Some(
+                    self.string(t, p, key, true)
+                        .map(|(s, span)| (s, span, full.clone())),
+                )
+            }
             (None, Some(_)) => {
                 let full_file = join(p, &file_key);
                 let Some((f, span)) = self.string(t, p, &file_key, true) else {
                     return Some(None);
                 };
                 let path = self.dir.join(&f);
-                Some(match std::fs::read_to_string(&path) {
+                if let Some(m) = mode_of(&path).filter(|m| m & UNSAFE_SECRET_BITS != 0) {
+                    self.warning(
+                        span.clone(),
+                        &full_file,
+                        format!(
+                            "{} holds a secret and is {}",
+                            path.display(),
+                            exposure(m, UNSAFE_SECRET_BITS)
+                        ),
+                        &format!(
+                            "chmod 600 {} (or 640 to share it with a group)",
+                            path.display()
+                        ),
+                    );
+                }
+                Some(match read_secret_file(&path) {
                     Ok(s) => Some((
                         s.lines().next().unwrap_or("").trim().to_string(),
                         span,
@@ -1004,6 +1188,23 @@ impl Cx<'_> {
             Some(None) => Some(SocketAddr::from(([127, 0, 0, 1], 8008))),
             None => None,
         };
+        if let Some(a) = listen.filter(|a| !a.ip().is_loopback()) {
+            let span = t.get("listen").map_or(0..0, Spanned::span);
+            let reach = if a.ip().is_unspecified() {
+                "every network of this host"
+            } else {
+                "other hosts"
+            };
+            self.warning(
+                span,
+                "api.listen",
+                format!(
+                    "{a} opens the API (failover, switchover, maintenance) to {reach}; it speaks \
+                     plain HTTP, so its token crosses the network unencrypted"
+                ),
+                "listen on 127.0.0.1 (the default) and reach it through SSH or a TLS proxy",
+            );
+        }
         let token = match self.secret(t, p, "token") {
             Some(found) => found,
             None => {
@@ -1039,6 +1240,30 @@ impl Cx<'_> {
             token: token?,
         })
     }
+}
+
+/// Largest secret file read (a secret file holds one line).
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Reads a `*_file` secret, at most [`MAX_SECRET_FILE`] bytes: a mistyped path such as
+/// `/dev/zero` must not make the daemon read for ever.
+fn read_secret_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    // Looked at before opening: opening a FIFO (or /dev/stdin) would block.
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::other("it is not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_SECRET_FILE + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_SECRET_FILE {
+        return Err(std::io::Error::other(format!(
+            "it is larger than {} KiB; a secret file holds one line",
+            MAX_SECRET_FILE / 1024
+        )));
+    }
+    Ok(text)
 }
 
 fn join(prefix: &str, key: &str) -> String {
@@ -1088,8 +1313,9 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Strin
     Ok(out)
 }
 
-/// `250ms`, `2s`, `1.5s`, `1m`.
-fn parse_duration(s: &str) -> Option<Duration> {
+/// Parses a config duration: `250ms`, `2s`, `1.5s`, `1m` (under a day; no sign, NaN or
+/// infinity). `None` for anything else; never panics.
+pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
         (n, 0.001)
@@ -1100,7 +1326,15 @@ fn parse_duration(s: &str) -> Option<Duration> {
     } else {
         return None;
     };
-    let v: f64 = num.trim().parse().ok()?;
+    let num = num.trim();
+    // Digits with at most one '.': no sign, exponent, "NaN" or "inf" reaches f64::from_str.
+    let plain = num.bytes().any(|b| b.is_ascii_digit())
+        && num.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && num.bytes().filter(|b| *b == b'.').count() <= 1;
+    if !plain {
+        return None;
+    }
+    let v: f64 = num.parse().ok()?;
     (v.is_finite() && v >= 0.0 && v * mult < 86_400.0).then(|| Duration::from_secs_f64(v * mult))
 }
 
@@ -1134,5 +1368,32 @@ mod tests {
         assert_eq!(expand("a${A}b$$c", &env), Ok("axb$c".into()));
         assert_eq!(expand("${B}", &env), Err("B".into()));
         assert_eq!(edit_distance("fal", "fall"), 1);
+        for bad in [
+            "", "ms", "-1s", "-0s", "NaNs", "infm", "1e9s", "1 day", "é", "1és", "5x",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Issue 9 item 8: no duration text panics.
+        #[test]
+        fn durations_never_panic(
+            any_text in "\\PC{0,24}",
+            near_miss in "[0-9 .e+é-]{0,12}(ms|s|m|)",
+        ) {
+            let _ = parse_duration(&any_text);
+            let _ = parse_duration(&near_miss);
+        }
+
+        /// What the docs write reads back as itself.
+        #[test]
+        fn durations_roundtrip(ms in 0u64..86_400_000) {
+            proptest::prop_assert_eq!(parse_duration(&format!("{ms}ms")), Some(Duration::from_millis(ms)));
+            let secs = ms / 1000;
+            proptest::prop_assert_eq!(parse_duration(&format!("{secs}s")), Some(Duration::from_secs(secs)));
+            let mins = secs / 60;
+            proptest::prop_assert_eq!(parse_duration(&format!("{mins}m")), Some(Duration::from_secs(mins * 60)));
+        }
     }
 }

@@ -101,6 +101,25 @@ struct StoredEvent {
     event: serde_json::Value,
 }
 
+/// Decodes member `member`'s report as stored under `members/<member>`.
+pub(crate) fn decode_report(member: &str, value: &[u8]) -> serde_json::Result<MemberReport> {
+    let stored: StoredReport = serde_json::from_slice(value)?;
+    Ok(MemberReport {
+        member: member.to_string(),
+        report: stored.report,
+        age: age_of(stored.at),
+    })
+}
+
+/// Decodes a history entry as stored under `history/`.
+pub(crate) fn decode_event(value: &[u8]) -> serde_json::Result<HistoryEntry> {
+    let stored: StoredEvent = serde_json::from_slice(value)?;
+    Ok(HistoryEntry {
+        at: from_unix_ms(stored.at),
+        event: stored.event,
+    })
+}
+
 /// The etcd coordinator: a client (cheap to clone per call) and this agent's report lease.
 pub struct Etcd {
     /// Boxed: the client is ~2 KB, and [`crate::Coordinator`] is an enum.
@@ -687,13 +706,9 @@ impl Etcd {
         for kv in resp.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let member = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
-            let stored: StoredReport = serde_json::from_slice(kv.value())
+            let report = decode_report(&member, kv.value())
                 .map_err(|e| self.corrupt(&format!("members/{member}"), e))?;
-            out.push(MemberReport {
-                member,
-                report: stored.report,
-                age: age_of(stored.at),
-            });
+            out.push(report);
         }
         out.sort_by(|a, b| a.member.cmp(&b.member));
         Ok(out)
@@ -810,12 +825,9 @@ impl Etcd {
             .await?;
         let mut out = Vec::with_capacity(resp.kvs().len());
         for kv in resp.kvs().iter().rev() {
-            let stored: StoredEvent = serde_json::from_slice(kv.value())
+            let entry = decode_event(kv.value())
                 .map_err(|e| self.corrupt(&String::from_utf8_lossy(kv.key()), e))?;
-            out.push(HistoryEntry {
-                at: from_unix_ms(stored.at),
-                event: stored.event,
-            });
+            out.push(entry);
         }
         Ok(out)
     }

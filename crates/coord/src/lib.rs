@@ -39,6 +39,37 @@ pub use embedded::{Embedded, EmbeddedOptions};
 pub use error::{Error, Result};
 pub use etcd::{Etcd, EtcdOptions};
 
+/// The decoders of what the coordinator reads back from etcd, pure (bytes in, value out),
+/// for the fuzz targets (fuzz/fuzz_targets/etcd_values.rs). Not a stable interface.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{Approval, HistoryEntry, MemberReport};
+
+    /// A member's report as stored under `members/<member>`.
+    ///
+    /// # Errors
+    /// When the bytes are not a stored report.
+    pub fn member_report(member: &str, value: &[u8]) -> serde_json::Result<MemberReport> {
+        crate::etcd::decode_report(member, value)
+    }
+
+    /// A pending approval as stored under `approval`.
+    ///
+    /// # Errors
+    /// When the bytes are not a stored approval.
+    pub fn approval(value: &[u8]) -> serde_json::Result<Approval> {
+        serde_json::from_slice(value)
+    }
+
+    /// A history entry as stored under `history/`.
+    ///
+    /// # Errors
+    /// When the bytes are not a stored entry.
+    pub fn history_entry(value: &[u8]) -> serde_json::Result<HistoryEntry> {
+        crate::etcd::decode_event(value)
+    }
+}
+
 /// A cluster's shared state, read at one moment (one SQLite read transaction, one etcd
 /// read-only txn).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -51,6 +51,23 @@ mod target;
 mod verdict;
 
 pub use error::{Error, ProbeError};
+
+/// The decoders of what a server answers a probe, pure (text in, value out), for the fuzz
+/// targets (fuzz/fuzz_targets/health_row.rs). Not a stable interface.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The health query's one row (each column as text, `None` for NULL) as a
+    /// [`crate::PgState`].
+    ///
+    /// # Errors
+    /// [`crate::ProbeError::Answer`] when the row is not what the query returns.
+    pub fn health_row(cols: &[Option<&str>]) -> Result<crate::PgState, crate::ProbeError> {
+        crate::pg::state_from_columns(cols)
+    }
+
+    /// The number of columns the health query returns.
+    pub const COLUMNS: usize = crate::pg::COLUMNS;
+}
 pub use monitor::{HealthEvent, Member, MemberHealth, Monitor, EVENT_BUFFER};
 pub use observation::{format_lsn, parse_lsn, Observation, PgState, ReplicationRow};
 pub use probe::Prober;

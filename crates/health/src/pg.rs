@@ -43,7 +43,7 @@ const GENERATION_COLUMN: usize = 12;
 /// The column of [`HEALTH_QUERY`] holding a primary's `pg_current_wal_flush_lsn()`.
 const FLUSH_COLUMN: usize = 13;
 /// How many columns [`HEALTH_QUERY`] returns.
-const COLUMNS: usize = 14;
+pub(crate) const COLUMNS: usize = 14;
 
 /// An open connection; its I/O task stops when the client is dropped (cleanly, with a
 /// Terminate message) or is aborted by [`PgConn::kill`].

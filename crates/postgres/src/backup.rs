@@ -64,6 +64,10 @@ pub struct PgBackupReport {
 
 /// What a base backup leaves out, relative to the data directory: the contents of these
 /// directories (the directories themselves are kept) …
+/// What a wait or timeout longer than the clock can represent becomes: ten years, as good as
+/// for ever for a command, and far from the end of `Instant`'s range.
+pub(crate) const FOREVER: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 const EMPTY_DIRS: &[&str] = &[
     "pg_wal",
     "pg_replslot",
@@ -133,6 +137,25 @@ pub(crate) fn target_of(dsn: &str) -> String {
             format!("{host}:{port}")
         }
         Err(_) => "(unparsable connection string)".into(),
+    }
+}
+
+/// Whether a connection string carries a password (`password=…` in key=value form, or
+/// `postgresql://user:secret@host` / `?password=` in URL form). A string the client cannot
+/// parse counts when it mentions `password` at all: better a needless warning than a
+/// password shown in `ps`.
+pub fn dsn_has_password(dsn: &str) -> bool {
+    match dsn.parse::<postgres::Config>() {
+        Ok(c) => c.get_password().is_some(),
+        Err(_) => {
+            dsn.to_ascii_lowercase().contains("password") || {
+                // A URL's user:password@ part.
+                dsn.split_once("://")
+                    .and_then(|(_, rest)| rest.split(['/', '?']).next())
+                    .and_then(|auth| auth.rsplit_once('@'))
+                    .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+            }
+        }
     }
 }
 
@@ -385,7 +408,9 @@ fn wait_for_wal(repo: &Repository, pg: &PgBackupInfo, wait: Duration) -> Result<
     let size = SegmentSize::new(pg.segment_size).unwrap_or_default();
     let first = Segment::containing(pg.timeline, pg.start_lsn, size);
     let last = Segment::ending_at(pg.timeline, pg.stop_lsn, size);
-    let deadline = Instant::now() + wait;
+    // A wait too long for the clock to represent waits "for ever" instead of panicking.
+    let now = Instant::now();
+    let deadline = now.checked_add(wait).unwrap_or(now + FOREVER);
     let mut pause = Duration::from_millis(50);
     loop {
         let catalog = WalCatalog::load(repo, &pg.source, size)?;
@@ -406,6 +431,40 @@ fn wait_for_wal(repo: &Repository, pg: &PgBackupInfo, wait: Duration) -> Result<
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod dsn_tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_connection_strings_are_seen() {
+        for dsn in [
+            "host=127.0.0.1 port=1 password=hunter2",
+            "host=db user=app password = 'hunter 2'",
+            "postgresql://app:hunter2@db:5432/shop",
+            "postgres://app:hunter2@db/shop?sslmode=disable",
+            "postgresql://app@db/shop?password=hunter2",
+            "host=db password=hunter2 bogus_option=1",
+        ] {
+            assert!(dsn_has_password(dsn), "{dsn}");
+        }
+        for dsn in [
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+            "postgresql://app@db:5432/shop",
+            "",
+        ] {
+            assert!(!dsn_has_password(dsn), "{dsn}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_answered_without_panic(dsn in "\\PC{0,64}") {
+            let _ = dsn_has_password(&dsn);
+            let _ = target_of(&dsn);
         }
     }
 }

@@ -1114,12 +1114,7 @@ impl Pg {
         let mut cmd = self.program(member, "pg_controldata")?;
         cmd.arg("-D").arg(&member.data_dir).env("LC_ALL", "C");
         let ran = self.run(member, "pg_controldata", cmd, self.timeouts.sql)?;
-        Ok(ran
-            .stdout
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-            .collect())
+        Ok(crate::server_files::parse_controldata(&ran.stdout))
     }
 
     // -- lifecycle -----------------------------------------------------------------------
@@ -1136,11 +1131,7 @@ impl Pg {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Self::io_error(member, &path, "read")(e)),
         };
-        let Some(pid) = text
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse::<u32>().ok())
-        else {
+        let Some(pid) = crate::server_files::PostmasterPid::parse(&text).map(|p| p.pid) else {
             return Ok(None);
         };
         if !alive(pid) {

@@ -13,6 +13,7 @@
 //!   (what `pg_receivewal` speaks).
 //! - [`cluster`]: high-availability operations on a primary and its standbys (init, clone,
 //!   promote, fence, repoint, rejoin, synchronous standbys, generation).
+//! - [`server_files`]: decoders of `postmaster.pid` and `pg_controldata`'s report.
 //! - [`verify`]: the restore test: restore into a scratch directory, recover, query, clean up.
 //!
 //! Everything stores into the repository of `lifeboat-repo`: base backups are snapshots
@@ -27,6 +28,7 @@ pub mod error;
 pub mod replication;
 pub mod restore;
 pub mod retention;
+pub mod server_files;
 pub mod spool;
 pub mod stream;
 pub mod verify;

@@ -1398,7 +1398,11 @@ impl WalStream {
     }
 
     fn next_inner(&mut self, timeout: Duration) -> Result<StreamEvent> {
-        let deadline = Instant::now() + timeout;
+        // A timeout too long for the clock to represent waits "for ever", not a panic.
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or(now + crate::backup::FOREVER);
         loop {
             match self.state {
                 State::Failed => return Err(self.failed()),
@@ -1642,38 +1646,53 @@ impl WalStream {
     }
 }
 
+/// Runs every decoder this module runs on server bytes over the frames `bytes` holds, the
+/// way a connection meets them (framing, `CopyData` bodies, other messages, error fields,
+/// data rows); returns how many whole frames it found. Pure and panic-free on any input:
+/// the fuzz target `replication_frames` and the property tests below drive it.
+#[doc(hidden)]
+pub fn decode_frames(bytes: &[u8]) -> usize {
+    let mut rest = bytes;
+    let mut frames = 0;
+    while let Ok(Some((tag, len))) = split_frame(rest) {
+        let Some(body) = rest.get(5..5 + len) else {
+            break;
+        };
+        frames += 1;
+        if tag == b'd' {
+            if let Ok(CopyMessage::XLogData { data, .. }) = decode_copy_data(body) {
+                debug_assert!(data.len() + 25 == body.len());
+            }
+        }
+        if let Ok(m) = decode_message(tag, body) {
+            match m {
+                backend::Message::ErrorResponse(e) => {
+                    let _ = server_message(e.fields());
+                }
+                backend::Message::NoticeResponse(n) => {
+                    let _ = server_message(n.fields());
+                }
+                backend::Message::DataRow(r) => {
+                    let _ = row_values(&r);
+                }
+                backend::Message::AuthenticationSasl(s) => {
+                    let _ = s.mechanisms().count();
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[5 + len..];
+    }
+    frames
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Every decoder this module runs on server bytes, over whatever frames `bytes` holds.
     fn parse_all(bytes: &[u8]) {
-        let mut rest = bytes;
-        while let Ok(Some((tag, len))) = split_frame(rest) {
-            let body = &rest[5..5 + len];
-            if tag == b'd' {
-                let _ = decode_copy_data(body);
-            }
-            if let Ok(m) = decode_message(tag, body) {
-                match m {
-                    backend::Message::ErrorResponse(e) => {
-                        let _ = server_message(e.fields());
-                    }
-                    backend::Message::NoticeResponse(n) => {
-                        let _ = server_message(n.fields());
-                    }
-                    backend::Message::DataRow(r) => {
-                        let _ = row_values(&r);
-                    }
-                    backend::Message::AuthenticationSasl(s) => {
-                        let _ = s.mechanisms().count();
-                    }
-                    _ => {}
-                }
-            }
-            rest = &rest[5 + len..];
-        }
+        let _ = decode_frames(bytes);
     }
 
     fn frame(tag: u8, body: &[u8]) -> Vec<u8> {

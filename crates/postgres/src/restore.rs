@@ -75,23 +75,94 @@ pub fn parse_time(text: &str) -> Result<jiff::Timestamp> {
     if let Ok(ts) = t.parse::<jiff::Timestamp>() {
         return Ok(ts);
     }
-    // PostgreSQL style: space instead of T, offsets like +01 or +0100 or +01:00.
+    // PostgreSQL style: space instead of T, offsets like +01 or +0100 or +01:00. The offset
+    // is rewritten only when it is all ASCII digits, so nothing here slices a string inside
+    // a character (issue 9: `+1é1` panicked).
     let mut s = t.replacen(' ', "T", 1);
     if let Some(pos) = s.rfind(['+', '-']).filter(|p| *p > 10) {
-        let off = s[pos + 1..].to_string();
-        let norm = match off.len() {
-            2 => format!("{off}:00"),
-            4 if !off.contains(':') => format!("{}:{}", &off[..2], &off[2..]),
-            _ => off,
-        };
-        s = format!("{}{}", &s[..=pos], norm);
+        let (head, off) = s.split_at(pos + 1);
+        if off.bytes().all(|b| b.is_ascii_digit()) {
+            let norm = match off.len() {
+                2 => format!("{off}:00"),
+                4 => format!("{}:{}", &off[..2], &off[2..]),
+                _ => off.to_string(),
+            };
+            s = format!("{head}{norm}");
+        }
     }
     s.parse::<jiff::Timestamp>().map_err(|_| {
         Error::Invalid(format!(
-            "--to-time {text:?}: give a time with its UTC offset, e.g. '2026-11-30 14:03:27+00' \
-             or 2026-11-30T14:03:27.250+01:00"
+            "--to-time {:?}: give a time with its UTC offset, e.g. '2026-11-30 14:03:27+00' \
+             or 2026-11-30T14:03:27.250+01:00",
+            shorten(text)
         ))
     })
+}
+
+/// At most 80 characters of a user's text, for a message.
+fn shorten(text: &str) -> String {
+    text.chars().take(80).collect()
+}
+
+/// Checks a `--to-xid` value: a transaction id as PostgreSQL prints it (decimal digits,
+/// e.g. `7382`; a 64-bit id with its epoch is also a number). Returns it trimmed.
+///
+/// # Errors
+/// [`Error::Invalid`] naming the flag and the format.
+pub fn parse_xid(text: &str) -> Result<String> {
+    let t = text.trim();
+    if !t.is_empty() && t.len() <= 20 && t.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(n) = t.parse::<u64>() {
+            if n > 0 {
+                return Ok(n.to_string());
+            }
+        }
+    }
+    Err(Error::Invalid(format!(
+        "--to-xid {:?}: give a transaction id, a positive whole number such as 7382 \
+         (SELECT pg_current_xact_id() shows the current one)",
+        shorten(text)
+    )))
+}
+
+/// Checks a `--to-name` value: a restore point name as `pg_create_restore_point` takes it,
+/// 1 to 63 bytes, no control characters (a line break would end the setting in
+/// `postgresql.auto.conf`).
+///
+/// # Errors
+/// [`Error::Invalid`] naming the flag and the limits.
+pub fn parse_restore_point(text: &str) -> Result<String> {
+    if !text.is_empty() && text.len() <= 63 && !text.chars().any(char::is_control) {
+        return Ok(text.to_string());
+    }
+    Err(Error::Invalid(format!(
+        "--to-name {:?}: give the name passed to pg_create_restore_point(): 1 to 63 bytes \
+         without control characters",
+        shorten(text)
+    )))
+}
+
+/// Checks a `--timeline` value: `latest`, `current`, or a timeline number (1 or more,
+/// decimal). Returns it as `recovery_target_timeline` takes it.
+///
+/// # Errors
+/// [`Error::Invalid`] naming the flag and the choices.
+pub fn parse_timeline(text: &str) -> Result<String> {
+    let t = text.trim();
+    if t == "latest" || t == "current" {
+        return Ok(t.to_string());
+    }
+    if !t.is_empty() && t.len() <= 10 && t.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(n) = t.parse::<u32>() {
+            if n > 0 {
+                return Ok(n.to_string());
+            }
+        }
+    }
+    Err(Error::Invalid(format!(
+        "--timeline {:?}: give latest, current, or a timeline number such as 2",
+        shorten(text)
+    )))
 }
 
 /// What PostgreSQL does when it reaches the target.
@@ -282,18 +353,17 @@ fn choose_backup(
 pub fn refuse_running(dir: &Path) -> Result<()> {
     let pidfile = dir.join("postmaster.pid");
     if let Ok(text) = std::fs::read_to_string(&pidfile) {
-        if let Some(pid) = text
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse::<i32>().ok())
-        {
+        if let Some(pid) = crate::server_files::PostmasterPid::parse(&text).map(|p| p.pid) {
             // `/proc/<pid>` is hidden under `hidepid`: ask the kernel, only ESRCH is "gone".
-            let running = rustix::process::Pid::from_raw(pid).is_some_and(|p| {
-                !matches!(
-                    rustix::process::test_kill_process(p),
-                    Err(rustix::io::Errno::SRCH)
-                )
-            });
+            let running = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+                .is_some_and(|p| {
+                    !matches!(
+                        rustix::process::test_kill_process(p),
+                        Err(rustix::io::Errno::SRCH)
+                    )
+                });
             if running {
                 return Err(Error::Invalid(format!(
                     "{} holds a running PostgreSQL (postmaster.pid names process {pid}); stop it \
@@ -320,6 +390,15 @@ pub fn pg_restore(
     progress: &Progress,
 ) -> Result<PgRestoreReport> {
     lifeboat_repo::wal::validate_source(&opts.source)?;
+    // What goes into postgresql.auto.conf is checked here too, not only by the CLI.
+    match &opts.target {
+        RecoveryTarget::Xid(x) => drop(parse_xid(x)?),
+        RecoveryTarget::Name(n) => drop(parse_restore_point(n)?),
+        _ => {}
+    }
+    if let Some(t) = &opts.timeline {
+        parse_timeline(t)?;
+    }
     let dir = &opts.target_dir;
     refuse_running(dir)?;
     if !opts.delta {
@@ -446,9 +525,10 @@ fn available_to(catalog: &WalCatalog, first: Segment) -> Option<Lsn> {
     }
 }
 
-/// Quotes a value for postgresql.conf.
+/// Quotes a value for postgresql.conf, whose parser reads backslash escapes inside quotes:
+/// a backslash is doubled as well as a quote (`a\'b` must not end the string early).
 fn quote(v: &str) -> String {
-    format!("'{}'", v.replace('\'', "''"))
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 fn recovery_settings(opts: &PgRestoreOptions) -> Vec<String> {
@@ -638,6 +718,89 @@ mod tests {
         }
         assert!(parse_time("2026-11-30 14:03:27").is_err());
         assert!(parse_time("yesterday").is_err());
+    }
+
+    /// Issue 9, item 8: a multi-byte character in the offset panicked (byte slicing).
+    #[test]
+    fn r9_hostile_times_are_errors_not_panics() {
+        for t in [
+            "2026-11-30 14:03:27+1é1",
+            "2026-11-30 14:03:27+é",
+            "2026-11-30 14:03:27-ééé",
+            "2026-11-30 14:03:27+12345",
+            "é2026-11-30 14:03:27+01",
+            "2026-11-30 14:03:27+01:00:00:00",
+        ] {
+            let e = parse_time(t).unwrap_err().to_string();
+            assert!(e.contains("--to-time") && e.contains("UTC offset"), "{e}");
+        }
+    }
+
+    #[test]
+    fn xids_names_and_timelines_are_checked() {
+        assert_eq!(parse_xid(" 7382 ").unwrap(), "7382");
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "0x10",
+            "1 2",
+            "7382'",
+            "99999999999999999999999",
+        ] {
+            assert!(parse_xid(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_restore_point("before 'migration'").unwrap(),
+            "before 'migration'"
+        );
+        for bad in ["", "a\nrestore_command = 'x'", &"x".repeat(64)] {
+            assert!(parse_restore_point(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_timeline("latest").unwrap(), "latest");
+        assert_eq!(parse_timeline("3").unwrap(), "3");
+        for bad in ["", "0", "-1", "next", "4294967296", "1'"] {
+            assert!(parse_timeline(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn quoting_doubles_backslashes_and_quotes() {
+        assert_eq!(quote(r"a\'b"), r"'a\\''b'");
+    }
+
+    proptest::proptest! {
+        /// No `--to-time`, `--to-xid`, `--to-name` or `--timeline` text panics.
+        #[test]
+        fn target_parsers_never_panic(
+            any_text in "\\PC{0,48}",
+            near_miss in "[0-9 :T.Z+é-]{0,32}",
+        ) {
+            for s in [&any_text, &near_miss] {
+                let _ = parse_time(s);
+                let _ = parse_xid(s);
+                let _ = parse_restore_point(s);
+                let _ = parse_timeline(s);
+            }
+        }
+
+        /// Times printed PostgreSQL's way (space, fraction, `+HH` or `+HHMM` offset) read
+        /// back as the same instant.
+        #[test]
+        fn postgres_style_times_roundtrip(
+            secs in 0i64..4_102_444_800,
+            micros in 0i32..1_000_000,
+            off_min in -14 * 60i32..=14 * 60,
+        ) {
+            let ts = jiff::Timestamp::new(secs, micros * 1000).unwrap();
+            let off = jiff::tz::Offset::from_seconds(off_min * 60).unwrap();
+            let z = ts.to_zoned(jiff::tz::TimeZone::fixed(off));
+            let (h, m) = (off_min.abs() / 60, off_min.abs() % 60);
+            let sign = if off_min < 0 { '-' } else { '+' };
+            let off_text = if m == 0 { format!("{sign}{h:02}") } else { format!("{sign}{h:02}{m:02}") };
+            let text = format!("{} {}{off_text}", z.date(), z.time());
+            proptest::prop_assert_eq!(parse_time(&text).unwrap(), ts, "{}", text);
+        }
     }
 
     #[test]

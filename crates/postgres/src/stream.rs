@@ -203,7 +203,7 @@ fn parse_segment_size(text: &str) -> Option<SegmentSize> {
         "GB" => 1 << 30,
         _ => return None,
     };
-    SegmentSize::new(n * mult)
+    SegmentSize::new(n.checked_mul(mult)?)
 }
 
 /// One connection's worth of streaming.
@@ -575,6 +575,9 @@ mod tests {
         assert_eq!(parse_segment_size("1GB").map(|s| s.bytes()), Some(1 << 30));
         assert_eq!(parse_segment_size("3MB"), None);
         assert_eq!(parse_segment_size("lots"), None);
+        // A server's answer that overflows is refused, not a panic (issue 9 sibling).
+        assert_eq!(parse_segment_size("99999999999999999GB"), None);
+        assert_eq!(parse_segment_size("16é"), None);
     }
 
     #[test]

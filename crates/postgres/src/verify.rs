@@ -249,7 +249,10 @@ pub fn verify(
     progress: &Progress,
 ) -> Result<VerifyReport> {
     let started = Instant::now();
-    let deadline = started + opts.timeout;
+    // A timeout too long for the clock to represent means no timeout, not a panic.
+    let deadline = started
+        .checked_add(opts.timeout)
+        .unwrap_or(started + crate::backup::FOREVER);
     lifeboat_repo::wal::validate_source(&opts.source)?;
     let user = ServerUser::find()?;
     precheck_binaries(repo, opts)?;

@@ -37,6 +37,14 @@ impl Default for KdfParams {
 }
 
 impl KdfParams {
+    /// The least Argon2id memory (KiB) a key for a password a person chose may use: the
+    /// default, OWASP's recommended setting (docs/decisions/0004-kdf-cost.md). Below it a
+    /// stolen key file gives up a weak password to offline guessing too cheaply. Machine keys
+    /// ([`KdfParams::machine`]) are exempt: their password is random.
+    pub const PASSWORD_MIN_M_COST: u32 = 19 * 1024;
+    /// The most Argon2id memory (KiB) a key file may ask for (1 GiB); `open` refuses more.
+    pub const MAX_M_COST: u32 = MAX_M_COST;
+
     /// Cheap parameters for tests only (never for real repositories).
     pub fn insecure_for_tests() -> Self {
         KdfParams {

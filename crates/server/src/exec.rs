@@ -446,22 +446,21 @@ fn clear_stale_locks(data_dir: &Path) {
     let Ok(text) = std::fs::read_to_string(&pidfile) else {
         return;
     };
-    let lines: Vec<&str> = text.lines().collect();
-    let Some(pid) = lines.first().and_then(|l| l.trim().parse::<u32>().ok()) else {
+    let Some(lock_file) = lifeboat_postgres::server_files::PostmasterPid::parse(&text) else {
         return;
     };
+    let pid = lock_file.pid;
     if alive(pid) {
         return;
     }
-    let port = lines.get(3).map(|l| l.trim()).unwrap_or("");
-    if let Some(dir) = lines.get(4).map(|l| l.trim()).filter(|d| !d.is_empty()) {
-        let lock = Path::new(dir).join(format!(".s.PGSQL.{port}.lock"));
+    if let (Some(dir), Some(port)) = (&lock_file.socket_dir, lock_file.port) {
+        let lock = dir.join(format!(".s.PGSQL.{port}.lock"));
         let same = std::fs::read_to_string(&lock)
             .ok()
             .and_then(|t| t.lines().next().map(|l| l.trim() == pid.to_string()))
             .unwrap_or(false);
         if same {
-            let _ = std::fs::remove_file(Path::new(dir).join(format!(".s.PGSQL.{port}")));
+            let _ = std::fs::remove_file(dir.join(format!(".s.PGSQL.{port}")));
             let _ = std::fs::remove_file(&lock);
         }
     }
@@ -550,5 +549,38 @@ mod tests {
         }
         drop(l);
         assert_eq!(ex.fence(&m), Outcome::Ok, "nothing answers: fenced");
+    }
+
+    /// The lock files of a dead postmaster go (through the shared `postmaster.pid` decoder);
+    /// a lock file whose PID could address a process group is left alone.
+    #[test]
+    fn stale_lock_files_of_a_dead_postmaster_are_removed() {
+        let data = tempfile::tempdir().unwrap();
+        let sockets = tempfile::tempdir().unwrap();
+        // No process has the largest PID Linux allows (and /proc has no entry for it).
+        let pid = i32::MAX;
+        std::fs::write(
+            data.path().join("postmaster.pid"),
+            format!(
+                "{pid}\n{}\n1764500000\n5999\n{}\n127.0.0.1\n",
+                data.path().display(),
+                sockets.path().display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            sockets.path().join(".s.PGSQL.5999.lock"),
+            format!("{pid}\n"),
+        )
+        .unwrap();
+        std::fs::write(sockets.path().join(".s.PGSQL.5999"), "").unwrap();
+        clear_stale_locks(data.path());
+        assert!(!data.path().join("postmaster.pid").exists());
+        assert!(!sockets.path().join(".s.PGSQL.5999.lock").exists());
+        assert!(!sockets.path().join(".s.PGSQL.5999").exists());
+
+        std::fs::write(data.path().join("postmaster.pid"), "-1\n").unwrap();
+        clear_stale_locks(data.path());
+        assert!(data.path().join("postmaster.pid").exists());
     }
 }

@@ -177,7 +177,7 @@ impl FromStr for Lsn {
     type Err = LsnError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || LsnError {
-            text: s.to_string(),
+            text: s.chars().take(80).collect(),
         };
         let (hi, lo) = s.trim().split_once('/').ok_or_else(err)?;
         let ok =
@@ -238,7 +238,7 @@ impl FromStr for ByteSize {
     type Err = ByteSizeError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ByteSizeError {
-            text: s.to_string(),
+            text: s.chars().take(80).collect(),
         };
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -253,6 +253,40 @@ impl FromStr for ByteSize {
             _ => return Err(err()),
         };
         n.checked_mul(mult).map(ByteSize).ok_or_else(err)
+    }
+}
+
+/// Why a percentage could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a percentage: give a number from 0 to 100, e.g. \"10%\"")]
+pub struct PercentError {
+    text: String,
+}
+
+/// Parses a percentage from 0 to 100 as people write it: `10%`, `2.5%`, `10` (one optional
+/// `%` sign; no NaN, infinity or exponent).
+///
+/// # Errors
+/// [`PercentError`] for anything else.
+pub fn parse_percent(s: &str) -> Result<f64, PercentError> {
+    let err = || PercentError {
+        text: s.chars().take(80).collect(),
+    };
+    let t = s.trim();
+    let t = t.strip_suffix('%').unwrap_or(t).trim_end();
+    // Digits with at most one '.', so "inf", "NaN" and "1e2" never reach `f64::from_str`.
+    let plain = !t.is_empty()
+        && t.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && t.bytes().filter(|b| *b == b'.').count() <= 1
+        && t != ".";
+    if !plain {
+        return Err(err());
+    }
+    let v: f64 = t.parse().map_err(|_| err())?;
+    if (0.0..=100.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(err())
     }
 }
 
@@ -348,6 +382,53 @@ mod tests {
         let j = serde_json::to_string(&l).unwrap();
         assert_eq!(j, "\"16/B374D848\"");
         assert_eq!(serde_json::from_str::<Lsn>(&j).unwrap(), l);
+    }
+
+    #[test]
+    fn percentages_parse_and_refuse_what_is_not_one() {
+        assert_eq!(parse_percent("10%"), Ok(10.0));
+        assert_eq!(parse_percent(" 2.5 % "), Ok(2.5));
+        assert_eq!(parse_percent("100"), Ok(100.0));
+        for bad in [
+            "", "%", "10%%", "NaN%", "inf", "1e2", "-1%", "100.5%", ".", "1.2.3", "é%",
+        ] {
+            assert!(parse_percent(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    proptest::proptest! {
+        /// Issue 9 item 8: no user-supplied size, LSN or percentage panics, whatever it is.
+        #[test]
+        fn user_input_parsers_never_panic(
+            any_text in "\\PC{0,40}",
+            near_miss in "[0-9a-fA-FkKmMiIbBtT/ .%é+-]{0,16}",
+        ) {
+            for s in [&any_text, &near_miss] {
+                let _ = s.parse::<ByteSize>();
+                let _ = s.parse::<Lsn>();
+                let _ = parse_percent(s);
+                let _ = BlobId::from_hex(s);
+            }
+        }
+
+        #[test]
+        fn lsn_text_roundtrips(v in proptest::prelude::any::<u64>()) {
+            proptest::prop_assert_eq!(Lsn(v).to_string().parse::<Lsn>(), Ok(Lsn(v)));
+            proptest::prop_assert_eq!(Lsn(v).to_string().to_lowercase().parse::<Lsn>(), Ok(Lsn(v)));
+        }
+
+        #[test]
+        fn byte_sizes_roundtrip_in_every_unit(n in 0u64..(1 << 24), unit in 0usize..5) {
+            let (suffix, mult) = [("B", 1u64), ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40)][unit];
+            proptest::prop_assert_eq!(format!("{n}{suffix}").parse::<ByteSize>(), Ok(ByteSize(n * mult)));
+            proptest::prop_assert_eq!(format!(" {n} {} ", suffix.to_lowercase()).parse::<ByteSize>(), Ok(ByteSize(n * mult)));
+        }
+
+        #[test]
+        fn percentages_roundtrip(tenths in 0u32..=1000) {
+            let v = f64::from(tenths) / 10.0;
+            proptest::prop_assert_eq!(parse_percent(&format!("{v}%")), Ok(v));
+        }
     }
 
     #[test]

@@ -32,7 +32,8 @@ impl Env {
         c.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("LIFEBOAT_REPOSITORY", &self.repo)
-            .env("LIFEBOAT_PASSWORD", "correct horse battery staple");
+            .env("LIFEBOAT_PASSWORD", "correct horse battery staple")
+            .env("LIFEBOAT_INSECURE_KDF_FOR_TESTS", "1"); // lets init use --kdf-memory 1MiB
         c
     }
 

@@ -69,6 +69,7 @@ impl Shop {
         give_to_owner(dir.path()).unwrap();
         let run = |args: &[&str]| {
             let o = as_owner(BIN)
+                .env("LIFEBOAT_INSECURE_KDF_FOR_TESTS", "1") // --kdf-memory 1MiB
                 .arg("--repo")
                 .arg(dir.path().join("repo"))
                 .arg("--password-file")
