@@ -542,6 +542,15 @@ pub fn run(args: Args) -> Result<u8> {
                     bytes(report.bytes)
                 ))?;
             }
+            if !report.setid_dropped.is_empty() && !g.json {
+                for p in &report.setid_dropped {
+                    eprintln!("warning: {p}: restored without its setuid/setgid bit");
+                }
+                eprintln!(
+                    "warning: {} file(s) restored without setuid/setgid: their owner could not be restored (restore as root to keep owners and these bits)",
+                    report.setid_dropped.len()
+                );
+            }
             if report.errors.is_empty() {
                 Ok(EXIT_OK)
             } else {

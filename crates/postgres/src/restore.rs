@@ -446,6 +446,9 @@ pub fn pg_restore(
     let mut files_opts = opts.files.clone();
     files_opts.into_target = true;
     files_opts.delta = opts.delta;
+    // Made durable below, every filesystem of the tree at once (pg_wal or tablespaces may
+    // live on others), before backup_label names the files.
+    files_opts.sync = false;
     let short = backup.snapshot.short();
     let files = restore(
         repo,
@@ -674,10 +677,7 @@ pub fn sync_filesystems(dir: &Path) -> Result<()> {
         }
     }
     for path in devices.values() {
-        let f = std::fs::File::open(path).map_err(Error::io(path))?;
-        rustix::fs::syncfs(&f)
-            .map_err(std::io::Error::from)
-            .map_err(Error::io(path))?;
+        lifeboat_sources::beneath::sync_filesystem(path).map_err(Error::io(path))?;
     }
     Ok(())
 }

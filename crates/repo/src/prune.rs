@@ -374,24 +374,28 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         Some(repo.save_index(&file)?)
     };
     lease.check_valid()?;
-    for id in old_files {
-        if Some(id) != new_id {
-            repo.storage().delete(&paths::index(&id))?;
-        }
-    }
+    // Deletions in batches: each directory is fsynced once after its batch (local storage).
+    let old_indexes: Vec<String> = old_files
+        .into_iter()
+        .filter(|id| Some(*id) != new_id)
+        .map(|id| paths::index(&id))
+        .collect();
+    repo.storage().delete_all(&old_indexes)?;
     lease.check_valid()?;
+    let mut doomed: Vec<String> = Vec::with_capacity(delete.len() * 2);
     for p in &delete {
         let path = paths::pack(p);
         if let Some(size) = repo.storage().stat(&path)? {
             report.bytes_freed += size;
             report.packs_deleted += 1;
         }
-        repo.storage().delete(&path)?;
-        repo.storage().delete(&paths::damaged(p))?;
+        doomed.push(path);
+        doomed.push(paths::damaged(p));
     }
-    for (path, _) in &sweepable {
-        repo.storage().delete(path)?;
-    }
+    repo.storage().delete_all(&doomed)?;
+    // The condemned records go only once the packs' deletion is durable.
+    let records: Vec<&str> = sweepable.iter().map(|(path, _)| path.as_str()).collect();
+    repo.storage().delete_all(&records)?;
     drop(lease);
     Ok(report)
 }

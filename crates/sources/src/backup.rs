@@ -628,6 +628,26 @@ fn file_result(
     }
 }
 
+/// Opens the regular file the walk found at `path` for reading, without following a symlink
+/// swapped in since (whose target, say a root-only file, would be stored under this name)
+/// and without blocking on a FIFO swapped in.
+///
+/// # Errors
+/// The open fails, or `path` is no longer a regular file.
+fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other(
+            "it changed during the backup and is no longer a regular file",
+        ));
+    }
+    Ok(file)
+}
+
 /// Stores the contents of one file; returns its blob ids and the bytes read. A file smaller
 /// than one chunk is sealed on this thread by `inline` when given.
 fn read_file(
@@ -643,7 +663,7 @@ fn read_file(
         path: path.display().to_string(),
         source: e,
     };
-    let file = File::open(path).map_err(io)?;
+    let file = open_regular(path).map_err(io)?;
     let size = file.metadata().map(|m| m.len()).ok();
     let small = size.is_some_and(|s| s < chunker.min_size() as u64);
     let mut content = Vec::new();
@@ -684,7 +704,7 @@ fn read_layer(
         source: e,
     };
     let rebuild = crate::delta::Rebuild::new(repo, index, old)?;
-    let file = File::open(path).map_err(io)?;
+    let file = open_regular(path).map_err(io)?;
     let size = file.metadata().map(|m| m.len()).ok();
     // Errors from the file are I/O errors; errors rebuilding the old version are not.
     let reader = crate::delta::XorReader::new(TagIo(file), rebuild);
@@ -933,4 +953,31 @@ pub fn backup_stream<R: Read>(
         summary,
         errors: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Issue 9 (sibling of item 5): a file swapped for a symlink to a root-only file (or for a
+    /// FIFO) between the walk's `lstat` and the read is not followed (nor waited on).
+    #[test]
+    fn r9_a_file_swapped_for_a_symlink_or_fifo_is_not_read_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"root only").unwrap();
+        std::os::unix::fs::symlink(&secret, dir.path().join("swapped")).unwrap();
+        assert!(open_regular(&dir.path().join("swapped")).is_err());
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.path().join("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert!(open_regular(&dir.path().join("fifo")).is_err());
+        assert!(open_regular(&secret).is_ok());
+    }
 }

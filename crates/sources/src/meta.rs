@@ -1,10 +1,14 @@
 //! File metadata: reading a [`Node`] from the file system and applying one back.
 //!
-//! Lives here: [`node_from_metadata`], [`read_xattrs`], [`apply_metadata`]. Never here:
-//! file contents. Everything is `lstat`-based: symlinks are recorded, never followed.
+//! Lives here: [`node_from_metadata`], [`read_xattrs`], [`apply_metadata_fd`],
+//! [`apply_metadata_path_fd`]. Never here: file contents, or any lookup by path when
+//! applying metadata (a restore finds the entry, opens it without following symlinks, and
+//! hands the descriptor here). Reading is `lstat`-based: symlinks are recorded, never
+//! followed.
 
 use std::ffi::OsStr;
 use std::fs::Metadata;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
@@ -83,59 +87,55 @@ pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<Xattr>> {
     Ok(out)
 }
 
-/// Applies owner, mode, xattrs and times of `node` to `path` (which already exists and has
-/// the node's type). Owner changes that are not permitted (not root) are skipped silently;
-/// other failures are returned.
-pub fn apply_metadata(path: &Path, node: &Node, numeric_owner_ok: bool) -> std::io::Result<()> {
-    let is_link = matches!(node.kind, NodeKind::Symlink { .. });
-    if numeric_owner_ok {
-        match rustix::fs::chownat(
-            CWD,
-            path,
-            Some(rustix::fs::Uid::from_raw(node.uid)),
-            Some(rustix::fs::Gid::from_raw(node.gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        ) {
-            Ok(()) | Err(rustix::io::Errno::PERM) => {}
-            Err(e) => return Err(e.into()),
+/// What applying a node's metadata changed from what the node says.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The node has setuid/setgid bits, but its owner (or group) could not be restored, so
+    /// the bits were left off: a set-id file must not run as whoever restored it.
+    pub setid_dropped: bool,
+}
+
+/// The mode to set on an entry whose current owner is `st`: the node's mode, without the
+/// setuid (setgid) bit when the entry is not owned by the node's user (group). Directories
+/// keep theirs (setgid there only chooses the group of new entries, and grants nothing).
+fn safe_mode(
+    node: &Node,
+    stat: impl FnOnce() -> std::io::Result<rustix::fs::Stat>,
+) -> std::io::Result<(u32, Applied)> {
+    let mut mode = node.mode & 0o7777;
+    let mut applied = Applied::default();
+    if mode & 0o6000 != 0 && !matches!(node.kind, NodeKind::Dir) {
+        let st = stat()?;
+        if mode & 0o4000 != 0 && st.st_uid != node.uid {
+            mode &= !0o4000;
+            applied.setid_dropped = true;
+        }
+        if mode & 0o2000 != 0 && st.st_gid != node.gid {
+            mode &= !0o2000;
+            applied.setid_dropped = true;
         }
     }
-    if !is_link {
-        // After chown: chown clears setuid/setgid bits.
-        rustix::fs::chmodat(
-            CWD,
-            path,
-            rustix::fs::Mode::from_raw_mode(node.mode & 0o7777),
-            AtFlags::empty(),
-        )?;
-        for x in &node.xattrs {
-            xattr::set(path, OsStr::from_bytes(&x.name), &x.value)?;
-        }
-    }
+    Ok((mode, applied))
+}
+
+fn timestamps(node: &Node) -> Timestamps {
     let ts = rustix::fs::Timespec {
         tv_sec: node.mtime,
         tv_nsec: i64::from(node.mtime_ns) as _,
     };
-    rustix::fs::utimensat(
-        CWD,
-        path,
-        &Timestamps {
-            last_access: ts,
-            last_modification: ts,
-        },
-        AtFlags::SYMLINK_NOFOLLOW,
-    )?;
-    Ok(())
+    Timestamps {
+        last_access: ts,
+        last_modification: ts,
+    }
 }
 
-/// Applies owner, mode, xattrs and times of a regular-file `node` through its open file
-/// (no path lookups). Owner changes that are not permitted are skipped silently.
-pub fn apply_metadata_fd(
-    f: &std::fs::File,
-    node: &Node,
-    numeric_owner_ok: bool,
-) -> std::io::Result<()> {
-    if numeric_owner_ok {
+/// Applies owner, mode, xattrs and times of `node` through `f`, an open regular file,
+/// directory or FIFO (no path lookups, so nothing can be swapped in between). Owner changes
+/// are tried only with `owners` and skipped when not permitted; setuid/setgid bits are set
+/// only when the owner they belong to is the entry's (see [`Applied`]). Other failures are
+/// returned.
+pub fn apply_metadata_fd(f: &std::fs::File, node: &Node, owners: bool) -> std::io::Result<Applied> {
+    if owners {
         match rustix::fs::fchown(
             f,
             Some(rustix::fs::Uid::from_raw(node.uid)),
@@ -145,20 +145,57 @@ pub fn apply_metadata_fd(
             Err(e) => return Err(e.into()),
         }
     }
-    rustix::fs::fchmod(f, rustix::fs::Mode::from_raw_mode(node.mode & 0o7777))?;
+    // After chown: chown clears setuid/setgid bits.
+    let (mode, applied) = safe_mode(node, || Ok(rustix::fs::fstat(f)?))?;
+    rustix::fs::fchmod(f, rustix::fs::Mode::from_raw_mode(mode))?;
     for x in &node.xattrs {
         xattr::FileExt::set_xattr(f, OsStr::from_bytes(&x.name), &x.value)?;
     }
-    let ts = rustix::fs::Timespec {
-        tv_sec: node.mtime,
-        tv_nsec: i64::from(node.mtime_ns) as _,
-    };
-    rustix::fs::futimens(
-        f,
-        &Timestamps {
-            last_access: ts,
-            last_modification: ts,
-        },
-    )?;
-    Ok(())
+    rustix::fs::futimens(f, &timestamps(node))?;
+    Ok(applied)
+}
+
+/// Applies owner, mode and times of a symlink or device `node` through `fd`, an `O_PATH`
+/// descriptor of the entry itself (opened with `O_NOFOLLOW`): nothing is followed. Symlinks
+/// get no mode; the mode of a device is set through `/proc/self/fd`, which names the
+/// descriptor's own inode. `at` (the entry's directory and name) serves kernels older than
+/// 5.8, whose `utimensat` takes no `AT_EMPTY_PATH`: times are then set by name with
+/// `AT_SYMLINK_NOFOLLOW`.
+pub fn apply_metadata_path_fd(
+    fd: BorrowedFd<'_>,
+    at: (BorrowedFd<'_>, &OsStr),
+    node: &Node,
+    owners: bool,
+) -> std::io::Result<Applied> {
+    if owners {
+        match rustix::fs::chownat(
+            fd,
+            "",
+            Some(rustix::fs::Uid::from_raw(node.uid)),
+            Some(rustix::fs::Gid::from_raw(node.gid)),
+            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(()) | Err(rustix::io::Errno::PERM) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut applied = Applied::default();
+    if !matches!(node.kind, NodeKind::Symlink { .. }) {
+        let (mode, a) = safe_mode(node, || Ok(rustix::fs::fstat(fd)?))?;
+        applied = a;
+        let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        rustix::fs::chmodat(
+            CWD,
+            proc.as_str(),
+            rustix::fs::Mode::from_raw_mode(mode),
+            AtFlags::empty(),
+        )?;
+    }
+    match rustix::fs::utimensat(fd, "", &timestamps(node), AtFlags::EMPTY_PATH) {
+        Err(rustix::io::Errno::INVAL) => {
+            rustix::fs::utimensat(at.0, at.1, &timestamps(node), AtFlags::SYMLINK_NOFOLLOW)?
+        }
+        other => other?,
+    }
+    Ok(applied)
 }

@@ -3,16 +3,27 @@
 //! Lives here: [`restore`], [`dump`], their options and report. Never here: the repository
 //! format. Restore reads each pack once (whole, or by ranges when few of its blobs are
 //! needed) on several threads, writes blobs at their offsets, then applies metadata
-//! bottom-up so directory times survive. Damaged data never stops the rest: the files it
-//! affects are listed in the report, everything else is restored.
+//! bottom-up so directory times survive, and makes the tree durable (`syncfs`) before it
+//! reports success. Damaged data never stops the rest: the files it affects are listed in
+//! the report, everything else is restored.
+//!
+//! Nothing below the target is looked up by a path that could follow a symlink: every
+//! entry is reached through [`Beneath`] (`openat2` with `RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS`), created exclusively (`O_EXCL`, `mkdirat`, `symlinkat`, `mknodat`)
+//! after removing whatever is in the way (the symlink itself, never what it points to),
+//! reopened only when it is still the inode the restore created, and given its metadata
+//! through a descriptor (ADR 0025-restore-beneath).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -24,7 +35,8 @@ use lifeboat_repo::tree::{find_path, walk};
 use lifeboat_repo::{Error, Index, Repository, Result};
 use lifeboat_types::{BlobId, PackId};
 
-use crate::meta::{apply_metadata, apply_metadata_fd};
+use crate::beneath::{remove_tree_at, Beneath};
+use crate::meta::{apply_metadata_fd, apply_metadata_path_fd, Applied};
 use crate::progress::Progress;
 
 /// How to restore.
@@ -41,6 +53,9 @@ pub struct RestoreOptions {
     /// (read and hashed, never trusted by size or time), rewrite the others, and delete
     /// what the snapshot does not have.
     pub delta: bool,
+    /// Make everything restored durable (`syncfs` of the target's file system) before
+    /// returning. Off only for scratch restores that are thrown away after use.
+    pub sync: bool,
 }
 
 impl Default for RestoreOptions {
@@ -50,6 +65,7 @@ impl Default for RestoreOptions {
             owners: rustix::process::geteuid().is_root(),
             into_target: false,
             delta: false,
+            sync: true,
         }
     }
 }
@@ -78,14 +94,36 @@ pub struct RestoreReport {
     pub files_kept: u64,
     /// Delta restore: entries deleted because the snapshot does not have them.
     pub removed: u64,
+    /// Files restored without their setuid/setgid bits because their owner (or group) could
+    /// not be restored (a restore as another user than root): relative to the target.
+    pub setid_dropped: Vec<String>,
     /// Paths that could not be restored fully.
     pub errors: Vec<RestoreError>,
 }
 
 struct Entry {
-    path: PathBuf,
+    /// Where it goes, relative to the target (empty: the target itself).
+    dest: PathBuf,
+    /// Its path in the snapshot, for messages.
     rel: String,
     node: Node,
+}
+
+/// An inode's identity (device, inode number): what the restore created at a name, checked
+/// again whenever it reopens that name.
+type Ident = (u64, u64);
+
+fn ident(st: &rustix::fs::Stat) -> Ident {
+    (st.st_dev, st.st_ino)
+}
+
+/// Mode of files and directories while the restore fills them: only the restoring user can
+/// open them until their metadata is applied.
+const PRIVATE_FILE: u32 = 0o600;
+const PRIVATE_DIR: u32 = 0o700;
+
+fn replaced() -> std::io::Error {
+    std::io::Error::other("it was replaced by something else during the restore; left alone")
 }
 
 /// What to restore: a snapshot's root tree, optionally only the entry at `subpath`.
@@ -121,6 +159,7 @@ pub fn restore(
         source: e,
     };
     std::fs::create_dir_all(target).map_err(|e| io(target, e))?;
+    let t = Beneath::open(target).map_err(|e| io(target, e))?;
     let mut report = RestoreReport::default();
     let mut entries: Vec<Entry> = Vec::new();
     let mut tree_errors: Vec<RestoreError> = Vec::new();
@@ -137,10 +176,10 @@ pub fn restore(
             let sub = if is_dir { node.subtree } else { None };
             let as_target = opts.into_target && is_dir;
             entries.push(Entry {
-                path: if as_target {
-                    target.to_path_buf()
+                dest: if as_target {
+                    PathBuf::new()
                 } else {
-                    target.join(OsStr::from_bytes(&name))
+                    PathBuf::from(OsStr::from_bytes(&name))
                 },
                 rel: String::from_utf8_lossy(&name).into_owned(),
                 node,
@@ -160,7 +199,7 @@ pub fn restore(
                 full
             };
             entries.push(Entry {
-                path: target.join(OsStr::from_bytes(&join(&dest))),
+                dest: PathBuf::from(OsStr::from_bytes(&join(&dest))),
                 rel: String::from_utf8_lossy(&join(&base)).into_owned(),
                 node: node.clone(),
             });
@@ -176,23 +215,29 @@ pub fn restore(
         }
     }
 
-    // Delta: what may stay, and what must go.
-    let keep: Vec<bool> = if opts.delta {
-        report.removed = remove_extras(target, &entries, &mut report.errors);
+    // Delta: what may stay, and what must go. `idents`: what the restore created (or kept)
+    // at each entry, checked whenever it reopens one.
+    let mut idents: Vec<Option<Ident>> = if opts.delta {
+        report.removed = remove_extras(&t, &entries, &mut report.errors);
         let chunker = lifeboat_repo::Chunker::new(repo.config().chunker);
         let idx: Vec<usize> = (0..entries.len()).collect();
         par_map(&idx, opts.threads, |&i| {
             let e = &entries[i];
-            matches!(e.node.kind, NodeKind::File)
+            let candidate = matches!(e.node.kind, NodeKind::File)
                 && e.node.nlink <= 1
                 && e.node.error.is_none()
                 && !e.node.sparse
-                && e.node.delta.is_none()
-                && same_content(repo, &chunker, &e.path, &e.node)
+                && e.node.delta.is_none();
+            if candidate {
+                same_content(repo, &chunker, &t, &e.dest, &e.node)
+            } else {
+                None
+            }
         })
     } else {
-        vec![false; entries.len()]
+        vec![None; entries.len()]
     };
+    let keep: Vec<bool> = idents.iter().map(Option::is_some).collect();
 
     // 2. Directories, special files, empty and pre-sized files; hard links wait.
     let mut links: Vec<(usize, usize)> = Vec::new();
@@ -203,42 +248,23 @@ pub fn restore(
     for (i, e) in entries.iter().enumerate() {
         let n = &e.node;
         let res: std::io::Result<()> = match &n.kind {
-            NodeKind::Dir => match std::fs::create_dir(&e.path) {
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && e.path.is_dir() => {
-                    Ok(())
-                }
-                other => other,
-            },
-            NodeKind::Symlink { target: t } => {
-                remove_existing(&e.path);
-                std::os::unix::fs::symlink(OsStr::from_bytes(t), &e.path)
-            }
-            NodeKind::Fifo => {
-                remove_existing(&e.path);
-                rustix::fs::mknodat(
-                    rustix::fs::CWD,
-                    &e.path,
-                    rustix::fs::FileType::Fifo,
-                    rustix::fs::Mode::from_raw_mode(n.mode),
-                    0,
-                )
-                .map_err(Into::into)
-            }
-            NodeKind::CharDev { rdev } | NodeKind::BlockDev { rdev } => {
-                remove_existing(&e.path);
-                let ft = if matches!(n.kind, NodeKind::CharDev { .. }) {
-                    rustix::fs::FileType::CharacterDevice
-                } else {
-                    rustix::fs::FileType::BlockDevice
+            NodeKind::Dir => make_dir(&t, &e.dest),
+            NodeKind::Symlink { target: link } => t.parent(&e.dest).and_then(|(dir, name)| {
+                let _ = rustix::fs::unlinkat(&dir, name, AtFlags::empty());
+                Ok(rustix::fs::symlinkat(OsStr::from_bytes(link), &dir, name)?)
+            }),
+            NodeKind::Fifo | NodeKind::CharDev { .. } | NodeKind::BlockDev { .. } => {
+                let (ft, rdev) = match n.kind {
+                    NodeKind::CharDev { rdev } => (FileType::CharacterDevice, rdev),
+                    NodeKind::BlockDev { rdev } => (FileType::BlockDevice, rdev),
+                    _ => (FileType::Fifo, 0),
                 };
-                rustix::fs::mknodat(
-                    rustix::fs::CWD,
-                    &e.path,
-                    ft,
-                    rustix::fs::Mode::from_raw_mode(n.mode),
-                    *rdev,
-                )
-                .map_err(Into::into)
+                t.parent(&e.dest).and_then(|(dir, name)| {
+                    let _ = rustix::fs::unlinkat(&dir, name, AtFlags::empty());
+                    // Set-id bits wait for the owner (step 5).
+                    let mode = Mode::from_raw_mode(n.mode & 0o1777);
+                    Ok(rustix::fs::mknodat(&dir, name, ft, mode, rdev)?)
+                })
             }
             NodeKind::Socket => {
                 failed[i] = true; // sockets are recorded, not restored
@@ -267,14 +293,15 @@ pub fn restore(
                 // Files with several blobs, sparse or empty files are created here; a
                 // single-blob file is created by its only write. A delta file is rebuilt
                 // from its base and layers after the packs (step 3b).
-                let res = if n.delta.is_some() {
+                let created = if n.delta.is_some() {
                     layered.push(i);
-                    create_file(&e.path, n.size, false)
+                    create_file(&t, &e.dest, n.size, false).map(Some)
                 } else if n.content.len() != 1 || n.sparse {
-                    create_file(&e.path, n.size, n.sparse)
+                    create_file(&t, &e.dest, n.size, n.sparse).map(Some)
                 } else {
-                    Ok(())
+                    Ok(None)
                 };
+                let res = created.map(|id| idents[i] = id.map(|(_, id)| id));
                 let mut offset = 0u64;
                 let mut missing = None;
                 let planned: &[BlobId] = if n.delta.is_some() { &[] } else { &n.content };
@@ -316,13 +343,17 @@ pub fn restore(
     let meta_done: Vec<std::sync::atomic::AtomicBool> = (0..entries.len())
         .map(|_| std::sync::atomic::AtomicBool::new(false))
         .collect();
+    let meta_results: Mutex<Vec<(usize, Ident, std::io::Result<Applied>)>> = Mutex::new(Vec::new());
     let ctx = PackCtx {
         repo,
+        target: &t,
         entries: &entries,
+        idents: &idents,
         errors: &errors,
         written: &written,
         progress,
         meta_done: &meta_done,
+        meta_results: &meta_results,
         owners: opts.owners,
     };
     par_map(&packs, opts.threads, |(pack, blobs)| {
@@ -330,13 +361,18 @@ pub fn restore(
     });
     // 3b. Files stored as layers over an earlier version: rebuilt as streams.
     par_map(&layered, opts.threads, |&i| {
-        if let Err(e) = rebuild_file(repo, index, &entries[i], progress, &written) {
+        if let Err(e) = rebuild_file(repo, index, &t, &entries[i], idents[i], progress, &written) {
             errors
                 .lock()
                 .insert(i, format!("cannot restore the file's content: {e}"));
         }
     });
     report.bytes = written.into_inner();
+    let mut applied: Vec<(usize, std::io::Result<Applied>)> = Vec::new();
+    for (i, id, res) in meta_results.into_inner() {
+        idents[i] = Some(id);
+        applied.push((i, res));
+    }
     for (i, msg) in errors.into_inner() {
         failed[i] = true;
         report.errors.push(RestoreError {
@@ -345,49 +381,49 @@ pub fn restore(
         });
     }
 
-    // 4. Hard links.
+    // 4. Hard links, to the inode the restore wrote (its metadata is the link's).
     for (i, first) in links {
-        remove_existing(&entries[i].path);
-        if let Err(err) = std::fs::hard_link(&entries[first].path, &entries[i].path) {
+        let res = link_to(&t, &entries[first].dest, &entries[i].dest, idents[first]);
+        if let Err(err) = res {
             failed[i] = true;
             report.errors.push(RestoreError {
                 path: entries[i].rel.clone(),
                 message: format!("cannot link to {}: {err}", entries[first].rel),
             });
         }
+        meta_done[i].store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    // 5. Metadata: files first, then directories deepest first.
+    // 5. Metadata: files first, then directories deepest first, each through a descriptor
+    // of the entry the restore made.
     let order: Vec<usize> = (0..entries.len())
         .filter(|i| !matches!(entries[*i].node.kind, NodeKind::Dir))
+        .filter(|i| !failed[*i] && !meta_done[*i].load(std::sync::atomic::Ordering::Relaxed))
         .collect();
-    let meta_errs = par_map(&order, 2, |&i| {
-        let e = &entries[i];
-        if failed[i] || meta_done[i].load(std::sync::atomic::Ordering::Relaxed) {
-            return None;
-        }
-        apply_metadata(&e.path, &e.node, opts.owners)
-            .err()
-            .map(|err| (i, err))
-    });
+    applied.extend(par_map(&order, 2, |&i| {
+        (
+            i,
+            apply_metadata_at(&t, &entries[i], idents[i], opts.owners),
+        )
+    }));
     let mut dirs: Vec<usize> = (0..entries.len())
-        .filter(|i| matches!(entries[*i].node.kind, NodeKind::Dir))
+        .filter(|i| matches!(entries[*i].node.kind, NodeKind::Dir) && !failed[*i])
         .collect();
-    dirs.sort_by_key(|i| std::cmp::Reverse(entries[*i].path.components().count()));
-    for (i, err) in meta_errs.into_iter().flatten() {
-        report.errors.push(RestoreError {
-            path: entries[i].rel.clone(),
-            message: format!("cannot set metadata: {err}"),
-        });
-    }
+    dirs.sort_by_key(|i| std::cmp::Reverse(entries[*i].dest.components().count()));
     for i in dirs {
-        if let Err(err) = apply_metadata(&entries[i].path, &entries[i].node, opts.owners) {
-            report.errors.push(RestoreError {
+        applied.push((i, apply_metadata_at(&t, &entries[i], None, opts.owners)));
+    }
+    for (i, res) in applied {
+        match res {
+            Ok(a) if a.setid_dropped => report.setid_dropped.push(entries[i].rel.clone()),
+            Ok(_) => {}
+            Err(err) => report.errors.push(RestoreError {
                 path: entries[i].rel.clone(),
                 message: format!("cannot set metadata: {err}"),
-            });
+            }),
         }
     }
+    report.setid_dropped.sort();
     for (i, e) in entries.iter().enumerate() {
         if failed[i] || keep[i] {
             continue; // kept files are counted in `files_kept`
@@ -400,28 +436,113 @@ pub fn restore(
     }
     report.errors.sort_by(|a, b| a.path.cmp(&b.path));
     report.errors.dedup();
+    // 6. Durable before "restored": one syncfs flushes every file and directory entry
+    // written (ADR 0025-restore-beneath measures it against fsyncing each).
+    if opts.sync {
+        t.sync().map_err(|e| Error::Io {
+            path: format!(
+                "{} (syncfs: making the restored files durable)",
+                target.display()
+            ),
+            source: e,
+        })?;
+    }
     Ok(report)
 }
 
-/// Writes a delta file (ADR 0016) from its base and layers, front to back.
+/// Creates the directory `dest` (mode 0700 until its metadata is applied). A directory
+/// already there is used; anything else there (a symlink, a file) is removed first.
+fn make_dir(t: &Beneath, dest: &Path) -> std::io::Result<()> {
+    if dest.as_os_str().is_empty() {
+        return Ok(()); // the target itself
+    }
+    let (dir, name) = t.parent(dest)?;
+    match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(PRIVATE_DIR)) {
+        Err(rustix::io::Errno::EXIST) => {}
+        other => return other.map_err(Into::into),
+    }
+    let st = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+        return Ok(());
+    }
+    rustix::fs::unlinkat(&dir, name, AtFlags::empty())?;
+    Ok(rustix::fs::mkdirat(
+        &dir,
+        name,
+        Mode::from_raw_mode(PRIVATE_DIR),
+    )?)
+}
+
+/// Links `dest` to the file the restore wrote at `first` (checked to be that inode still).
+fn link_to(t: &Beneath, first: &Path, dest: &Path, id: Option<Ident>) -> std::io::Result<()> {
+    let (fdir, fname) = t.parent(first)?;
+    let (dir, name) = t.parent(dest)?;
+    let _ = rustix::fs::unlinkat(&dir, name, AtFlags::empty());
+    rustix::fs::linkat(&fdir, fname, &dir, name, AtFlags::empty())?;
+    let st = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    if id != Some(ident(&st)) {
+        let _ = rustix::fs::unlinkat(&dir, name, AtFlags::empty());
+        return Err(replaced());
+    }
+    Ok(())
+}
+
+/// Applies the metadata of entry `e` through a descriptor opened beneath the target without
+/// following symlinks; a file must still be the inode `id` the restore wrote or kept, any
+/// other entry must still have its kind (and, not being a directory, one link).
+fn apply_metadata_at(
+    t: &Beneath,
+    e: &Entry,
+    id: Option<Ident>,
+    owners: bool,
+) -> std::io::Result<Applied> {
+    let n = &e.node;
+    let (flags, want) = match n.kind {
+        NodeKind::Dir => (OFlags::RDONLY | OFlags::DIRECTORY, FileType::Directory),
+        NodeKind::File => (OFlags::RDONLY | OFlags::NONBLOCK, FileType::RegularFile),
+        NodeKind::Fifo => (OFlags::RDONLY | OFlags::NONBLOCK, FileType::Fifo),
+        NodeKind::Symlink { .. } => (OFlags::PATH, FileType::Symlink),
+        NodeKind::CharDev { .. } => (OFlags::PATH, FileType::CharacterDevice),
+        NodeKind::BlockDev { .. } => (OFlags::PATH, FileType::BlockDevice),
+        NodeKind::Socket => return Ok(Applied::default()),
+    };
+    let fd = t.open_at(&e.dest, flags, Mode::empty())?;
+    let st = rustix::fs::fstat(&fd)?;
+    let same = FileType::from_raw_mode(st.st_mode) == want
+        && match n.kind {
+            NodeKind::File => id == Some(ident(&st)),
+            NodeKind::Dir => true,
+            _ => st.st_nlink == 1,
+        };
+    if !same {
+        return Err(replaced());
+    }
+    if flags.contains(OFlags::PATH) {
+        let (dir, name) = t.parent(&e.dest)?;
+        apply_metadata_path_fd(fd.as_fd(), (dir.as_fd(), name), n, owners)
+    } else {
+        apply_metadata_fd(&File::from(fd), n, owners)
+    }
+}
+
+/// Writes a delta file (ADR 0016) from its base and layers, front to back, into the file the
+/// restore created for it (`id`).
 fn rebuild_file(
     repo: &Repository,
     index: &Index,
+    t: &Beneath,
     e: &Entry,
+    id: Option<Ident>,
     progress: &Progress,
     written: &std::sync::atomic::AtomicU64,
 ) -> Result<()> {
     use std::io::{Read, Write};
     let io = |err: std::io::Error| Error::Io {
-        path: e.path.display().to_string(),
+        path: e.dest.display().to_string(),
         source: err,
     };
     let mut rebuild = crate::delta::Rebuild::new(repo, index, &e.node)?;
-    let mut f = OpenOptions::new()
-        .write(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(&e.path)
-        .map_err(io)?;
+    let mut f = reopen(t, &e.dest, id).map_err(io)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = rebuild
@@ -477,23 +598,28 @@ fn walk_tolerant(
     }
 }
 
-/// Whether the regular file at `path` holds exactly the content of `node` (same size, then
-/// the same blob ids when chunked with the repository's chunker).
+/// Whether the regular file at `dest` holds exactly the content of `node` (same size, then
+/// the same blob ids when chunked with the repository's chunker); if so, its identity. A
+/// symlink there is not followed, and a file with other hard links is never kept (its
+/// metadata would change a file elsewhere).
 fn same_content(
     repo: &Repository,
     chunker: &lifeboat_repo::Chunker,
-    path: &Path,
+    t: &Beneath,
+    dest: &Path,
     node: &Node,
-) -> bool {
-    let Ok(md) = std::fs::symlink_metadata(path) else {
-        return false;
-    };
-    if !md.is_file() || md.len() != node.size {
-        return false;
+) -> Option<Ident> {
+    let fd = t
+        .open_at(dest, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())
+        .ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+        || st.st_nlink != 1
+        || st.st_size as u64 != node.size
+    {
+        return None;
     }
-    let Ok(f) = File::open(path) else {
-        return false;
-    };
+    let f = File::from(fd);
     let mut buf = Vec::new();
     let mut ids = node.content.iter();
     let mut same = true;
@@ -505,85 +631,119 @@ fn same_content(
         }
         Ok(())
     });
-    res.is_ok() && same && ids.next().is_none()
+    (res.is_ok() && same && ids.next().is_none()).then_some(ident(&st))
 }
 
-/// Delta restore: deletes everything below `target` that is not one of `entries` (or has
-/// another kind there); returns how many entries went. Directories go deepest first.
-fn remove_extras(target: &Path, entries: &[Entry], errors: &mut Vec<RestoreError>) -> u64 {
+/// Delta restore: deletes everything below the target that is not one of `entries` (or has
+/// another kind there); returns how many entries went. Nothing is followed: directories
+/// are read and emptied through descriptors, symlinks removed as links.
+fn remove_extras(t: &Beneath, entries: &[Entry], errors: &mut Vec<RestoreError>) -> u64 {
     let wanted: HashMap<&Path, bool> = entries
         .iter()
-        .map(|e| (e.path.as_path(), matches!(e.node.kind, NodeKind::Dir)))
+        .map(|e| (e.dest.as_path(), matches!(e.node.kind, NodeKind::Dir)))
         .collect();
     let mut removed = 0u64;
     fn walk_dir(
+        t: &Beneath,
         dir: &Path,
-        target: &Path,
         wanted: &HashMap<&Path, bool>,
         removed: &mut u64,
         errors: &mut Vec<RestoreError>,
     ) {
-        let Ok(rd) = std::fs::read_dir(dir) else {
+        let Ok(fd) = t.open_at(dir, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()) else {
             return;
         };
-        for e in rd.flatten() {
-            let p = e.path();
-            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-            match wanted.get(p.as_path()) {
-                Some(true) if is_dir => walk_dir(&p, target, wanted, removed, errors),
-                Some(false) if !is_dir => {}
-                _ => {
-                    let res = if is_dir {
-                        std::fs::remove_dir_all(&p)
-                    } else {
-                        std::fs::remove_file(&p)
-                    };
-                    match res {
-                        Ok(()) => *removed += 1,
-                        Err(err) => errors.push(RestoreError {
-                            path: p.strip_prefix(target).unwrap_or(&p).display().to_string(),
-                            message: format!("delta: cannot remove: {err}"),
-                        }),
-                    }
+        let mut children: Vec<(PathBuf, Vec<u8>, bool)> = Vec::new();
+        if let Ok(mut rd) = rustix::fs::Dir::read_from(&fd) {
+            while let Some(Ok(entry)) = rd.read() {
+                let name = entry.file_name().to_bytes();
+                if name == b"." || name == b".." {
+                    continue;
                 }
+                let is_dir = match entry.file_type() {
+                    FileType::Unknown => {
+                        rustix::fs::statat(&fd, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
+                            .is_ok_and(|st| {
+                                FileType::from_raw_mode(st.st_mode) == FileType::Directory
+                            })
+                    }
+                    ft => ft == FileType::Directory,
+                };
+                children.push((dir.join(OsStr::from_bytes(name)), name.to_vec(), is_dir));
+            }
+        }
+        for (p, name, is_dir) in children {
+            match wanted.get(p.as_path()) {
+                Some(true) if is_dir => walk_dir(t, &p, wanted, removed, errors),
+                Some(false) if !is_dir => {}
+                _ => match remove_tree_at(fd.as_fd(), OsStr::from_bytes(&name)) {
+                    Ok(()) => *removed += 1,
+                    Err(err) => errors.push(RestoreError {
+                        path: p.display().to_string(),
+                        message: format!("delta: cannot remove: {err}"),
+                    }),
+                },
             }
         }
     }
-    walk_dir(target, target, &wanted, &mut removed, errors);
+    walk_dir(t, Path::new(""), &wanted, &mut removed, errors);
     removed
 }
 
-fn remove_existing(path: &Path) {
-    if let Ok(md) = std::fs::symlink_metadata(path) {
-        if !md.is_dir() {
-            let _ = std::fs::remove_file(path);
+/// Creates the file `dest` afresh (whatever was there is removed first, a symlink as a
+/// link), private until its metadata is applied; returns it and its identity.
+fn create_file(
+    t: &Beneath,
+    dest: &Path,
+    size: u64,
+    sparse: bool,
+) -> std::io::Result<(File, Ident)> {
+    let open = || {
+        t.open_at(
+            dest,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+            Mode::from_raw_mode(PRIVATE_FILE),
+        )
+    };
+    let fd = match open() {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::EXIST.raw_os_error()) => {
+            t.remove_file(dest);
+            open()?
         }
-    }
-}
-
-fn create_file(path: &Path, size: u64, sparse: bool) -> std::io::Result<()> {
-    remove_existing(path);
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)?;
+        other => other?,
+    };
+    let f = File::from(fd);
     if sparse {
         f.set_len(size)?;
     }
-    Ok(())
+    let st = rustix::fs::fstat(&f)?;
+    Ok((f, ident(&st)))
+}
+
+/// Opens for writing the file the restore created at `dest`, if it still is that inode.
+fn reopen(t: &Beneath, dest: &Path, id: Option<Ident>) -> std::io::Result<File> {
+    let f = File::from(t.open_at(dest, OFlags::WRONLY, Mode::empty())?);
+    if id != Some(ident(&rustix::fs::fstat(&f)?)) {
+        return Err(replaced());
+    }
+    Ok(f)
 }
 
 /// What the pack workers share.
 struct PackCtx<'a> {
     repo: &'a Repository,
+    target: &'a Beneath,
     entries: &'a [Entry],
+    /// What step 2 created at each entry.
+    idents: &'a [Option<Ident>],
     errors: &'a Mutex<BTreeMap<usize, String>>,
     written: &'a std::sync::atomic::AtomicU64,
     progress: &'a Progress,
     /// Entries whose metadata was applied through their open file already.
     meta_done: &'a [std::sync::atomic::AtomicBool],
+    /// Metadata applied in step 3 (through the file just written).
+    /// (and the identity of the file created there).
+    meta_results: &'a Mutex<Vec<(usize, Ident, std::io::Result<Applied>)>>,
     owners: bool,
 }
 
@@ -683,27 +843,12 @@ fn restore_pack_with(
         let single = e.node.content.len() == 1 && !e.node.sparse;
         let res = (|| -> std::io::Result<()> {
             if single {
-                let open = || {
-                    OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                        .open(&e.path)
-                };
-                // Something else in the way (a symlink, a FIFO): remove it and retry.
-                let mut f = match open() {
-                    Ok(f) => f,
-                    Err(_) => {
-                        remove_existing(&e.path);
-                        open()?
-                    }
-                };
+                let (mut f, id) = create_file(ctx.target, &e.dest, 0, false)?;
                 f.write_all(plain)?;
-                // Metadata through the open file: saves three path lookups per file.
-                if apply_metadata_fd(&f, &e.node, ctx.owners).is_ok() {
-                    ctx.meta_done[*i].store(true, std::sync::atomic::Ordering::Relaxed);
-                }
+                // Metadata through the open file: no lookups, and it is surely this file.
+                let applied = apply_metadata_fd(&f, &e.node, ctx.owners);
+                ctx.meta_results.lock().push((*i, id, applied));
+                ctx.meta_done[*i].store(true, std::sync::atomic::Ordering::Relaxed);
                 return Ok(());
             }
             if e.node.sparse && plain.iter().all(|b| *b == 0) {
@@ -712,7 +857,7 @@ fn restore_pack_with(
             let f = match open_files.entry(*i) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(OpenOptions::new().write(true).open(&e.path)?)
+                    v.insert(reopen(ctx.target, &e.dest, ctx.idents[*i])?)
                 }
             };
             if e.node.sparse {

@@ -1,8 +1,9 @@
 //! Local file system specifics that OpenDAL's fs service does not give us: every write
 //! (atomic and durable), create-only writes that are atomic against concurrent writers,
-//! and directory fsyncs.
+//! and directory fsyncs after writes and deletions.
 //! Lives here: the temp directory name (created by the first write, never by opening),
-//! `put`, `put_new` by hard link, staged files, directory syncing, stale-temp cleanup.
+//! `put`, `put_new` by hard link, staged files, directory syncing after writes and
+//! deletions, stale-temp cleanup.
 //! Never here: reads, listing or anything the OpenDAL fs service already does well.
 //!
 //! Why (docs/decisions/0010-local-fsync.md): OpenDAL's fs writer does not fsync the
@@ -89,6 +90,29 @@ pub(crate) fn put(root: &Path, path: &str, data: &[u8]) -> Result<(), Error> {
         .write_all(data)
         .map_err(|e| Error::io(path, e))?;
     staged.publish(root, path)
+}
+
+/// Fsyncs each directory that held one of the deleted objects `paths`, once: until then a
+/// deleted name may come back after a power loss (a pack deleted by prune reappearing is
+/// garbage; an index or lease reappearing is worse). A directory that is gone (nothing was
+/// there to delete) needs nothing.
+pub(crate) fn sync_deleted(root: &Path, paths: &[&str]) -> Result<(), Error> {
+    let mut dirs: std::collections::BTreeMap<PathBuf, &str> = std::collections::BTreeMap::new();
+    for path in paths {
+        // A path OpenDAL deleted but that is no object path (none is) holds nothing to sync.
+        let Ok(target) = object_path(root, path) else {
+            continue;
+        };
+        dirs.entry(target.parent().unwrap_or(root).to_path_buf())
+            .or_insert(path);
+    }
+    for (dir, path) in dirs {
+        match File::open(&dir).and_then(|f| f.sync_all()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other.map_err(|e| Error::io(path, e))?,
+        }
+    }
+    Ok(())
 }
 
 /// Writes `parts` (one after the other) as `path` only if no object of that name exists,
