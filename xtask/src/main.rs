@@ -52,6 +52,11 @@ const TEST_PACKAGES: &[&str] = &[
     "etcd-server",
     "protobuf-compiler",
     "iproute2",
+    // strace for the tests that prove restores are durable before they report success
+    // (syncfs before backup_label, fsync after deletes); e2fsprogs for `chattr +i` in the
+    // fence tests (an immutable data directory).
+    "strace",
+    "e2fsprogs",
 ];
 /// Debian packages for building fuzz targets (libFuzzer is C++).
 const FUZZ_PACKAGES: &[&str] = &["build-essential"];

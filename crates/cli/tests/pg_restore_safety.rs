@@ -182,7 +182,7 @@ fn r9_4_every_restored_file_is_durable_before_backup_label_is_written() {
             "-f",
             "-qq",
             "-e",
-            "trace=openat,fsync,fdatasync,syncfs,sync,rename,renameat,renameat2",
+            "trace=openat,openat2,fsync,fdatasync,syncfs,sync,rename,renameat,renameat2",
             "-o",
         ])
         .arg(&trace)
@@ -205,9 +205,15 @@ fn r9_4_every_restored_file_is_durable_before_backup_label_is_written() {
     .unwrap_or_else(|| panic!("backup_label never opened:\n{log}"));
     // Relation files were written before; a syncfs of their filesystem (or a sync) must
     // come after the last of them and before backup_label exists.
+    // The restore creates files relative to the target's descriptor (openat2 with
+    // RESOLVE_BENEATH, ADR 0025): "base/…", or "…/base/…" through plain openat.
     let last_relation = lines
         .iter()
-        .rposition(|l| l.contains("openat(") && l.contains("/base/") && l.contains("O_CREAT"))
+        .rposition(|l| {
+            (l.contains("openat(") || l.contains("openat2("))
+                && (l.contains("/base/") || l.contains("\"base/"))
+                && l.contains("O_CREAT")
+        })
         .unwrap_or_else(|| panic!("no relation file written:\n{log}"));
     assert!(last_relation < label);
     let synced = lines[last_relation..label]
