@@ -1134,7 +1134,7 @@ impl Pg {
         let Some(pid) = crate::server_files::PostmasterPid::parse(&text).map(|p| p.pid) else {
             return Ok(None);
         };
-        if !alive(pid) {
+        if !process_alive(pid) {
             return Ok(None);
         }
         // A name that cannot be read (not ours to see) is trusted, as the cwd below is.
@@ -1234,7 +1234,7 @@ impl Pg {
         }
         let deadline = Instant::now() + self.timeouts.stop;
         // The postmaster removes postmaster.pid as it exits.
-        while member.data_dir.join("postmaster.pid").exists() && alive(pid) {
+        while member.data_dir.join("postmaster.pid").exists() && process_alive(pid) {
             if Instant::now() >= deadline {
                 return Err(ClusterError::Timeout {
                     member: member.name.clone(),
@@ -1883,7 +1883,7 @@ impl Pg {
                 }
                 killed = true;
                 let deadline = Instant::now() + self.timeouts.stop;
-                while alive(pid) {
+                while process_alive(pid) {
                     if Instant::now() >= deadline {
                         return Err(e);
                     }
@@ -2464,8 +2464,10 @@ fn diverged_line(member: &Member, from: &mut u64) -> Option<String> {
 
 /// Whether process `pid` exists and is not a zombie. When `/proc/<pid>/stat` cannot be
 /// read (`hidepid`, another user's process) the kernel is asked with `kill(pid, 0)`: only
-/// `ESRCH` means that no such process exists — "cannot tell" is not "gone".
-fn alive(pid: u32) -> bool {
+/// `ESRCH` means that no such process exists — "cannot tell" is not "gone". The one rule
+/// for "does this PostgreSQL process still run" (the executor's fence and `pg restore`'s
+/// refusal of a running cluster use it too).
+pub fn process_alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         // `pid (comm) S …`: the state follows the last `)`.
         Ok(stat) => stat
@@ -2614,8 +2616,8 @@ mod tests {
 
     #[test]
     fn pids_that_are_gone_are_not_alive() {
-        assert!(alive(std::process::id()));
-        assert!(!alive(u32::MAX));
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(u32::MAX));
     }
 
     #[test]

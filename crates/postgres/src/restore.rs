@@ -354,17 +354,8 @@ pub fn refuse_running(dir: &Path) -> Result<()> {
     let pidfile = dir.join("postmaster.pid");
     if let Ok(text) = std::fs::read_to_string(&pidfile) {
         if let Some(pid) = crate::server_files::PostmasterPid::parse(&text).map(|p| p.pid) {
-            // `/proc/<pid>` is hidden under `hidepid`: ask the kernel, only ESRCH is "gone".
-            let running = i32::try_from(pid)
-                .ok()
-                .and_then(rustix::process::Pid::from_raw)
-                .is_some_and(|p| {
-                    !matches!(
-                        rustix::process::test_kill_process(p),
-                        Err(rustix::io::Errno::SRCH)
-                    )
-                });
-            if running {
+            // "Cannot tell" (`hidepid`) is not "gone": the one rule in `cluster`.
+            if crate::cluster::process_alive(pid) {
                 return Err(Error::Invalid(format!(
                     "{} holds a running PostgreSQL (postmaster.pid names process {pid}); stop it \
                      first, or restore somewhere else",

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use lifeboat_coord::Coordinator;
 use lifeboat_failover::{Action, ActionKind, Outcome};
-use lifeboat_postgres::cluster::{ClusterError, Member, Pg, RejoinPath, StopMode, SyncMode};
+use lifeboat_postgres::cluster::{
+    process_alive, ClusterError, Member, Pg, RejoinPath, StopMode, SyncMode,
+};
 
 /// How long a promotion may take before it counts as failed.
 const PROMOTE_WAIT: Duration = Duration::from_secs(10);
@@ -179,10 +181,10 @@ impl Executor {
             Ok(Some(pid)) => {
                 kill_tree(pid);
                 let deadline = Instant::now() + FENCE_WAIT;
-                while alive(pid) && Instant::now() < deadline {
+                while process_alive(pid) && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                if alive(pid) {
+                if process_alive(pid) {
                     problems.push(format!(
                         "its postmaster {pid} still runs {FENCE_WAIT:?} after SIGKILL"
                     ));
@@ -296,7 +298,7 @@ impl Executor {
             }
             kill_tree(pid);
             let deadline = Instant::now() + Duration::from_secs(10);
-            while alive(pid) && Instant::now() < deadline {
+            while process_alive(pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
@@ -416,28 +418,6 @@ fn kill_tree(pid: u32) {
     }
 }
 
-/// Whether `pid` runs: it exists and is not a zombie (a killed postmaster whose parent
-/// has not reaped it yet still has a /proc entry, and PostgreSQL's own lock-file check
-/// takes it for a live server). When `/proc/<pid>/stat` cannot be read (`hidepid`, another
-/// user's process), only `kill(pid, 0)` answering `ESRCH` means gone.
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rfind(')')
-            .and_then(|i| s[i + 1..].split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => i32::try_from(pid)
-            .ok()
-            .and_then(rustix::process::Pid::from_raw)
-            .is_some_and(|p| {
-                !matches!(
-                    rustix::process::test_kill_process(p),
-                    Err(rustix::io::Errno::SRCH)
-                )
-            }),
-    }
-}
-
 /// Removes the lock files of a dead postmaster (`postmaster.pid` and its socket's
 /// `.s.PGSQL.PORT.lock`) when the process they name is gone or a zombie, so a start or a
 /// pg_rewind is not refused for a server that no longer exists.
@@ -450,7 +430,7 @@ fn clear_stale_locks(data_dir: &Path) {
         return;
     };
     let pid = lock_file.pid;
-    if alive(pid) {
+    if process_alive(pid) {
         return;
     }
     if let (Some(dir), Some(port)) = (&lock_file.socket_dir, lock_file.port) {
