@@ -206,21 +206,26 @@ pub struct Problems {
 
 impl fmt::Display for Problems {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.list.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(
-                f,
-                "{}:{}:{}: {}: {} (fix: {})",
-                self.file, p.line, p.column, p.key, p.message, p.fix
-            )?;
-        }
-        Ok(())
+        write_problems(f, &self.file, &self.list)
     }
 }
 
 impl std::error::Error for Problems {}
+
+/// One line per problem or warning: `file:line:column: key: message (fix: …)`.
+fn write_problems(f: &mut fmt::Formatter<'_>, file: &str, list: &[Problem]) -> fmt::Result {
+    for (i, p) in list.iter().enumerate() {
+        if i > 0 {
+            writeln!(f)?;
+        }
+        write!(
+            f,
+            "{}:{}:{}: {}: {} (fix: {})",
+            file, p.line, p.column, p.key, p.message, p.fix
+        )?;
+    }
+    Ok(())
+}
 
 /// What is valid but unsafe in one config file, in file order: secrets other users can read,
 /// a config file others can change, a listener reachable beyond this host.
@@ -241,17 +246,7 @@ impl Warnings {
 
 impl fmt::Display for Warnings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.list.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(
-                f,
-                "{}:{}:{}: {}: {} (fix: {})",
-                self.file, p.line, p.column, p.key, p.message, p.fix
-            )?;
-        }
-        Ok(())
+        write_problems(f, &self.file, &self.list)
     }
 }
 
