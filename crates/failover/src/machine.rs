@@ -653,15 +653,7 @@ impl Machine {
                         to: p.to.clone(),
                     };
                     p.fence_approved = true;
-                    p.id = self.push(
-                        out,
-                        Lane::Step,
-                        ActionKind::Fence {
-                            member: p.from.clone(),
-                        },
-                    );
-                    p.step = Step::Fence;
-                    self.pending = Some(p);
+                    self.fence_step(p, out);
                     return;
                 }
                 let Some(from) = self.primary.clone() else {
@@ -892,15 +884,7 @@ impl Machine {
                     "clean stop of {} failed ({outcome:?}); fencing",
                     p.from
                 ));
-                p.id = self.push(
-                    out,
-                    Lane::Step,
-                    ActionKind::Fence {
-                        member: p.from.clone(),
-                    },
-                );
-                p.step = Step::Fence;
-                self.pending = Some(p);
+                self.fence_step(p, out);
             }
             (Step::Fence, Outcome::Failed(why)) if !p.fence_approved => {
                 // Not confirmed: the old primary may still take writes. Promoting now could
@@ -1032,6 +1016,19 @@ impl Machine {
                 };
             }
         }
+    }
+
+    /// The failover's next step is fencing the old primary (`p.from`).
+    fn fence_step(&mut self, mut p: Pending, out: &mut Vec<Action>) {
+        p.id = self.push(
+            out,
+            Lane::Step,
+            ActionKind::Fence {
+                member: p.from.clone(),
+            },
+        );
+        p.step = Step::Fence;
+        self.pending = Some(p);
     }
 
     fn promote_step(&mut self, mut p: Pending, out: &mut Vec<Action>) {
