@@ -65,3 +65,51 @@ fn r10_url_like_repository_paths_are_refused_not_created() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(cwd.join("s3:").join("config").exists());
 }
+
+/// The repository's files (path and size), leases aside.
+fn repo_files(env: &Env) -> Vec<(std::path::PathBuf, u64)> {
+    files_under(&env.repo)
+        .into_iter()
+        .filter(|p| !p.starts_with(env.repo.join("locks")))
+        .map(|p| {
+            let len = std::fs::metadata(&p).unwrap().len();
+            (p, len)
+        })
+        .collect()
+}
+
+/// A prune with nothing to do does nothing: the small pack left by the first prune's
+/// repack (one file's blob, ~100 bytes with its header) was rewritten by every later prune.
+#[test]
+fn r10_prune_settles_a_second_prune_rewrites_nothing() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), b"hello\n").unwrap();
+    std::fs::write(src.join("b.txt"), b"keep\n").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    std::fs::write(src.join("a.txt"), b"hello again\n").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    env.ok(&["forget", "--keep-last", "1"]);
+    let first = env.json(&["prune"]);
+    assert_eq!(first["packs_repacked"], 1, "{first}");
+    let before = repo_files(&env);
+    for _ in 0..2 {
+        let again = env.json(&["prune"]);
+        for field in ["packs_condemned", "packs_repacked", "packs_deleted"] {
+            assert_eq!(again[field], 0, "{field}: {again}");
+        }
+        assert_eq!(again["bytes_freed"], 0, "{again}");
+        assert_eq!(
+            repo_files(&env),
+            before,
+            "a prune with nothing to do changed files"
+        );
+    }
+    // And the data is all there.
+    let t = env.path("t");
+    env.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    assert_same_tree(&src, &t.join("src"));
+    env.ok(&["check", "--read-data"]);
+}
