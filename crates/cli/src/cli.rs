@@ -227,10 +227,11 @@ pub struct DumpCmd {
 /// `check`.
 #[derive(Debug, ClapArgs)]
 pub struct CheckCmd {
-    /// Read and verify every pack.
+    /// Read and verify every pack (and WAL object) in full.
     #[arg(long)]
     pub read_data: bool,
-    /// Read and verify a random N% of the packs (e.g. 10%).
+    /// Read and verify a random N% of the packs (and WAL objects), each in full (e.g. 10%).
+    /// With --read-data too, the subset is what is read.
     #[arg(long, value_name = "N%")]
     pub read_data_subset: Option<String>,
 }

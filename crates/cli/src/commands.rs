@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use lifeboat_repo::check::{check, CheckOptions};
+use lifeboat_repo::check::{check, CheckOptions, ReadData};
 use lifeboat_repo::copy::{copy, CopyOptions};
 use lifeboat_repo::format::{BlobKind, Node, NodeKind, Snapshot, SnapshotSummary};
 use lifeboat_repo::prune::{prune, PruneOptions, PruneReport};
@@ -589,21 +589,21 @@ pub fn run(args: Args) -> Result<u8> {
             Ok(EXIT_OK)
         }
         Command::Check(c) => {
-            let subset = match &c.read_data_subset {
-                Some(s) => {
-                    let v = lifeboat_types::parse_percent(s)
-                        .map_err(|e| usage(format!("--read-data-subset: {e}"), None))?;
-                    Some(v)
-                }
-                None => None,
+            // A subset is what is read, with or without --read-data (docs/guide.md).
+            let read_data = match &c.read_data_subset {
+                Some(s) => ReadData::Subset(
+                    lifeboat_types::parse_percent(s)
+                        .map_err(|e| usage(format!("--read-data-subset: {e}"), None))?,
+                ),
+                None if c.read_data => ReadData::All,
+                None => ReadData::None,
             };
             let repo = open(g)?;
             let _lease = read_lease(&repo, "check")?;
             let report = check(
                 &repo,
                 &CheckOptions {
-                    read_data: c.read_data,
-                    read_data_subset: subset,
+                    read_data,
                     threads: 2,
                     no_record: false,
                 },
@@ -624,11 +624,17 @@ pub fn run(args: Args) -> Result<u8> {
                     report.index_files,
                     report.packs,
                     report.blobs,
-                    if report.packs_read > 0 {
+                    if read_data.reads() {
                         format!(
-                            "; read {} packs ({})",
+                            "; read {} of {} packs ({} of {}{})",
                             report.packs_read,
-                            bytes(report.bytes_read)
+                            report.data_packs,
+                            bytes(report.bytes_read),
+                            bytes(report.data_bytes),
+                            report
+                                .read_data_subset
+                                .map(|p| format!(": a random {p}% subset"))
+                                .unwrap_or_default()
                         )
                     } else {
                         String::new()
@@ -638,7 +644,7 @@ pub fn run(args: Args) -> Result<u8> {
                     line(&format!(
                         "WAL objects: {}{}",
                         report.wal_objects,
-                        if report.wal_objects_read > 0 {
+                        if read_data.reads() {
                             format!(", {} read and verified", report.wal_objects_read)
                         } else {
                             String::new()

@@ -113,3 +113,50 @@ fn r10_prune_settles_a_second_prune_rewrites_nothing() {
     assert_same_tree(&src, &t.join("src"));
     env.ok(&["check", "--read-data"]);
 }
+
+/// `check --read-data --read-data-subset 5%` reads the subset, each pack in full, and says
+/// so: how many packs and bytes of how many (it printed "read 1 packs", and dropped
+/// --read-data without a word).
+#[test]
+fn r10_check_says_how_much_of_the_data_a_subset_read() {
+    let env = Env::new();
+    env.init(); // 1 MiB packs
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..6 {
+        std::fs::write(src.join(format!("f{i}")), noise(1 << 20, i)).unwrap();
+    }
+    env.ok(&["backup", src.to_str().unwrap()]);
+
+    let all = env.json(&["check", "--read-data"]);
+    let packs = all["data_packs"].as_u64().unwrap();
+    assert!(packs >= 6, "{all}");
+    assert_eq!(all["packs_read"].as_u64().unwrap(), packs, "{all}");
+    assert_eq!(all["bytes_read"], all["data_bytes"], "{all}");
+    assert!(all["read_data_subset"].is_null(), "{all}");
+
+    let sub = env.json(&["check", "--read-data", "--read-data-subset", "5%"]);
+    assert_eq!(sub["packs_read"], 1, "5% of the packs, rounded up: {sub}");
+    assert_eq!(sub["data_packs"].as_u64().unwrap(), packs, "{sub}");
+    assert_eq!(sub["data_bytes"], all["data_bytes"], "{sub}");
+    assert!(
+        sub["bytes_read"].as_u64().unwrap() < sub["data_bytes"].as_u64().unwrap(),
+        "{sub}"
+    );
+    assert_eq!(sub["read_data_subset"], 5.0, "{sub}");
+
+    let text = env.ok(&["check", "--read-data", "--read-data-subset", "5%"]);
+    assert!(
+        text.contains(&format!("read 1 of {packs} packs")) && text.contains("5% subset"),
+        "the summary says what was read of what: {text}"
+    );
+
+    // The subset's packs are read in full: damage in whichever pack is chosen is found.
+    for p in files_under(&env.repo.join("data")) {
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[100] ^= 0x01;
+        std::fs::write(&p, bytes).unwrap();
+    }
+    let o = env.run(&["check", "--read-data-subset", "5%"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+}
