@@ -160,3 +160,47 @@ fn r10_check_says_how_much_of_the_data_a_subset_read() {
     let o = env.run(&["check", "--read-data-subset", "5%"]);
     assert_eq!(code(&o), 1, "{}", stderr(&o));
 }
+
+/// `dump` of a file the backup could not read fails (exit 1) naming it and saying why it
+/// has no content; it wrote nothing and exited 0. Its sibling `restore` lists it (exit 1)
+/// and restores everything else.
+#[test]
+fn r10_dump_of_a_file_unreadable_at_backup_time_fails_naming_it() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("ok.txt"), b"fine").unwrap();
+    // /proc/self/mem stats as a regular file but every read at offset 0 fails (EIO), for
+    // root too.
+    let o = env.run(&["backup", src.to_str().unwrap(), "/proc/self/mem"]);
+    assert_eq!(code(&o), 3, "a partial backup: {}", stderr(&o));
+    let ls = env.json(&["ls", "latest:mem"]);
+    assert_eq!(ls["nodes"][0]["type"], "file", "{ls}");
+
+    let o = env.run(&["dump", "latest:mem"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(o.stdout.is_empty(), "dump wrote {} bytes", o.stdout.len());
+    let err = stderr(&o);
+    assert!(
+        err.contains("mem in snapshot")
+            && err.contains("could not be read when the snapshot was taken"),
+        "names the file and why it has no content: {err}"
+    );
+    assert!(
+        err.contains("cannot read"),
+        "with the backup's reason: {err}"
+    );
+    // A readable file of the same snapshot dumps as ever.
+    assert_eq!(env.ok(&["dump", "latest:src/ok.txt"]), "fine");
+
+    let t = env.path("t");
+    let o = env.run(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("mem: was not backed up completely: cannot read"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read(t.join("src/ok.txt")).unwrap(), b"fine");
+}

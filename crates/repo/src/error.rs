@@ -84,6 +84,17 @@ pub enum Error {
         /// The snapshot (short id).
         snapshot: String,
     },
+    /// A file of a snapshot whose content was not stored: it could not be read (completely)
+    /// when the snapshot was taken. Its metadata, size included, is what was on disk.
+    #[error("{path} in snapshot {snapshot} has no content: it could not be read when the snapshot was taken ({reason}); its size is what was on disk, its bytes were never stored")]
+    NotBackedUp {
+        /// The path inside the snapshot.
+        path: String,
+        /// The snapshot (short id).
+        snapshot: String,
+        /// Why it could not be read, as the backup recorded it.
+        reason: String,
+    },
     /// Another process holds a lease that excludes this operation.
     #[error("{what}; {hint}")]
     Leased {
@@ -140,12 +151,16 @@ impl Error {
         }
     }
 
-    /// Whether this error means the repository holds damaged or missing data (exit code 1 in
-    /// the command-line tool) rather than an operational failure.
+    /// Whether this error means the repository holds damaged or missing data — or a file
+    /// whose content a snapshot never held (exit code 1 in the command-line tool) — rather
+    /// than an operational failure.
     pub fn is_damage(&self) -> bool {
         matches!(
             self,
-            Error::Damaged { .. } | Error::BlobMissing { .. } | Error::PackMissing { .. }
+            Error::Damaged { .. }
+                | Error::BlobMissing { .. }
+                | Error::PackMissing { .. }
+                | Error::NotBackedUp { .. }
         )
     }
 
