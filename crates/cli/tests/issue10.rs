@@ -204,3 +204,154 @@ fn r10_dump_of_a_file_unreadable_at_backup_time_fails_naming_it() {
     );
     assert_eq!(std::fs::read(t.join("src/ok.txt")).unwrap(), b"fine");
 }
+
+/// Backs up `stdin` as `name` with the given tags; returns the snapshot id.
+fn backup_stdin(env: &Env, data: &[u8], name: &str, tags: &[&str]) -> String {
+    use std::io::Write;
+    let mut args = vec!["backup", "--stdin", "--stdin-filename", name, "--json"];
+    for t in tags {
+        args.extend(["--tag", t]);
+    }
+    let mut child = env
+        .cmd()
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["snapshot_id"].as_str().unwrap().to_string()
+}
+
+/// `restore latest` after `pg_dump | lifeboat backup --stdin` restored only the dump: the
+/// newest snapshot of any kind. `--tag`, `--host` and `--path` narrow what `latest` (and an
+/// id) may be, the same way in every command that names or lists snapshots.
+#[test]
+fn r10_latest_honours_tag_host_and_path_filters() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("media")).unwrap();
+    std::fs::write(src.join("media/a.jpg"), noise(50_000, 1)).unwrap();
+    std::fs::write(src.join("orders.json"), text(10_000, 2)).unwrap();
+    let dir = src.to_str().unwrap();
+    let first = env.json(&["backup", dir, "--tag", "files", "--host", "web1"]);
+    let first = first["snapshot_id"].as_str().unwrap().to_string();
+    let dump = backup_stdin(
+        &env,
+        b"-- pg_dump of shop\n",
+        "shop.sql",
+        &["db", "nightly"],
+    );
+
+    // Unfiltered, latest is still the newest of any kind (the stream).
+    let t = env.path("t-any");
+    env.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    assert!(t.join("shop.sql").exists() && !t.join("src").exists());
+
+    // --path: the directory's newest snapshot.
+    let t = env.path("t-path");
+    env.ok(&[
+        "restore",
+        "latest",
+        "--path",
+        dir,
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    assert_same_tree(&src, &t.join("src"));
+    assert!(!t.join("shop.sql").exists());
+    // A trailing slash or a relative path is the same path.
+    let with_slash = format!("{dir}/");
+    let ls = env.json(&["ls", "latest", "--path", &with_slash]);
+    assert_eq!(ls["snapshot"], first.as_str(), "{ls}");
+    let o = env
+        .cmd()
+        .current_dir(env.path(""))
+        .args(["ls", "latest", "--path", "src", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+
+    // --tag: one tag, a list (all of it), either of two lists; --host.
+    let t = env.path("t-tag");
+    env.ok(&[
+        "restore",
+        "latest",
+        "--tag",
+        "files",
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    assert_same_tree(&src, &t.join("src"));
+    let id_of = |args: &[&str]| env.json(args)["snapshot"].as_str().unwrap().to_string();
+    assert_eq!(id_of(&["ls", "latest", "--tag", "db,nightly"]), dump);
+    assert_eq!(
+        id_of(&["ls", "latest", "--tag", "db,files", "--tag", "files"]),
+        first
+    );
+    assert_eq!(id_of(&["ls", "latest", "--host", "web1"]), first);
+    let out = env.ok(&["dump", "latest:shop.sql", "--tag", "db"]);
+    assert_eq!(out, "-- pg_dump of shop\n");
+    let out = env.ok(&["dump", "latest:src/orders.json", "--path", dir]);
+    assert_eq!(out.len(), 10_000);
+
+    // Listing: snapshots --path / --tag.
+    let listed = env.json(&["snapshots", "--path", "/shop.sql"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["id"], dump.as_str());
+    let listed = env.json(&["snapshots", "--tag", "files"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+
+    // Nothing matches: exit 2, naming the filters; no file written.
+    let t = env.path("t-none");
+    let o = env.run(&[
+        "restore",
+        "latest",
+        "--tag",
+        "nope",
+        "--path",
+        dir,
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("--tag nope") && err.contains(&format!("--path {dir}")),
+        "{err}"
+    );
+    assert!(!t.exists());
+    // An id the filters exclude is refused, not silently taken.
+    let o = env.run(&["ls", &dump[..8], "--path", dir]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains(&dump[..8]), "{}", stderr(&o));
+    // diff: both sides through the same filter.
+    let o = env.run(&["diff", &first[..8], "latest", "--tag", "db"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+
+    // forget judges only the snapshots that pass the filter.
+    std::fs::write(src.join("orders.json"), text(12_000, 3)).unwrap();
+    let second = env.json(&["backup", dir, "--tag", "files", "--host", "web1"]);
+    let second = second["snapshot_id"].as_str().unwrap().to_string();
+    let f = env.json(&["forget", "--keep-last", "1", "--tag", "files"]);
+    assert_eq!(f["removed"], serde_json::json!([first]), "{f}");
+    let left: Vec<String> = env
+        .json(&["snapshots"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.contains(&dump) && left.contains(&second), "{left:?}");
+
+    // copy copies only what passes the filter.
+    let dr = env.path("dr");
+    let c = env.json(&["copy", "--to", dr.to_str().unwrap(), "--tag", "db"]);
+    assert_eq!(c["copied"].as_array().unwrap().len(), 1, "{c}");
+    assert_eq!(c["copied"][0]["source"], dump.as_str(), "{c}");
+}

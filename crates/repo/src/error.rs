@@ -68,6 +68,14 @@ pub enum Error {
         /// The id, prefix or `latest` given.
         spec: String,
     },
+    /// Snapshots exist, but none named `spec` passes the filters given.
+    #[error("no snapshot matches {spec:?} with {filter}; list the candidates with `lifeboat snapshots {filter}`")]
+    NoSnapshotMatches {
+        /// The id, prefix or `latest` given.
+        spec: String,
+        /// The filters, as flags (`--tag db --path /srv`).
+        filter: String,
+    },
     /// An id prefix matches several snapshots.
     #[error("{spec:?} matches {count} snapshots; give more digits of the id")]
     AmbiguousSnapshot {
@@ -178,6 +186,7 @@ impl Error {
                 | Error::NotARepository { .. }
                 | Error::AlreadyInitialized { .. }
                 | Error::SnapshotNotFound { .. }
+                | Error::NoSnapshotMatches { .. }
                 | Error::AmbiguousSnapshot { .. }
                 | Error::PathNotFound { .. }
                 | Error::Invalid(_)
