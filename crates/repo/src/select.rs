@@ -52,7 +52,7 @@ impl SnapshotFilter {
                     .filter(|t| !t.is_empty())
                     .all(|t| s.tags.iter().any(|have| have == t))
             });
-        let host = self.hosts.is_empty() || self.hosts.iter().any(|h| *h == s.hostname);
+        let host = self.hosts.is_empty() || self.hosts.contains(&s.hostname);
         let paths = self.paths.iter().all(|want| {
             s.paths
                 .iter()
