@@ -157,7 +157,17 @@ impl fmt::Display for S3Location {
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Location::Local(p) => write!(f, "{}", p.display()),
+            // A relative path that starts like a URL prints as `local:PATH`, so that the
+            // text parses back to this location (`pg restore` writes it into
+            // restore_command).
+            Location::Local(p) => {
+                let shown = p.display().to_string();
+                if url_scheme(&shown).is_some() {
+                    write!(f, "local:{shown}")
+                } else {
+                    f.write_str(&shown)
+                }
+            }
             Location::S3(s) => s.fmt(f),
             Location::Memory => f.write_str("memory:"),
         }
@@ -207,10 +217,20 @@ mod tests {
                 "{bad}: {e}"
             );
         }
-        // A colon further in, or after ./, is a path.
-        for ok in ["./s3:/bucket", "/srv/a:b", "repo", "local:s3:x"] {
-            assert!(
-                matches!(Location::parse(ok, &env), Ok(Location::Local(_))),
+        // A colon further in, or after ./, is a path; every location prints as text that
+        // parses back to it.
+        for ok in [
+            "./s3:/bucket",
+            "/srv/a:b",
+            "repo",
+            "local:s3:x",
+            "local:memory:",
+        ] {
+            let loc = Location::parse(ok, &env).unwrap();
+            assert!(matches!(loc, Location::Local(_)), "{ok}");
+            assert_eq!(
+                Location::parse(&loc.to_string(), &env).unwrap(),
+                loc,
                 "{ok}"
             );
         }
