@@ -440,6 +440,9 @@ pub fn run(args: Args) -> Result<u8> {
                     } else {
                         line(&e.path)?;
                     }
+                    if let Some(err) = &e.error {
+                        eprintln!("warning: {}: not backed up, no content: {err}", e.path);
+                    }
                 }
             }
             Ok(EXIT_OK)
@@ -1163,6 +1166,9 @@ struct LsEntry {
     mtime: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     link_target: Option<String>,
+    /// Why the backup could not read this file: the snapshot holds no content for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 impl LsEntry {
@@ -1192,6 +1198,7 @@ impl LsEntry {
                 NodeKind::Symlink { target } => Some(String::from_utf8_lossy(target).into_owned()),
                 _ => None,
             },
+            error: n.error.clone(),
         }
     }
 }

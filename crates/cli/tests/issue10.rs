@@ -177,6 +177,16 @@ fn r10_dump_of_a_file_unreadable_at_backup_time_fails_naming_it() {
     assert_eq!(code(&o), 3, "a partial backup: {}", stderr(&o));
     let ls = env.json(&["ls", "latest:mem"]);
     assert_eq!(ls["nodes"][0]["type"], "file", "{ls}");
+    assert!(
+        ls["nodes"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot read"),
+        "ls says the file has no content: {ls}"
+    );
+    let o = env.run(&["ls", "-l", "latest:mem"]);
+    assert_eq!(code(&o), 0);
+    assert!(stderr(&o).contains("mem: not backed up"), "{}", stderr(&o));
 
     let o = env.run(&["dump", "latest:mem"]);
     assert_eq!(code(&o), 1, "{}", stderr(&o));
