@@ -173,25 +173,43 @@ pub struct BackupCmd {
     pub force: bool,
 }
 
+/// Which snapshots a command considers (restic's semantics, `lifeboat_repo::select`):
+/// `latest` is the newest snapshot that passes them, an id must pass them too.
+#[derive(Debug, Clone, Default, ClapArgs)]
+pub struct SnapshotFilterArgs {
+    /// Only snapshots with these tags: `--tag a,b` needs both, `--tag a --tag b` either.
+    #[arg(long = "tag", value_name = "TAG[,TAG...]")]
+    pub tags: Vec<String>,
+    /// Only snapshots of this host (repeatable: any of them).
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Only snapshots whose backed-up paths include this one (repeatable: all of them);
+    /// relative paths are taken from the current directory, as `backup` does. A stdin
+    /// backup's path is /NAME (its --stdin-filename).
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
 /// `snapshots`.
 #[derive(Debug, ClapArgs)]
 pub struct SnapshotsCmd {
-    /// Only snapshots with this tag.
-    #[arg(long)]
-    pub tag: Option<String>,
-    /// Only snapshots of this host.
-    #[arg(long)]
-    pub host: Option<String>,
+    /// Which snapshots to list.
+    #[command(flatten)]
+    pub filter: SnapshotFilterArgs,
 }
 
 /// `ls`.
 #[derive(Debug, ClapArgs)]
 pub struct LsCmd {
-    /// SNAPSHOT[:PATH]; SNAPSHOT is an id, a unique prefix, or `latest`.
+    /// SNAPSHOT[:PATH]; SNAPSHOT is an id, a unique prefix, or `latest` (the newest that
+    /// passes --tag/--host/--path).
     pub target: String,
     /// Show mode, size and time.
     #[arg(short, long)]
     pub long: bool,
+    /// Which snapshots `latest` (or an id) may be.
+    #[command(flatten)]
+    pub filter: SnapshotFilterArgs,
 }
 
 /// `diff`.
@@ -201,6 +219,9 @@ pub struct DiffCmd {
     pub from: String,
     /// The newer snapshot.
     pub to: String,
+    /// Which snapshots `latest` (or an id) may be, for both.
+    #[command(flatten)]
+    pub filter: SnapshotFilterArgs,
 }
 
 /// `stats`.
@@ -210,11 +231,15 @@ pub struct StatsCmd {}
 /// `restore`.
 #[derive(Debug, ClapArgs)]
 pub struct RestoreCmd {
-    /// SNAPSHOT[:PATH].
+    /// SNAPSHOT[:PATH]; SNAPSHOT is an id, a unique prefix, or `latest` (the newest that
+    /// passes --tag/--host/--path).
     pub target_snapshot: String,
     /// Directory to restore into (created if missing).
     #[arg(long, short = 't')]
     pub target: PathBuf,
+    /// Which snapshots `latest` (or an id) may be.
+    #[command(flatten)]
+    pub filter: SnapshotFilterArgs,
 }
 
 /// `dump`.
@@ -222,15 +247,19 @@ pub struct RestoreCmd {
 pub struct DumpCmd {
     /// SNAPSHOT:PATH of a file.
     pub target: String,
+    /// Which snapshots `latest` (or an id) may be.
+    #[command(flatten)]
+    pub filter: SnapshotFilterArgs,
 }
 
 /// `check`.
 #[derive(Debug, ClapArgs)]
 pub struct CheckCmd {
-    /// Read and verify every pack.
+    /// Read and verify every pack (and WAL object) in full.
     #[arg(long)]
     pub read_data: bool,
-    /// Read and verify a random N% of the packs (e.g. 10%).
+    /// Read and verify a random N% of the packs (and WAL objects), each in full (e.g. 10%).
+    /// With --read-data too, the subset is what is read.
     #[arg(long, value_name = "N%")]
     pub read_data_subset: Option<String>,
 }
@@ -265,6 +294,9 @@ pub struct ForgetCmd {
     /// Prune afterwards.
     #[arg(long)]
     pub prune: bool,
+    /// Apply the policy only to these snapshots (the others are kept).
+    #[command(flatten)]
+    pub filter: SnapshotFilterArgs,
 }
 
 /// `prune`.
@@ -284,8 +316,11 @@ pub struct CopyCmd {
     /// Password file of the target (or LIFEBOAT_TO_PASSWORD; default: the same password).
     #[arg(long, env = "LIFEBOAT_TO_PASSWORD_FILE")]
     pub to_password_file: Option<PathBuf>,
-    /// Snapshots to copy (default: all).
+    /// Snapshots to copy (default: all that pass --tag/--host/--path).
     pub snapshots: Vec<String>,
+    /// Which snapshots to copy (and which `latest` or an id may be).
+    #[command(flatten)]
+    pub filter: SnapshotFilterArgs,
     /// Skip reading back each new pack from the target.
     #[arg(long)]
     pub no_verify: bool,

@@ -8,20 +8,20 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use lifeboat_repo::check::{check, CheckOptions};
+use lifeboat_repo::check::{check, CheckOptions, ReadData};
 use lifeboat_repo::copy::{copy, CopyOptions};
 use lifeboat_repo::format::{BlobKind, Node, NodeKind, Snapshot, SnapshotSummary};
 use lifeboat_repo::prune::{prune, PruneOptions, PruneReport};
 use lifeboat_repo::retention::{KeepPolicy, Verdict};
 use lifeboat_repo::tree::{find_path, walk};
-use lifeboat_repo::{InitOptions, KdfParams, Repository};
+use lifeboat_repo::{InitOptions, KdfParams, Repository, SnapshotFilter};
 use lifeboat_sources::backup::{backup, backup_stream, BackupOptions};
 use lifeboat_sources::restore::{dump, restore, RestoreOptions};
 use lifeboat_sources::Progress;
 use lifeboat_storage::{Location, Storage, StorageOptions};
 use lifeboat_types::{ByteSize, Secret, SnapshotId};
 
-use crate::cli::{Args, Command, ConfigCmd, Global, KeyCmd};
+use crate::cli::{Args, Command, ConfigCmd, Global, KeyCmd, SnapshotFilterArgs};
 use crate::output::{self, bytes, json, line};
 use crate::progress::Bar;
 use crate::{Exit, EXIT_DAMAGE, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
@@ -197,6 +197,25 @@ fn problem_list(list: &[lifeboat_config::Problem]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The library's snapshot filter from `--tag`/`--host`/`--path`; relative paths are made
+/// absolute from the current directory, as `backup` records them.
+fn snapshot_filter(a: &SnapshotFilterArgs) -> Result<SnapshotFilter> {
+    let paths = a
+        .paths
+        .iter()
+        .map(|p| {
+            std::path::absolute(p)
+                .map(|abs| abs.display().to_string())
+                .map_err(|e| usage(format!("--path {}: {e}", p.display()), None))
+        })
+        .collect::<Result<_>>()?;
+    Ok(SnapshotFilter {
+        tags: a.tags.clone(),
+        hosts: a.hosts.clone(),
+        paths,
+    })
+}
+
 /// Splits `SNAP[:PATH]`.
 fn split_target(s: &str) -> (&str, &str) {
     match s.split_once(':') {
@@ -331,13 +350,9 @@ pub fn run(args: Args) -> Result<u8> {
             }
         }
         Command::Snapshots(c) => {
+            let filter = snapshot_filter(&c.filter)?;
             let repo = open(g)?;
-            let (snaps, bad) = repo.snapshots()?;
-            let snaps: Vec<_> = snaps
-                .into_iter()
-                .filter(|(_, s)| c.tag.as_ref().is_none_or(|t| s.tags.contains(t)))
-                .filter(|(_, s)| c.host.as_ref().is_none_or(|h| &s.hostname == h))
-                .collect();
+            let (snaps, bad) = repo.snapshots_matching(&filter)?;
             for e in &bad {
                 eprintln!("warning: {e}");
             }
@@ -366,10 +381,11 @@ pub fn run(args: Args) -> Result<u8> {
             Ok(if bad.is_empty() { EXIT_OK } else { EXIT_DAMAGE })
         }
         Command::Ls(c) => {
+            let filter = snapshot_filter(&c.filter)?;
             let repo = open(g)?;
             let (spec, path) = split_target(&c.target);
             let _lease = read_lease(&repo, "ls")?;
-            let (sid, snap) = repo.find_snapshot(spec)?;
+            let (sid, snap) = repo.find_snapshot_matching(spec, &filter)?;
             let index = repo.load_index()?;
             let mut entries: Vec<LsEntry> = Vec::new();
             let start = find_path(&repo, &index, &snap.tree, path.as_bytes(), &sid.short())?;
@@ -424,15 +440,19 @@ pub fn run(args: Args) -> Result<u8> {
                     } else {
                         line(&e.path)?;
                     }
+                    if let Some(err) = &e.error {
+                        eprintln!("warning: {}: not backed up, no content: {err}", e.path);
+                    }
                 }
             }
             Ok(EXIT_OK)
         }
         Command::Diff(c) => {
+            let filter = snapshot_filter(&c.filter)?;
             let repo = open(g)?;
             let _lease = read_lease(&repo, "diff")?;
-            let (a_id, a) = repo.find_snapshot(&c.from)?;
-            let (b_id, b) = repo.find_snapshot(&c.to)?;
+            let (a_id, a) = repo.find_snapshot_matching(&c.from, &filter)?;
+            let (b_id, b) = repo.find_snapshot_matching(&c.to, &filter)?;
             let index = repo.load_index()?;
             let mut d = DiffReport {
                 from: a_id,
@@ -507,10 +527,11 @@ pub fn run(args: Args) -> Result<u8> {
             Ok(EXIT_OK)
         }
         Command::Restore(c) => {
+            let filter = snapshot_filter(&c.filter)?;
             let repo = open(g)?;
             let (spec, path) = split_target(&c.target_snapshot);
             let _lease = read_lease(&repo, "restore")?;
-            let (sid, snap) = repo.find_snapshot(spec)?;
+            let (sid, snap) = repo.find_snapshot_matching(spec, &filter)?;
             let index = repo.load_index()?;
             let progress = Arc::new(Progress::default());
             let report = {
@@ -567,13 +588,14 @@ pub fn run(args: Args) -> Result<u8> {
             }
         }
         Command::Dump(c) => {
+            let filter = snapshot_filter(&c.filter)?;
             let repo = open(g)?;
             let (spec, path) = split_target(&c.target);
             if path.is_empty() {
                 return Err(usage("dump needs SNAPSHOT:PATH of a file", None));
             }
             let _lease = read_lease(&repo, "dump")?;
-            let (sid, snap) = repo.find_snapshot(spec)?;
+            let (sid, snap) = repo.find_snapshot_matching(spec, &filter)?;
             let index = repo.load_index()?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
@@ -589,21 +611,21 @@ pub fn run(args: Args) -> Result<u8> {
             Ok(EXIT_OK)
         }
         Command::Check(c) => {
-            let subset = match &c.read_data_subset {
-                Some(s) => {
-                    let v = lifeboat_types::parse_percent(s)
-                        .map_err(|e| usage(format!("--read-data-subset: {e}"), None))?;
-                    Some(v)
-                }
-                None => None,
+            // A subset is what is read, with or without --read-data (docs/guide.md).
+            let read_data = match &c.read_data_subset {
+                Some(s) => ReadData::Subset(
+                    lifeboat_types::parse_percent(s)
+                        .map_err(|e| usage(format!("--read-data-subset: {e}"), None))?,
+                ),
+                None if c.read_data => ReadData::All,
+                None => ReadData::None,
             };
             let repo = open(g)?;
             let _lease = read_lease(&repo, "check")?;
             let report = check(
                 &repo,
                 &CheckOptions {
-                    read_data: c.read_data,
-                    read_data_subset: subset,
+                    read_data,
                     threads: 2,
                     no_record: false,
                 },
@@ -624,11 +646,17 @@ pub fn run(args: Args) -> Result<u8> {
                     report.index_files,
                     report.packs,
                     report.blobs,
-                    if report.packs_read > 0 {
+                    if read_data.reads() {
                         format!(
-                            "; read {} packs ({})",
+                            "; read {} of {} packs ({} of {}{})",
                             report.packs_read,
-                            bytes(report.bytes_read)
+                            report.data_packs,
+                            bytes(report.bytes_read),
+                            bytes(report.data_bytes),
+                            report
+                                .read_data_subset
+                                .map(|p| format!(": a random {p}% subset"))
+                                .unwrap_or_default()
                         )
                     } else {
                         String::new()
@@ -638,7 +666,7 @@ pub fn run(args: Args) -> Result<u8> {
                     line(&format!(
                         "WAL objects: {}{}",
                         report.wal_objects,
-                        if report.wal_objects_read > 0 {
+                        if read_data.reads() {
                             format!(", {} read and verified", report.wal_objects_read)
                         } else {
                             String::new()
@@ -662,6 +690,7 @@ pub fn run(args: Args) -> Result<u8> {
             }
         }
         Command::Forget(c) => {
+            let filter = snapshot_filter(&c.filter)?;
             let repo = open(g)?;
             let policy = KeepPolicy {
                 last: c.keep_last,
@@ -681,9 +710,10 @@ pub fn run(args: Args) -> Result<u8> {
             let (snaps, _) = repo.snapshots()?;
             // The policy applies per group, as restic does: the base backups of one database
             // source, or the file snapshots of one host and set of paths — so frequent
-            // backups of one thing never push out the backups of another.
+            // backups of one thing never push out the backups of another. Only snapshots
+            // that pass the filter are judged; the others are kept.
             let mut groups: std::collections::BTreeMap<String, Vec<_>> = Default::default();
-            for (id, s) in &snaps {
+            for (id, s) in snaps.iter().filter(|(_, s)| filter.matches(s)) {
                 groups.entry(snapshot_group(s)).or_default().push((
                     *id,
                     s.time.clone(),
@@ -800,6 +830,7 @@ pub fn run(args: Args) -> Result<u8> {
             Ok(EXIT_OK)
         }
         Command::Copy(c) => {
+            let filter = snapshot_filter(&c.filter)?;
             let src = open(g)?;
             let pw = main_password(g)?;
             let to_pw = password(
@@ -824,13 +855,12 @@ pub fn run(args: Args) -> Result<u8> {
                     )
                 }
             };
-            let (all, _) = src.snapshots()?;
             let chosen: Vec<(SnapshotId, Snapshot)> = if c.snapshots.is_empty() {
-                all
+                src.snapshots_matching(&filter)?.0
             } else {
                 let mut v = Vec::new();
                 for s in &c.snapshots {
-                    v.push(src.find_snapshot(s)?);
+                    v.push(src.find_snapshot_matching(s, &filter)?);
                 }
                 v
             };
@@ -1136,6 +1166,9 @@ struct LsEntry {
     mtime: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     link_target: Option<String>,
+    /// Why the backup could not read this file: the snapshot holds no content for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 impl LsEntry {
@@ -1165,6 +1198,7 @@ impl LsEntry {
                 NodeKind::Symlink { target } => Some(String::from_utf8_lossy(target).into_owned()),
                 _ => None,
             },
+            error: n.error.clone(),
         }
     }
 }

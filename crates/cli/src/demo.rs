@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use lifeboat_repo::check::{check, CheckOptions};
+use lifeboat_repo::check::{check, CheckOptions, ReadData};
 use lifeboat_repo::{InitOptions, KdfParams, Repository};
 use lifeboat_sources::backup::{backup, BackupOptions};
 use lifeboat_sources::restore::{restore, RestoreOptions, Selection};
@@ -185,7 +185,7 @@ pub fn run(g: &Global, c: &DemoCmd) -> Result<u8> {
     let ck = check(
         &repo,
         &CheckOptions {
-            read_data: true,
+            read_data: ReadData::All,
             threads: 2,
             ..CheckOptions::default()
         },

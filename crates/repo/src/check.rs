@@ -16,13 +16,46 @@ use crate::format::{paths, BlobKind, NodeKind};
 use crate::index::Index;
 use crate::repository::{content_id, par_map_init, Repository};
 
+/// How much of the data `check` reads and verifies, besides the structure.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum ReadData {
+    /// None: structure only.
+    #[default]
+    None,
+    /// Every pack (and every WAL object), in full.
+    All,
+    /// This percentage (0–100) of the packs, and of the WAL objects, chosen at random; each
+    /// pack chosen is read in full. `--read-data --read-data-subset N%` means this too.
+    Subset(f64),
+}
+
+impl ReadData {
+    /// Whether any data is read.
+    pub fn reads(self) -> bool {
+        self != ReadData::None
+    }
+
+    /// Chooses what to read of `items`: all, none, or a random `pct`% (rounded up, so a
+    /// subset of a non-empty list reads at least one).
+    fn choose<T>(self, items: &mut Vec<T>) {
+        match self {
+            ReadData::None => items.clear(),
+            ReadData::All => {}
+            ReadData::Subset(pct) => {
+                use rand::seq::SliceRandom;
+                let n = ((items.len() as f64) * pct.clamp(0.0, 100.0) / 100.0).ceil() as usize;
+                items.shuffle(&mut rand::rng());
+                items.truncate(n);
+            }
+        }
+    }
+}
+
 /// What to check.
 #[derive(Debug, Clone, Default)]
 pub struct CheckOptions {
-    /// Read every pack and verify every blob.
-    pub read_data: bool,
-    /// Read only this percentage of packs (1–100), chosen at random.
-    pub read_data_subset: Option<f64>,
+    /// How much data to read and verify.
+    pub read_data: ReadData,
     /// Threads for reading packs.
     pub threads: usize,
     /// Do not write damage records.
@@ -55,6 +88,14 @@ pub struct CheckReport {
     pub packs_read: usize,
     /// Bytes read from packs.
     pub bytes_read: u64,
+    /// Packs that reading data chooses from (indexed and present), and their bytes: with
+    /// `--read-data` all of them are read, with a subset `packs_read` of them.
+    pub data_packs: usize,
+    /// Bytes of the `data_packs`.
+    pub data_bytes: u64,
+    /// The percentage of packs (and WAL objects) read when reading a random subset; `None`
+    /// when all or nothing was read.
+    pub read_data_subset: Option<f64>,
     /// WAL objects in the repository (all sources).
     pub wal_objects: usize,
     /// WAL objects read and verified (with --read-data, or a subset).
@@ -152,19 +193,19 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
     walk_snapshots(repo, &index, &snaps, &mut report, &mut damaged);
 
     // Data.
-    if opts.read_data || opts.read_data_subset.is_some() {
-        let mut packs: Vec<(PackId, u64)> = listed
-            .iter()
-            .filter(|(p, _)| indexed.contains_key(p))
-            .map(|(p, s)| (*p, *s))
-            .collect();
-        packs.sort();
-        if let Some(pct) = opts.read_data_subset {
-            use rand::seq::SliceRandom;
-            let n = ((packs.len() as f64) * pct.clamp(0.0, 100.0) / 100.0).ceil() as usize;
-            packs.shuffle(&mut rand::rng());
-            packs.truncate(n);
-        }
+    let mut packs: Vec<(PackId, u64)> = listed
+        .iter()
+        .filter(|(p, _)| indexed.contains_key(p))
+        .map(|(p, s)| (*p, *s))
+        .collect();
+    packs.sort();
+    report.data_packs = packs.len();
+    report.data_bytes = packs.iter().map(|(_, s)| s).sum();
+    if let ReadData::Subset(pct) = opts.read_data {
+        report.read_data_subset = Some(pct);
+    }
+    opts.read_data.choose(&mut packs);
+    if !packs.is_empty() {
         let by_pack = entries_by_pack(&index);
         // Each thread reuses one pack buffer and one plaintext buffer: fresh multi-MiB
         // buffers cost an mmap, a page fault per 4 KiB and an munmap each (ADR 0007).
@@ -231,15 +272,7 @@ fn check_wal(repo: &Repository, opts: &CheckOptions, report: &mut CheckReport) -
     }
     objects.sort();
     report.wal_objects = objects.len();
-    if !(opts.read_data || opts.read_data_subset.is_some()) {
-        return Ok(());
-    }
-    if let Some(pct) = opts.read_data_subset {
-        use rand::seq::SliceRandom;
-        let n = ((objects.len() as f64) * pct.clamp(0.0, 100.0) / 100.0).ceil() as usize;
-        objects.shuffle(&mut rand::rng());
-        objects.truncate(n);
-    }
+    opts.read_data.choose(&mut objects);
     let results = par_map_init(
         &objects,
         opts.threads.max(1),

@@ -68,6 +68,14 @@ pub enum Error {
         /// The id, prefix or `latest` given.
         spec: String,
     },
+    /// Snapshots exist, but none named `spec` passes the filters given.
+    #[error("no snapshot matches {spec:?} with {filter}; list the candidates with `lifeboat snapshots {filter}`")]
+    NoSnapshotMatches {
+        /// The id, prefix or `latest` given.
+        spec: String,
+        /// The filters, as flags (`--tag db --path /srv`).
+        filter: String,
+    },
     /// An id prefix matches several snapshots.
     #[error("{spec:?} matches {count} snapshots; give more digits of the id")]
     AmbiguousSnapshot {
@@ -83,6 +91,17 @@ pub enum Error {
         path: String,
         /// The snapshot (short id).
         snapshot: String,
+    },
+    /// A file of a snapshot whose content was not stored: it could not be read (completely)
+    /// when the snapshot was taken. Its metadata, size included, is what was on disk.
+    #[error("{path} in snapshot {snapshot} has no content: it could not be read when the snapshot was taken ({reason}); its size is what was on disk, its bytes were never stored")]
+    NotBackedUp {
+        /// The path inside the snapshot.
+        path: String,
+        /// The snapshot (short id).
+        snapshot: String,
+        /// Why it could not be read, as the backup recorded it.
+        reason: String,
     },
     /// Another process holds a lease that excludes this operation.
     #[error("{what}; {hint}")]
@@ -140,12 +159,16 @@ impl Error {
         }
     }
 
-    /// Whether this error means the repository holds damaged or missing data (exit code 1 in
-    /// the command-line tool) rather than an operational failure.
+    /// Whether this error means the repository holds damaged or missing data — or a file
+    /// whose content a snapshot never held (exit code 1 in the command-line tool) — rather
+    /// than an operational failure.
     pub fn is_damage(&self) -> bool {
         matches!(
             self,
-            Error::Damaged { .. } | Error::BlobMissing { .. } | Error::PackMissing { .. }
+            Error::Damaged { .. }
+                | Error::BlobMissing { .. }
+                | Error::PackMissing { .. }
+                | Error::NotBackedUp { .. }
         )
     }
 
@@ -163,6 +186,7 @@ impl Error {
                 | Error::NotARepository { .. }
                 | Error::AlreadyInitialized { .. }
                 | Error::SnapshotNotFound { .. }
+                | Error::NoSnapshotMatches { .. }
                 | Error::AmbiguousSnapshot { .. }
                 | Error::PathNotFound { .. }
                 | Error::Invalid(_)

@@ -40,6 +40,10 @@ struct Slot {
 pub struct Index {
     packs: Vec<PackId>,
     pack_sizes: Vec<u64>,
+    /// Per pack, the length of its data area (the end of its last sealed blob): the pack's
+    /// size less its header and trailer. A maximum, so an index file read twice (duplicate
+    /// entries after a crashed prune) changes nothing.
+    pack_data_lens: Vec<u64>,
     pack_pos: HashMap<PackId, u32>,
     blobs: HashMap<BlobId, Slot>,
     avoid: HashSet<u32>,
@@ -74,6 +78,7 @@ impl Index {
         let p = self.packs.len() as u32;
         self.packs.push(id);
         self.pack_sizes.push(size);
+        self.pack_data_lens.push(0);
         self.pack_pos.insert(id, p);
         p
     }
@@ -93,6 +98,9 @@ impl Index {
         let p = self.pack_slot(pack, size);
         let new_avoided = self.avoid.contains(&p);
         for e in blobs {
+            let end = u64::from(e.offset) + u64::from(e.length);
+            let data_len = &mut self.pack_data_lens[p as usize];
+            *data_len = (*data_len).max(end);
             let slot = Slot {
                 pack: p,
                 kind: e.kind,
@@ -181,6 +189,15 @@ impl Index {
             .zip(&self.pack_sizes)
             .filter(|(_, s)| **s > 0)
             .map(|(p, s)| (*p, *s))
+    }
+
+    /// The length of a pack's data area: the bytes of all its sealed blobs (used or not,
+    /// including copies of blobs that live elsewhere too), without the pack's header and
+    /// trailer. 0 for a pack the index does not name.
+    pub fn pack_data_len(&self, pack: &PackId) -> u64 {
+        self.pack_pos
+            .get(pack)
+            .map_or(0, |&p| self.pack_data_lens[p as usize])
     }
 
     /// Every blob with its location.

@@ -2,8 +2,9 @@
 //!
 //! Main types: [`Repository`] (open with a password, read and write its files),
 //! [`BlobWriter`] (the bounded write pipeline), [`Chunker`] (FastCDC), [`Index`].
-//! Maintenance lives in [`check`], [`prune`], [`copy`] and [`retention`]; leases that let
-//! backups and prune run side by side in [`lease`].
+//! Which snapshots a command means (`latest`, ids, `--tag`/`--host`/`--path`) is
+//! [`select`]. Maintenance lives in [`check`], [`prune`], [`copy`] and [`retention`];
+//! leases that let backups and prune run side by side in [`lease`].
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,6 +30,7 @@ pub mod lease;
 pub mod prune;
 pub mod repository;
 pub mod retention;
+pub mod select;
 pub mod tree;
 pub mod wal;
 pub mod writer;
@@ -38,4 +40,5 @@ pub use error::{Error, Result};
 pub use index::Index;
 pub use keys::KdfParams;
 pub use repository::{InitOptions, Repository};
+pub use select::SnapshotFilter;
 pub use writer::{BlobWriter, InlineSealer, WriterOptions, WriterReport};

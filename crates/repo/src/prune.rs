@@ -51,7 +51,8 @@ use crate::writer::{BlobWriter, WriterOptions};
 pub struct PruneOptions {
     /// Only report what would be done.
     pub dry_run: bool,
-    /// Repack packs in which more than this fraction of bytes is unused (0..1).
+    /// Repack packs in which more than this fraction of the blob bytes is unused (0..1);
+    /// a pack's header and trailer do not count.
     pub repack_unused_fraction: f64,
     /// Clock-skew margin between hosts when comparing lease and record times.
     pub skew: Duration,
@@ -250,8 +251,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         let used = used_bytes.get(p).copied().unwrap_or(0);
         if used == 0 {
             condemn.push(*p);
-        } else if damaged.contains(p)
-            || (*size > 0 && 1.0 - used as f64 / *size as f64 > opts.repack_unused_fraction)
+        } else if damaged.contains(p) || worth_repacking(*size, index.pack_data_len(p), used, opts)
         {
             repack.push(*p);
         }
@@ -493,6 +493,16 @@ fn write_record(
     Ok((new_path, again))
 }
 
+/// Whether a pack of `size` bytes, whose sealed blobs take `data_len` bytes of which `used`
+/// are needed, holds enough unused blobs to be rewritten. Only blob bytes count: the
+/// header and trailer every pack has are not waste, or a small pack (one tree, 118 bytes)
+/// would look a third empty and be rewritten into an identical small pack by every prune.
+/// A pack the index knows no blobs of (`data_len` 0) is judged by its size.
+fn worth_repacking(size: u64, data_len: u64, used: u64, opts: &PruneOptions) -> bool {
+    let data = if data_len > 0 { data_len } else { size };
+    data > 0 && data.saturating_sub(used) as f64 / data as f64 > opts.repack_unused_fraction
+}
+
 /// Copies the used blobs of `packs` into new packs (indexed before return).
 fn repack_packs(
     repo: &Repository,
@@ -537,6 +547,18 @@ mod tests {
     use crate::keys::KdfParams;
     use crate::lease::DEFAULT_TTL;
     use crate::repository::InitOptions;
+
+    #[test]
+    fn pack_overhead_is_not_waste() {
+        let opts = PruneOptions::default();
+        // Issue 10: one 60-byte blob in a 118-byte pack, all of it used: nothing to gain.
+        assert!(!worth_repacking(118, 60, 60, &opts));
+        // Half the blob bytes unused: worth it, however small the pack.
+        assert!(worth_repacking(178, 120, 60, &opts));
+        assert!(!worth_repacking(1000, 900, 700, &opts));
+        // No blobs known: judged by the size.
+        assert!(worth_repacking(500, 0, 100, &opts));
+    }
 
     #[test]
     fn a_prune_started_at_the_same_instant_is_ordered_by_name() {

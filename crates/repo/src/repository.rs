@@ -624,18 +624,17 @@ impl Repository {
         Ok((ok, bad))
     }
 
-    /// Finds a snapshot by full id, unique id prefix, or `latest`.
+    /// Finds a snapshot by full id, unique id prefix, or `latest` (the newest of all; see
+    /// [`Repository::find_snapshot_matching`] to narrow it).
     ///
     /// # Errors
     /// [`Error::SnapshotNotFound`], [`Error::AmbiguousSnapshot`].
     pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
-        if spec == "latest" {
-            let (snaps, _) = self.snapshots()?;
-            return snaps
-                .into_iter()
-                .next_back()
-                .ok_or(Error::SnapshotNotFound { spec: spec.into() });
-        }
+        self.find_snapshot_matching(spec, &crate::select::SnapshotFilter::default())
+    }
+
+    /// Finds a snapshot by full id or unique id prefix (not `latest`).
+    pub(crate) fn find_snapshot_by_id(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
         let want = spec.to_ascii_lowercase();
         if want.is_empty() || !want.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(Error::SnapshotNotFound { spec: spec.into() });

@@ -987,8 +987,9 @@ fn write_sparse(f: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
 /// Writes the contents of the file at `path` in the snapshot to `out`.
 ///
 /// # Errors
-/// [`Error::PathNotFound`], [`Error::Invalid`] when the path is not a file, damage errors
-/// naming the pack, and write errors.
+/// [`Error::PathNotFound`], [`Error::Invalid`] when the path is not a file,
+/// [`Error::NotBackedUp`] (before writing anything) when the backup could not read it,
+/// damage errors naming the pack, and write errors.
 pub fn dump(
     repo: &Repository,
     index: &Index,
@@ -1004,6 +1005,13 @@ pub fn dump(
             "{} is not a regular file; use `lifeboat restore` for directories",
             String::from_utf8_lossy(path)
         )));
+    }
+    if let Some(reason) = &node.error {
+        return Err(Error::NotBackedUp {
+            path: String::from_utf8_lossy(path).into_owned(),
+            snapshot: snapshot_name.to_string(),
+            reason: reason.clone(),
+        });
     }
     if node.delta.is_some() {
         let mut rebuild = crate::delta::Rebuild::new(repo, index, &node)?;

@@ -63,8 +63,15 @@ pub enum LocationError {
         /// The URL given.
         url: String,
     },
-    /// A scheme that Lifeboat does not serve.
-    #[error("{url:?} uses an unknown scheme {scheme:?}: use a local path or s3://BUCKET/PREFIX")]
+    /// `s3:` not followed by `//BUCKET`: `s3:/bucket/x`, `s3:bucket`.
+    #[error("{url:?} is not a valid S3 location: write s3://BUCKET/PREFIX (two slashes); for a local directory of that name write ./{url}")]
+    MalformedS3 {
+        /// The URL given.
+        url: String,
+    },
+    /// A scheme that Lifeboat does not serve, or a path that starts like a URL
+    /// (`NAME:`); such a path is refused rather than taken for a local directory.
+    #[error("{url:?} uses an unknown scheme {scheme:?}: use s3://BUCKET/PREFIX, or a local path (write ./{url} or local:{url} for a local directory whose name has a colon)")]
     UnknownScheme {
         /// The URL given.
         url: String,
@@ -78,7 +85,9 @@ pub enum LocationError {
 
 impl Location {
     /// Parses a repository location: `s3://bucket/prefix`, `memory:` or a local path
-    /// (optionally `local:PATH`). S3 settings come from `env` (a lookup of environment
+    /// (optionally `local:PATH`). Anything else that starts like a URL (`NAME:`, e.g. the
+    /// mistyped `s3:/bucket/x`) is refused instead of being taken for a local directory
+    /// of that name; `./NAME:…` or `local:NAME:…` names such a directory. S3 settings come from `env` (a lookup of environment
     /// variables such as `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
     /// `AWS_SECRET_ACCESS_KEY`), passed in so that tests need not touch the process
     /// environment.
@@ -110,7 +119,10 @@ impl Location {
         if let Some(rest) = url.strip_prefix("local:") {
             return Ok(Location::Local(PathBuf::from(rest)));
         }
-        if let Some((scheme, _)) = url.split_once("://") {
+        if let Some(scheme) = url_scheme(url) {
+            if scheme.eq_ignore_ascii_case("s3") {
+                return Err(LocationError::MalformedS3 { url: url.into() });
+            }
             return Err(LocationError::UnknownScheme {
                 url: url.into(),
                 scheme: scheme.into(),
@@ -118,6 +130,17 @@ impl Location {
         }
         Ok(Location::Local(PathBuf::from(url)))
     }
+}
+
+/// The scheme of a string that starts like a URL (RFC 3986: a letter, then letters, digits,
+/// `+`, `-` or `.`, then `:`), or `None` for anything else (`/srv/repo`, `./a:b`, `repo`).
+fn url_scheme(s: &str) -> Option<&str> {
+    let (scheme, _) = s.split_once(':')?;
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    (first.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+    .then_some(scheme)
 }
 
 impl fmt::Display for S3Location {
@@ -134,7 +157,17 @@ impl fmt::Display for S3Location {
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Location::Local(p) => write!(f, "{}", p.display()),
+            // A relative path that starts like a URL prints as `local:PATH`, so that the
+            // text parses back to this location (`pg restore` writes it into
+            // restore_command).
+            Location::Local(p) => {
+                let shown = p.display().to_string();
+                if url_scheme(&shown).is_some() {
+                    write!(f, "local:{shown}")
+                } else {
+                    f.write_str(&shown)
+                }
+            }
             Location::S3(s) => s.fmt(f),
             Location::Memory => f.write_str("memory:"),
         }
@@ -171,6 +204,36 @@ mod tests {
         assert!(e.to_string().contains("s3://BUCKET/PREFIX"));
         let e = Location::parse("ftp://host/x", &env).unwrap_err();
         assert!(e.to_string().contains("unknown scheme"));
+        // Issue 10: one slash, or none, is not an S3 location and not a directory `s3:`.
+        for bad in ["s3:/bucket/x", "s3:bucket", "S3://bucket"] {
+            let e = Location::parse(bad, &env).unwrap_err();
+            assert!(e.to_string().contains("s3://BUCKET/PREFIX"), "{bad}: {e}");
+            assert!(e.to_string().contains(bad), "{bad}: {e}");
+        }
+        for bad in ["memory:x", "file:/srv/repo", "backup:2026"] {
+            let e = Location::parse(bad, &env).unwrap_err();
+            assert!(
+                matches!(e, LocationError::UnknownScheme { .. }),
+                "{bad}: {e}"
+            );
+        }
+        // A colon further in, or after ./, is a path; every location prints as text that
+        // parses back to it.
+        for ok in [
+            "./s3:/bucket",
+            "/srv/a:b",
+            "repo",
+            "local:s3:x",
+            "local:memory:",
+        ] {
+            let loc = Location::parse(ok, &env).unwrap();
+            assert!(matches!(loc, Location::Local(_)), "{ok}");
+            assert_eq!(
+                Location::parse(&loc.to_string(), &env).unwrap(),
+                loc,
+                "{ok}"
+            );
+        }
         assert_eq!(
             Location::parse("/srv/repo", &env).unwrap(),
             Location::Local(PathBuf::from("/srv/repo"))
