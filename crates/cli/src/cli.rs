@@ -234,9 +234,17 @@ pub struct RestoreCmd {
     /// SNAPSHOT[:PATH]; SNAPSHOT is an id, a unique prefix, or `latest` (the newest that
     /// passes --tag/--host/--path).
     pub target_snapshot: String,
-    /// Directory to restore into (created if missing).
+    /// Directory to restore into (created if missing). It must be empty unless --overwrite.
     #[arg(long, short = 't')]
     pub target: PathBuf,
+    /// Restore into a directory that is not empty: replace what the snapshot has (files
+    /// whose contents already match are kept), leave everything else.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// With --overwrite: also delete what the snapshot does not have, so the target becomes
+    /// the snapshot.
+    #[arg(long, requires = "overwrite")]
+    pub delete: bool,
     /// Which snapshots `latest` (or an id) may be.
     #[command(flatten)]
     pub filter: SnapshotFilterArgs,

@@ -16,7 +16,7 @@ use lifeboat_repo::retention::{KeepPolicy, Verdict};
 use lifeboat_repo::tree::{find_path, walk};
 use lifeboat_repo::{InitOptions, KdfParams, Repository, SnapshotFilter};
 use lifeboat_sources::backup::{backup, backup_stream, BackupOptions};
-use lifeboat_sources::restore::{dump, restore, RestoreOptions};
+use lifeboat_sources::restore::{dump, ensure_empty, restore, Existing, RestoreOptions};
 use lifeboat_sources::Progress;
 use lifeboat_storage::{Location, Storage, StorageOptions};
 use lifeboat_types::{ByteSize, Secret, SnapshotId};
@@ -530,6 +530,19 @@ pub fn run(args: Args) -> Result<u8> {
             let filter = snapshot_filter(&c.filter)?;
             let repo = open(g)?;
             let (spec, path) = split_target(&c.target_snapshot);
+            let existing = match (c.overwrite, c.delete) {
+                (false, _) => Existing::Refuse,
+                (true, false) => Existing::Overwrite,
+                (true, true) => Existing::Mirror,
+            };
+            if existing == Existing::Refuse {
+                ensure_empty(
+                    &c.target,
+                    "restore into an empty or new directory; or pass --overwrite to replace \
+                     what the snapshot has (files that already match are kept, others are left \
+                     alone), with --delete to also remove what the snapshot does not have",
+                )?;
+            }
             let _lease = read_lease(&repo, "restore")?;
             let (sid, snap) = repo.find_snapshot_matching(spec, &filter)?;
             let index = repo.load_index()?;
@@ -545,7 +558,10 @@ pub fn run(args: Args) -> Result<u8> {
                         snapshot: &sid.short(),
                     },
                     &c.target,
-                    &RestoreOptions::default(),
+                    &RestoreOptions {
+                        existing,
+                        ..RestoreOptions::default()
+                    },
                     &progress,
                 )
             }
@@ -562,6 +578,17 @@ pub fn run(args: Args) -> Result<u8> {
                     report.others,
                     bytes(report.bytes)
                 ))?;
+                match existing {
+                    Existing::Refuse => {}
+                    Existing::Overwrite => line(&format!(
+                        "  {} file(s) already matched and were kept; entries the snapshot does not have were left alone",
+                        report.files_kept
+                    ))?,
+                    Existing::Mirror => line(&format!(
+                        "  {} file(s) already matched and were kept; {} entr(ies) the snapshot does not have were deleted",
+                        report.files_kept, report.removed
+                    ))?,
+                }
             }
             if !report.setid_dropped.is_empty() && !g.json {
                 for p in &report.setid_dropped {

@@ -99,7 +99,17 @@ fn r9_restore_replaces_planted_symlinks_and_never_writes_through_them() {
     std::os::unix::fs::symlink(out.join("victim"), target.join("site/index.html")).unwrap();
     std::fs::hard_link(out.join("hard"), target.join("site/data.bin")).unwrap();
 
+    // A target that holds something is refused unless overwriting was asked for.
     let o = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("--overwrite"), "{}", stderr(&o));
+    let o = env.run(&[
+        "restore",
+        "latest",
+        "--overwrite",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(
         outside_state(&out),

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use lifeboat_repo::Repository;
-use lifeboat_sources::restore::{restore, RestoreOptions, RestoreReport, Selection};
+use lifeboat_sources::restore::{restore, Existing, RestoreOptions, RestoreReport, Selection};
 use lifeboat_sources::Progress;
 use lifeboat_types::Lsn;
 
@@ -393,15 +393,10 @@ pub fn pg_restore(
     let dir = &opts.target_dir;
     refuse_running(dir)?;
     if !opts.delta {
-        if let Ok(mut rd) = std::fs::read_dir(dir) {
-            if rd.next().is_some() {
-                return Err(Error::Invalid(format!(
-                    "{} is not empty; restore into an empty directory, or pass --delta to \
-                     rewrite only what differs",
-                    dir.display()
-                )));
-            }
-        }
+        lifeboat_sources::restore::ensure_empty(
+            dir,
+            "restore into an empty directory, or pass --delta to rewrite only what differs",
+        )?;
     }
     let backup = choose_backup(repo, &opts.source, &opts.target, opts.backup.as_deref())?;
     let info = &backup.info;
@@ -436,7 +431,11 @@ pub fn pg_restore(
         .unwrap_or_else(|| "data".into());
     let mut files_opts = opts.files.clone();
     files_opts.into_target = true;
-    files_opts.delta = opts.delta;
+    files_opts.existing = if opts.delta {
+        Existing::Mirror
+    } else {
+        Existing::Refuse
+    };
     // Made durable below, every filesystem of the tree at once (pg_wal or tablespaces may
     // live on others), before backup_label names the files.
     files_opts.sync = false;

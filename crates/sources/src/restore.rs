@@ -49,10 +49,9 @@ pub struct RestoreOptions {
     /// When the selection is a directory, restore its contents into the target (the target
     /// becomes that directory) instead of creating it inside the target.
     pub into_target: bool,
-    /// Delta restore: keep files already in the target whose contents match the snapshot
-    /// (read and hashed, never trusted by size or time), rewrite the others, and delete
-    /// what the snapshot does not have.
-    pub delta: bool,
+    /// What may happen to what the target already holds (default: nothing; a target that
+    /// is not empty is refused before anything is written).
+    pub existing: Existing,
     /// Make everything restored durable (`syncfs` of the target's file system) before
     /// returning. Off only for scratch restores that are thrown away after use.
     pub sync: bool,
@@ -64,10 +63,64 @@ impl Default for RestoreOptions {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             owners: rustix::process::geteuid().is_root(),
             into_target: false,
-            delta: false,
+            existing: Existing::Refuse,
             sync: true,
         }
     }
+}
+
+/// What a restore may do to a target that already holds something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Existing {
+    /// The target must be missing or empty: anything in it is refused before anything is
+    /// written, so files someone edited there are never overwritten by surprise.
+    #[default]
+    Refuse,
+    /// Replace what the snapshot has: files whose contents already match it (read and
+    /// hashed, never trusted by size or time) are kept, the others rewritten; entries the
+    /// snapshot does not have are left alone.
+    Overwrite,
+    /// [`Existing::Overwrite`], and delete what the snapshot does not have: the target
+    /// becomes the snapshot (a delta restore).
+    Mirror,
+}
+
+/// Refuses a target that exists and is not empty, before anything is written: the error
+/// says how many entries it holds, names a few, and ends with `fix` (the caller's way out,
+/// e.g. its flag for overwriting). A missing target is fine (the restore creates it).
+///
+/// # Errors
+/// [`Error::Invalid`] for a non-empty target; [`Error::Io`] when the target cannot be read.
+pub fn ensure_empty(target: &Path, fix: &str) -> Result<()> {
+    let io = |e: std::io::Error| Error::Io {
+        path: target.display().to_string(),
+        source: e,
+    };
+    let rd = match std::fs::read_dir(target) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+    };
+    let mut names: Vec<String> = Vec::new();
+    let mut count = 0usize;
+    for entry in rd {
+        let entry = entry.map_err(io)?;
+        count += 1;
+        if names.len() < 3 {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    if count == 0 {
+        return Ok(());
+    }
+    names.sort();
+    let more = if count > names.len() { ", …" } else { "" };
+    Err(Error::Invalid(format!(
+        "{} is not empty ({count} entr{}: {}{more}); nothing was restored (fix: {fix})",
+        target.display(),
+        if count == 1 { "y" } else { "ies" },
+        names.join(", ")
+    )))
 }
 
 /// One path that could not be restored (fully).
@@ -82,7 +135,7 @@ pub struct RestoreError {
 /// What a restore did (`--json` schema: docs/json.md).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RestoreReport {
-    /// Regular files written (with `delta`, not counting those kept).
+    /// Regular files written (not counting those kept).
     pub files: u64,
     /// Directories restored.
     pub dirs: u64,
@@ -90,9 +143,10 @@ pub struct RestoreReport {
     pub others: u64,
     /// Bytes of file content written.
     pub bytes: u64,
-    /// Delta restore: files kept because they already matched.
+    /// Files already in the target that were kept because they matched the snapshot
+    /// ([`Existing::Overwrite`], [`Existing::Mirror`]).
     pub files_kept: u64,
-    /// Delta restore: entries deleted because the snapshot does not have them.
+    /// Entries deleted because the snapshot does not have them ([`Existing::Mirror`]).
     pub removed: u64,
     /// Files restored without their setuid/setgid bits because their owner (or group) could
     /// not be restored (a restore as another user than root): relative to the target.
@@ -158,6 +212,12 @@ pub fn restore(
         path: p.display().to_string(),
         source: e,
     };
+    if opts.existing == Existing::Refuse {
+        ensure_empty(
+            target,
+            "restore into an empty or new directory, or allow overwriting",
+        )?;
+    }
     std::fs::create_dir_all(target).map_err(|e| io(target, e))?;
     let t = Beneath::open(target).map_err(|e| io(target, e))?;
     let mut report = RestoreReport::default();
@@ -217,8 +277,10 @@ pub fn restore(
 
     // Delta: what may stay, and what must go. `idents`: what the restore created (or kept)
     // at each entry, checked whenever it reopens one.
-    let mut idents: Vec<Option<Ident>> = if opts.delta {
-        report.removed = remove_extras(&t, &entries, &mut report.errors);
+    let mut idents: Vec<Option<Ident>> = if opts.existing != Existing::Refuse {
+        if opts.existing == Existing::Mirror {
+            report.removed = remove_extras(&t, &entries, &mut report.errors);
+        }
         let chunker = lifeboat_repo::Chunker::new(repo.config().chunker);
         let idx: Vec<usize> = (0..entries.len()).collect();
         par_map(&idx, opts.threads, |&i| {
@@ -643,7 +705,7 @@ fn same_content(
     (res.is_ok() && same && ids.next().is_none()).then_some(ident(&st))
 }
 
-/// Delta restore: deletes everything below the target that is not one of `entries` (or has
+/// [`Existing::Mirror`]: deletes everything below the target that is not one of `entries` (or has
 /// another kind there); returns how many entries went. Nothing is followed: directories
 /// are read and emptied through descriptors, symlinks removed as links.
 fn remove_extras(t: &Beneath, entries: &[Entry], errors: &mut Vec<RestoreError>) -> u64 {
