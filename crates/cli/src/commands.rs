@@ -373,7 +373,15 @@ pub fn run(args: Args) -> Result<u8> {
                         s.tags.join(","),
                         bytes(s.summary.bytes),
                         s.paths.join(" "),
-                        if s.partial { "  (partial)" } else { "" }
+                        match (s.partial, &s.original) {
+                            (false, None) => String::new(),
+                            (true, None) => "  (partial)".into(),
+                            (partial, Some(o)) => format!(
+                                "  (copy of {}{})",
+                                o.short(),
+                                if partial { ", partial" } else { "" }
+                            ),
+                        }
                     ))?;
                 }
                 line(&format!("{} snapshots", snaps.len()))?;

@@ -104,11 +104,43 @@ impl Repository {
                 None => Err(Error::SnapshotNotFound { spec: spec.into() }),
             };
         }
-        let found = self.find_snapshot_by_id(spec)?;
+        let found = match self.find_snapshot_by_id(spec) {
+            Err(Error::SnapshotNotFound { .. }) => self.find_copy_of(spec)?,
+            other => other?,
+        };
         if filter.matches(&found.1) {
             Ok(found)
         } else {
             Err(no_match())
+        }
+    }
+
+    /// The snapshot `copy` made of the snapshot whose id starts with `spec` in the source
+    /// repository (its `original`): how the DR copy of a snapshot is found by the id people
+    /// know. Consulted only when no snapshot's own id matches.
+    ///
+    /// # Errors
+    /// [`Error::SnapshotNotFound`] when no copy has that original,
+    /// [`Error::AmbiguousSnapshot`] when several originals start with `spec`.
+    fn find_copy_of(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
+        let want = spec.to_ascii_lowercase();
+        let (snaps, _) = self.snapshots()?;
+        let mut copies: Vec<(SnapshotId, Snapshot)> = snaps
+            .into_iter()
+            .filter(|(_, s)| s.original.is_some_and(|o| o.to_hex().starts_with(&want)))
+            .collect();
+        let originals: std::collections::BTreeSet<_> =
+            copies.iter().filter_map(|(_, s)| s.original).collect();
+        match originals.len() {
+            0 => Err(Error::SnapshotNotFound { spec: spec.into() }),
+            // Copied twice (to the same target): the newest copy.
+            1 => copies
+                .pop()
+                .ok_or_else(|| Error::SnapshotNotFound { spec: spec.into() }),
+            count => Err(Error::AmbiguousSnapshot {
+                spec: spec.into(),
+                count,
+            }),
         }
     }
 
