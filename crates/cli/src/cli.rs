@@ -399,6 +399,8 @@ pub enum PgCmd {
     Restore(PgRestoreCmd),
     /// List base backups and the WAL available (ranges and gaps).
     Backups(PgBackupsCmd),
+    /// List the PostgreSQL sources the repository holds base backups or WAL of.
+    Sources(PgSourcesCmd),
     /// The background pusher of `pg wal-push --async` (started by it; not for people).
     #[command(hide = true)]
     ArchivePusher(PgPusherCmd),
@@ -573,6 +575,10 @@ pub struct PgBackupsCmd {
     #[command(flatten)]
     pub source: PgSource,
 }
+
+/// `pg sources`.
+#[derive(Debug, ClapArgs)]
+pub struct PgSourcesCmd {}
 
 /// `pg verify`.
 #[derive(Debug, ClapArgs)]

@@ -351,8 +351,32 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
             stream(&repo, &opts, &mut say).context("pg stream")?;
             Ok(EXIT_OK)
         }
+        PgCmd::Sources(_) => {
+            let repo = open(g)?;
+            let all = lifeboat_postgres::catalog::sources(&repo)?;
+            if g.json {
+                json(&all)?;
+            } else if !g.quiet {
+                line(&format!(
+                    "{:<20}  {:>12}  {:<20}  {:>11}",
+                    "source", "base backups", "newest backup (UTC)", "WAL objects"
+                ))?;
+                for s in &all {
+                    line(&format!(
+                        "{:<20}  {:>12}  {:<20}  {:>11}",
+                        s.source,
+                        s.base_backups,
+                        s.newest_backup.as_deref().map_or("-".into(), time),
+                        s.wal_objects
+                    ))?;
+                }
+                line(&format!("{} source(s)", all.len()))?;
+            }
+            Ok(EXIT_OK)
+        }
         PgCmd::Backups(c) => {
             let repo = open(g)?;
+            lifeboat_postgres::catalog::require_source(&repo, &c.source.source)?;
             let l = listing(&repo, &c.source.source)?;
             if g.json {
                 json(&l)?;

@@ -412,3 +412,68 @@ mod tests {
         );
     }
 }
+
+/// One PostgreSQL source the repository holds anything of (`pg sources`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SourceSummary {
+    /// The source's name (`--source`).
+    pub source: String,
+    /// Base backups of it.
+    pub base_backups: usize,
+    /// When its newest base backup ended (RFC 3339), if it has one.
+    pub newest_backup: Option<String>,
+    /// WAL objects (segments, history files, partial segments) of it.
+    pub wal_objects: usize,
+}
+
+/// Every source the repository holds base backups or WAL of, sorted by name.
+///
+/// # Errors
+/// Repository errors listing snapshots or WAL.
+pub fn sources(repo: &Repository) -> Result<Vec<SourceSummary>> {
+    let (snaps, _) = repo.snapshots()?;
+    let wal = repo.wal_objects_per_source()?;
+    let mut names: BTreeSet<String> = wal.keys().cloned().collect();
+    names.extend(
+        snaps
+            .iter()
+            .filter_map(|(_, s)| s.postgres.as_ref().map(|p| p.source.clone())),
+    );
+    Ok(names
+        .into_iter()
+        .map(|source| {
+            let backups = base_backups(&snaps, &source);
+            SourceSummary {
+                base_backups: backups.len(),
+                newest_backup: backups.last().map(|b| b.info.stop_time.clone()),
+                wal_objects: wal.get(&source).copied().unwrap_or(0),
+                source,
+            }
+        })
+        .collect())
+}
+
+/// Refuses a source the repository holds nothing of, listing those it knows: a mistyped
+/// `--source` is a usage error, not an empty answer.
+///
+/// # Errors
+/// [`crate::Error::Invalid`] naming the known sources; repository errors.
+pub fn require_source(repo: &Repository, source: &str) -> Result<()> {
+    let known = sources(repo)?;
+    if known.iter().any(|s| s.source == source) {
+        return Ok(());
+    }
+    let names: Vec<&str> = known.iter().map(|s| s.source.as_str()).collect();
+    Err(crate::Error::Invalid(if names.is_empty() {
+        format!(
+            "the repository holds no PostgreSQL source {source:?} (it holds none yet); take a \
+             base backup with `lifeboat pg backup --source {source} --dsn ...`"
+        )
+    } else {
+        format!(
+            "the repository holds no PostgreSQL source {source:?}; it holds {} (list them \
+             with `lifeboat pg sources`)",
+            names.join(", ")
+        )
+    }))
+}

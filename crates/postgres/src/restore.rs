@@ -306,6 +306,7 @@ fn choose_backup(
     let (snaps, _) = repo.snapshots()?;
     let backups = base_backups(&snaps, source);
     if backups.is_empty() {
+        crate::catalog::require_source(repo, source)?;
         return Err(Error::Invalid(format!(
             "the repository has no base backup of source {source:?}; take one with \
              `lifeboat pg backup --source {source} --dsn ...` (list them with `lifeboat pg backups`)"
@@ -420,6 +421,22 @@ pub fn pg_restore(
         )));
     }
     let wal_available_to = available_to(&catalog, first);
+    // A target time that has not happened yet can never be reached: PostgreSQL would replay
+    // everything and then stop with "recovery ended before configured recovery target was
+    // reached", long after this command said it was fine.
+    if let RecoveryTarget::Time(t) = &opts.target {
+        let now = jiff::Timestamp::now();
+        if *t > now {
+            return Err(Error::Invalid(format!(
+                "the recovery target time {t} is in the future (now {now}); the repository's \
+                 WAL of {:?} reaches {} (its newest base backup ended {}); name a time that \
+                 has passed, or use --latest to recover everything there is",
+                opts.source,
+                wal_available_to.map_or_else(|| info.stop_lsn.to_string(), |l| l.to_string()),
+                backup.info.stop_time,
+            )));
+        }
+    }
 
     // Files.
     let _lease = lifeboat_repo::lease::Lease::acquire_read(repo, "pg restore")?;

@@ -603,19 +603,29 @@ impl Repository {
     /// # Errors
     /// Storage errors.
     pub fn wal_sources(&self) -> Result<Vec<String>> {
+        Ok(self.wal_objects_per_source()?.into_keys().collect())
+    }
+
+    /// The sources that have WAL objects, with how many each has (one listing of the WAL
+    /// directory).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn wal_objects_per_source(&self) -> Result<std::collections::BTreeMap<String, usize>> {
         let prefix = format!("{WAL_DIR}/");
-        let mut out: Vec<String> = self
-            .storage()
-            .list(WAL_DIR)?
-            .into_iter()
-            .filter_map(|e| {
-                let rest = e.path.strip_prefix(&prefix)?;
-                let (source, _) = rest.split_once('/')?;
-                validate_source(source).ok().map(|()| source.to_string())
-            })
-            .collect();
-        out.sort();
-        out.dedup();
+        let mut out = std::collections::BTreeMap::new();
+        for e in self.storage().list(WAL_DIR)? {
+            let Some((source, name)) = e
+                .path
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split_once('/'))
+            else {
+                continue;
+            };
+            if validate_source(source).is_ok() && validate_name(name).is_ok() {
+                *out.entry(source.to_string()).or_insert(0) += 1;
+            }
+        }
         Ok(out)
     }
 

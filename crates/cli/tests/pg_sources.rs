@@ -1,0 +1,79 @@
+//! Issue 10: PostgreSQL commands that answered a mistake with an empty success. A mistyped
+//! `--source` is a usage error naming the sources the repository holds (`pg sources` lists
+//! them); a recovery target time that has not happened yet is refused before anything is
+//! restored, saying how far the repository's WAL reaches. Against a real PostgreSQL 15.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use lifeboat_testkit::postgres::owner_tempdir;
+
+use common::pg::{Shop, SOURCE};
+use common::{code, stderr};
+
+#[test]
+fn r10_unknown_sources_and_future_targets_are_refused() {
+    let shop = Shop::new();
+    shop.insert(1);
+    shop.backup();
+    shop.archive_now();
+
+    // `pg sources` lists the one source, with its backup and WAL.
+    let all: serde_json::Value =
+        serde_json::from_str(&shop.lb_ok(&["pg", "sources", "--json"])).unwrap();
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["source"], SOURCE);
+    assert_eq!(all[0]["base_backups"], 1);
+    assert!(all[0]["wal_objects"].as_u64().unwrap() >= 1, "{all:?}");
+    assert!(shop.lb_ok(&["pg", "sources"]).contains(SOURCE));
+
+    // A mistyped source: exit 2, naming the known ones, for `pg backups` and `pg restore`.
+    let o = shop.lb(&["pg", "backups", "--source", "nosuch"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("\"nosuch\"") && err.contains(SOURCE), "{err}");
+    assert!(err.contains("pg sources"), "says how to list them: {err}");
+    let target = owner_tempdir("lifeboat-restore-").unwrap();
+    let data = target.path().join("data");
+    let o = shop.lb(&[
+        "pg",
+        "restore",
+        "--source",
+        "nosuch",
+        "--target",
+        data.to_str().unwrap(),
+        "--latest",
+    ]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains(SOURCE), "{}", stderr(&o));
+    assert!(
+        !data.exists(),
+        "a refused restore created the data directory"
+    );
+
+    // A target time in the future: exit 2 before anything is restored, naming how far the
+    // WAL reaches and the way out.
+    let future = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24)).to_string();
+    let o = shop.lb(&[
+        "pg",
+        "restore",
+        "--source",
+        SOURCE,
+        "--target",
+        data.to_str().unwrap(),
+        "--to-time",
+        &future,
+    ]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("in the future") && err.contains("reaches"),
+        "{err}"
+    );
+    assert!(err.contains("--latest"), "{err}");
+    assert!(
+        !data.exists() || std::fs::read_dir(&data).unwrap().next().is_none(),
+        "a refused restore wrote files"
+    );
+}
