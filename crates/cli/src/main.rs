@@ -54,26 +54,12 @@ fn code_of(e: &anyhow::Error) -> u8 {
             return x.code;
         }
         if let Some(r) = cause.downcast_ref::<lifeboat_repo::Error>() {
-            if r.is_usage() {
-                return EXIT_USAGE;
-            }
-            if r.is_damage() {
-                return EXIT_DAMAGE;
-            }
-            if let lifeboat_repo::Error::Storage(s) = r {
-                if matches!(
-                    s.kind(),
-                    lifeboat_storage::ErrorKind::Config
-                        | lifeboat_storage::ErrorKind::PermissionDenied
-                ) {
-                    return EXIT_USAGE;
-                }
-            }
-            return EXIT_RUNTIME;
+            return repo_code(r);
         }
         if let Some(p) = cause.downcast_ref::<lifeboat_postgres::Error>() {
-            if let lifeboat_postgres::Error::Repo(_) = p {
-                continue; // the repository error below it decides
+            if let lifeboat_postgres::Error::Repo(r) = p {
+                // Transparent: the chain skips the repository error, so read it here.
+                return repo_code(r);
             }
             if p.is_usage() {
                 return EXIT_USAGE;
@@ -84,6 +70,25 @@ fn code_of(e: &anyhow::Error) -> u8 {
             if s.kind() == lifeboat_storage::ErrorKind::Config {
                 return EXIT_USAGE;
             }
+        }
+    }
+    EXIT_RUNTIME
+}
+
+/// The exit code of a repository error.
+fn repo_code(r: &lifeboat_repo::Error) -> u8 {
+    if r.is_usage() {
+        return EXIT_USAGE;
+    }
+    if r.is_damage() {
+        return EXIT_DAMAGE;
+    }
+    if let lifeboat_repo::Error::Storage(s) = r {
+        if matches!(
+            s.kind(),
+            lifeboat_storage::ErrorKind::Config | lifeboat_storage::ErrorKind::PermissionDenied
+        ) {
+            return EXIT_USAGE;
         }
     }
     EXIT_RUNTIME
