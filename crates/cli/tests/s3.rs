@@ -30,7 +30,7 @@ fn ok(mut c: std::process::Command, args: &[&str]) -> String {
 }
 
 #[test]
-fn a_repository_on_s3_backs_up_restores_checks_copies_and_prunes() {
+fn garage_a_repository_on_s3_backs_up_restores_checks_copies_and_prunes() {
     let g = GarageServer::start().expect("start Garage (install it with `cargo xtask setup`)");
     let env = Env::new();
     let url = format!("s3://{}/shop/prod", g.bucket());
@@ -102,7 +102,7 @@ fn a_repository_on_s3_backs_up_restores_checks_copies_and_prunes() {
 }
 
 #[test]
-fn wrong_s3_credentials_fail_fast_with_a_clear_message_and_no_secret() {
+fn garage_wrong_s3_credentials_fail_fast_with_a_clear_message_and_no_secret() {
     let g = GarageServer::start().expect("start Garage (install it with `cargo xtask setup`)");
     let env = Env::new();
     let url = format!("s3://{}/x", g.bucket());

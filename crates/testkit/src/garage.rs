@@ -47,6 +47,9 @@ pub fn garage_bin() -> Result<PathBuf> {
 ///
 /// Use [`GarageServer::env`] as the environment lookup of `Location::parse` to point a
 /// storage at it. Dropping it kills the server (by PID) and removes its data.
+///
+/// A test that starts one has `garage_` in its name: `cargo xtask test` runs those last,
+/// once Garage (which it may be building meanwhile) is installed.
 pub struct GarageServer {
     child: Child,
     bin: PathBuf,
