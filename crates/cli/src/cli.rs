@@ -109,6 +109,26 @@ pub enum Command {
     /// A complete local estate on embedded defaults: a repository, a two-member sync
     /// PostgreSQL cluster, the daemon with its proxy and API.
     Quickstart(crate::ha::QuickstartCmd),
+    /// Print a shell completion script on stdout (e.g. `lifeboat completions bash >
+    /// /etc/bash_completion.d/lifeboat`).
+    Completions(CompletionsCmd),
+    /// Write a man page per command into a directory (for packages).
+    #[command(hide = true)]
+    Manpages(ManpagesCmd),
+}
+
+/// `completions`.
+#[derive(Debug, ClapArgs)]
+pub struct CompletionsCmd {
+    /// The shell.
+    pub shell: clap_complete::Shell,
+}
+
+/// `manpages`.
+#[derive(Debug, ClapArgs)]
+pub struct ManpagesCmd {
+    /// Directory to write `lifeboat.1`, `lifeboat-backup.1`, … into (created if missing).
+    pub dir: PathBuf,
 }
 
 /// `demo`.

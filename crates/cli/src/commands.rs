@@ -1096,6 +1096,32 @@ pub fn run(args: Args) -> Result<u8> {
         Command::Maintenance(c) => crate::ha::maintenance(g, &c),
         Command::Cluster(c) => crate::ha::cluster(g, &c),
         Command::Quickstart(c) => crate::ha::quickstart(g, &c),
+        Command::Completions(c) => {
+            use clap::CommandFactory;
+            // Into memory first: clap_complete panics when its writer fails (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(
+                c.shell,
+                &mut crate::cli::Args::command(),
+                "lifeboat",
+                &mut script,
+            );
+            let mut out = std::io::stdout().lock();
+            out.write_all(&script)?;
+            out.flush()?;
+            Ok(EXIT_OK)
+        }
+        Command::Manpages(c) => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&c.dir)
+                .with_context(|| format!("create {}", c.dir.display()))?;
+            clap_mangen::generate_to(crate::cli::Args::command(), &c.dir)
+                .with_context(|| format!("write man pages into {}", c.dir.display()))?;
+            if !g.quiet {
+                line(&format!("man pages written to {}", c.dir.display()))?;
+            }
+            Ok(EXIT_OK)
+        }
         Command::Migrate(_) => {
             let mut repo = open(g)?;
             let v = repo.migrate()?;
