@@ -171,7 +171,7 @@ pub fn run_daemon(_g: &Global, c: &RunCmd) -> Result<u8> {
             d.write_addr().map_or("-".into(), |a| a.to_string()),
             d.read_addr().map_or("-".into(), |a| a.to_string())
         );
-        d.run_until(shutdown_signal()).await;
+        serve(d).await;
         eprintln!("lifeboat: stopped");
         Ok::<u8, anyhow::Error>(EXIT_OK)
     });
@@ -179,6 +179,18 @@ pub fn run_daemon(_g: &Global, c: &RunCmd) -> Result<u8> {
     // not hold the exit: it is abandoned, and redone by the next daemon.
     rt.shutdown_timeout(SHUTDOWN_GRACE);
     code
+}
+
+/// Runs a started daemon until SIGINT/SIGTERM, telling systemd (Type=notify) that it is
+/// ready (every listener is bound by now) and, at the end, that it is stopping. Outside
+/// systemd (no `NOTIFY_SOCKET`) the notifications do nothing; failing to send one is
+/// logged, never fatal.
+async fn serve(d: Daemon) {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("cannot tell systemd the daemon is ready: {e}");
+    }
+    d.run_until(shutdown_signal()).await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
 }
 
 /// How long an exiting daemon waits for work still running on the blocking pool.
@@ -686,7 +698,7 @@ pub fn quickstart(g: &Global, c: &QuickstartCmd) -> Result<u8> {
             &backup_note,
             false,
         )?;
-        d.run_until(shutdown_signal()).await;
+        serve(d).await;
         if let Ok(mut child) = streamer {
             if let Some(p) = i32::try_from(child.id())
                 .ok()

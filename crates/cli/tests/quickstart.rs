@@ -95,12 +95,16 @@ fn quickstart_detaches_fails_over_and_stops_cleanly() {
     let dir = tmp.path().join("estate");
     let config = dir.join("lifeboat.toml");
     let started = Instant::now();
+    // The daemon tells systemd it is ready (Type=notify): a notify socket as systemd makes.
+    let notify_path = tmp.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     // Ports can be taken between the check and the start: retry with another base.
     let mut attempt = 0;
     let estate = loop {
         attempt += 1;
         let base = port_base();
         let o = lifeboat()
+            .env("NOTIFY_SOCKET", &notify_path)
             .args([
                 "quickstart",
                 "--detach",
@@ -127,6 +131,19 @@ fn quickstart_detaches_fails_over_and_stops_cleanly() {
         );
     };
     println!("quickstart up in {:.1} s", started.elapsed().as_secs_f64());
+    // The detached daemon said READY=1 once its listeners were up (blocking read, bounded).
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = notify
+        .recv(&mut buf)
+        .expect("the daemon never notified READY=1");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        msg.lines().any(|l| l == "READY=1"),
+        "notify message: {msg:?}"
+    );
 
     let (o, v) = status(&config);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
