@@ -58,6 +58,8 @@ const TEST_PACKAGES: &[&str] = &[
     "strace",
     "e2fsprogs",
 ];
+/// Debian packages `package --install-test` uses (`systemd-analyze`, `readelf`).
+const PACKAGE_PACKAGES: &[&str] = &["systemd", "binutils"];
 /// Debian packages for building fuzz targets (libFuzzer is C++).
 const FUZZ_PACKAGES: &[&str] = &["build-essential"];
 
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("ci") => ci(),
         Some("quickstart") => quickstart(&args[1..]),
+        Some("package") => package(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
     print_steps();
@@ -91,7 +94,213 @@ const USAGE: &str = "usage: cargo xtask <setup [--bench] [--fuzz] | test | ci | 
   quickstart  install PostgreSQL 15 when missing, build lifeboat, and run
           `lifeboat quickstart --dir /tmp/lifeboat-quickstart --detach` (or ARGS)
   test    setup; cargo test --workspace while Garage builds, then the Garage (S3) tests
-  ci      cargo fmt --check, clippy -D warnings, test, then fuzz targets for 20 s each";
+  ci      cargo fmt --check, clippy -D warnings, test, package --install-test, then fuzz
+          targets for 20 s each
+  package [--install-test]  build the .deb (cargo-deb; release binary, man pages,
+          completions, systemd units) into target/debian; --install-test then installs it
+          with dpkg -i, checks what it put where, verifies the units, and removes it";
+
+/// The workspace's target directory (`CARGO_TARGET_DIR` or `target/`).
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `package [--install-test]`: the .deb a shop installs (docs/packages.md).
+fn package(args: &[String]) -> Result {
+    let mut install_test = false;
+    for a in args {
+        match a.as_str() {
+            "--install-test" => install_test = true,
+            other => return Err(format!("unknown package option {other:?}\n{USAGE}")),
+        }
+    }
+    if install_test {
+        step("Debian packages", || apt_install(PACKAGE_PACKAGES))?;
+    }
+    step("cargo-deb", install_cargo_deb)?;
+    step("build lifeboat (release)", || {
+        run(cargo().args(["build", "--release", "-p", "lifeboat-cli"]))
+    })?;
+    let exe = target_dir().join("release/lifeboat");
+    let generated = workspace_root().join("packaging/generated");
+    step("man pages and completions", || {
+        let _ = std::fs::remove_dir_all(&generated);
+        let completions = generated.join("completions");
+        std::fs::create_dir_all(&completions)
+            .map_err(|e| format!("cannot create {}: {e}", completions.display()))?;
+        run(Command::new(&exe)
+            .arg("--quiet")
+            .arg("manpages")
+            .arg(generated.join("man")))?;
+        for (shell, file) in [
+            ("bash", "lifeboat.bash"),
+            ("zsh", "_lifeboat"),
+            ("fish", "lifeboat.fish"),
+        ] {
+            let out = Command::new(&exe)
+                .args(["completions", shell])
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+            if !out.status.success() {
+                return Err(format!("lifeboat completions {shell} failed"));
+            }
+            std::fs::write(completions.join(file), out.stdout)
+                .map_err(|e| format!("cannot write {file}: {e}"))?;
+        }
+        Ok(())
+    })?;
+    let deb = step("cargo deb (stripped binary)", || {
+        let out = cargo()
+            .args(["deb", "-p", "lifeboat-cli", "--no-build", "--strip"])
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run cargo deb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("cargo deb failed with {}", out.status));
+        }
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let size = std::fs::metadata(&path)
+            .map_err(|e| format!("cargo deb reported {path:?}: {e}"))?
+            .len();
+        eprintln!("    {path} ({:.1} MiB)", size as f64 / 1048576.0);
+        Ok(PathBuf::from(path))
+    })?;
+    if install_test {
+        step("install test: dpkg -i, check, dpkg -r", || {
+            deb_install_test(&deb)
+        })?;
+    }
+    Ok(())
+}
+
+fn install_cargo_deb() -> Result {
+    let works = cargo()
+        .args(["deb", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if works {
+        eprintln!("    present: cargo-deb");
+        return Ok(());
+    }
+    run(cargo().args(["install", "--locked", "cargo-deb"]))
+}
+
+/// Output of a command that must succeed.
+fn output(cmd: &mut Command) -> Result<String> {
+    let o = cmd
+        .output()
+        .map_err(|e| format!("cannot start {}: {e}", show(cmd)))?;
+    if !o.status.success() {
+        return Err(format!(
+            "`{}` failed with {}: {}",
+            show(cmd),
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Installs `deb`, checks the binary, pages, completions and units it put in place (and
+/// that the units are valid), removes it, and checks that none of its files remain.
+fn deb_install_test(deb: &Path) -> Result {
+    if dpkg_installed("lifeboat") {
+        return Err(
+            "a lifeboat package is installed already: the install test would replace it; \
+             remove it first (dpkg -r lifeboat)"
+                .into(),
+        );
+    }
+    run(Command::new("dpkg").arg("-i").arg(deb))?;
+    let check = (|| -> Result {
+        let files = output(Command::new("dpkg").args(["-L", "lifeboat"]))?;
+        let version = output(Command::new("/usr/bin/lifeboat").arg("--version"))?;
+        eprintln!("    installed: {}", version.trim());
+        for wanted in [
+            "/usr/bin/lifeboat",
+            "/usr/share/man/man1/lifeboat-restore.1",
+            "/usr/share/bash-completion/completions/lifeboat",
+            "/lib/systemd/system/lifeboat.service",
+            "/lib/systemd/system/lifeboat-pg-stream@.service",
+            "/lib/systemd/system/lifeboat-backup@.timer",
+            "/lib/systemd/system/lifeboat-check.timer",
+        ] {
+            if !files.lines().any(|l| l.starts_with(wanted)) {
+                return Err(format!("the package does not install {wanted}"));
+            }
+        }
+        let size = std::fs::metadata("/usr/bin/lifeboat")
+            .map_err(|e| format!("/usr/bin/lifeboat: {e}"))?
+            .len();
+        let sections = output(Command::new("readelf").args(["-S", "/usr/bin/lifeboat"]))?;
+        if sections.contains(".debug_info") {
+            return Err(format!(
+                "/usr/bin/lifeboat is not stripped ({} MiB)",
+                size / 1048576
+            ));
+        }
+        eprintln!(
+            "    /usr/bin/lifeboat: {:.1} MiB, stripped",
+            size as f64 / 1048576.0
+        );
+        // Units: systemd checks them (syntax, directives, that ExecStart exists).
+        for unit in [
+            "lifeboat.service",
+            "lifeboat-pg-stream@orders.service",
+            "lifeboat-backup@media.service",
+            "lifeboat-backup@media.timer",
+            "lifeboat-check.service",
+            "lifeboat-check.timer",
+        ] {
+            let o = Command::new("systemd-analyze")
+                .args(["verify", "--man=no"])
+                .arg(format!("/lib/systemd/system/{}", unit_file(unit)))
+                .output()
+                .map_err(|e| format!("cannot run systemd-analyze: {e}"))?;
+            let text = String::from_utf8_lossy(&o.stderr).into_owned();
+            // Only the unit's own problems count (verify also reports unrelated host units).
+            let own: Vec<&str> = text.lines().filter(|l| l.contains("lifeboat")).collect();
+            if !own.is_empty() {
+                return Err(format!(
+                    "systemd-analyze verify {unit}:\n{}",
+                    own.join("\n")
+                ));
+            }
+        }
+        eprintln!("    units verified by systemd-analyze");
+        Ok(())
+    })();
+    let files = output(Command::new("dpkg").args(["-L", "lifeboat"])).unwrap_or_default();
+    let removed = run(Command::new("dpkg").args(["-r", "lifeboat"]));
+    check?;
+    removed?;
+    let left: Vec<&str> = files.lines().filter(|f| Path::new(f).is_file()).collect();
+    if !left.is_empty() {
+        return Err(format!("dpkg -r left files behind: {}", left.join(", ")));
+    }
+    eprintln!("    removed cleanly");
+    Ok(())
+}
+
+/// The file of a unit name (`x@inst.service` lives in `x@.service`).
+fn unit_file(unit: &str) -> String {
+    match unit.split_once('@') {
+        Some((base, rest)) => {
+            let ext = rest.rsplit_once('.').map_or("", |(_, e)| e);
+            format!("{base}@.{ext}")
+        }
+        None => unit.to_string(),
+    }
+}
 
 /// Debian packages the quickstart needs (PostgreSQL 15's server and client).
 const QUICKSTART_PACKAGES: &[&str] = &[
@@ -493,6 +702,7 @@ fn ci() -> Result {
     })();
     lint?;
     cargo_test(garage)?;
+    package(&["--install-test".to_string()])?;
     if fuzz {
         step("cargo-fuzz", install_cargo_fuzz)?;
         fuzz_smoke()?;
