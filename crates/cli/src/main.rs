@@ -54,26 +54,13 @@ fn code_of(e: &anyhow::Error) -> u8 {
             return x.code;
         }
         if let Some(r) = cause.downcast_ref::<lifeboat_repo::Error>() {
-            if r.is_usage() {
-                return EXIT_USAGE;
-            }
-            if r.is_damage() {
-                return EXIT_DAMAGE;
-            }
-            if let lifeboat_repo::Error::Storage(s) = r {
-                if matches!(
-                    s.kind(),
-                    lifeboat_storage::ErrorKind::Config
-                        | lifeboat_storage::ErrorKind::PermissionDenied
-                ) {
-                    return EXIT_USAGE;
-                }
-            }
-            return EXIT_RUNTIME;
+            return repo_code(r);
         }
         if let Some(p) = cause.downcast_ref::<lifeboat_postgres::Error>() {
-            if let lifeboat_postgres::Error::Repo(_) = p {
-                continue; // the repository error below it decides
+            // `Repo` is transparent: its `source()` skips the repository error itself, so
+            // it is classified here rather than further down the chain.
+            if let lifeboat_postgres::Error::Repo(r) = p {
+                return repo_code(r);
             }
             if p.is_usage() {
                 return EXIT_USAGE;
@@ -84,6 +71,25 @@ fn code_of(e: &anyhow::Error) -> u8 {
             if s.kind() == lifeboat_storage::ErrorKind::Config {
                 return EXIT_USAGE;
             }
+        }
+    }
+    EXIT_RUNTIME
+}
+
+/// The exit code of a repository error.
+fn repo_code(r: &lifeboat_repo::Error) -> u8 {
+    if r.is_usage() {
+        return EXIT_USAGE;
+    }
+    if r.is_damage() {
+        return EXIT_DAMAGE;
+    }
+    if let lifeboat_repo::Error::Storage(s) = r {
+        if matches!(
+            s.kind(),
+            lifeboat_storage::ErrorKind::Config | lifeboat_storage::ErrorKind::PermissionDenied
+        ) {
+            return EXIT_USAGE;
         }
     }
     EXIT_RUNTIME
@@ -101,6 +107,57 @@ fn hint_of(e: &anyhow::Error) -> Option<String> {
         }
     }
     None
+}
+
+/// The error and its causes on one line, joined by `: ` like anyhow's `{:#}`, but a cause
+/// whose text the level above already shows is left out: a library error that prints its
+/// source in its own message (`read config: Not a directory (os error 20)`) and also returns
+/// it from `source()` would otherwise be printed twice.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || parts.last().is_some_and(|above| above.contains(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
+}
+
+/// Sets up the log on stderr: `LIFEBOAT_LOG` (tracing's EnvFilter syntax, docs/logging.md)
+/// or `-v`/`-vv`; `--log-format json` writes one JSON object per event and line (journald,
+/// Loki). Colour only on a terminal and without `NO_COLOR`.
+fn init_logging(args: &cli::Args) {
+    use std::io::IsTerminal;
+    // OpenDAL and its signer log their own retries and credential attempts with `Debug`
+    // dumps (and backtraces under RUST_BACKTRACE); the storage crate logs one line per
+    // retry instead, so theirs show only with -vv or LIFEBOAT_LOG.
+    let filter = match args.global.verbose {
+        0 => "warn,opendal=error,reqsign_core=error,reqsign_aws_core=error",
+        1 => "info,opendal=error,reqsign_core=error,reqsign_aws_core=error",
+        _ => "debug",
+    };
+    let env_filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .with_target(false);
+    // The daemon's log is read against other logs (kill → detection → promotion): it
+    // carries times; one-shot commands do not, unless the log goes to a collector.
+    let timed = matches!(
+        args.command,
+        cli::Command::Run(_) | cli::Command::Quickstart(_)
+    );
+    match (args.global.log_format, timed) {
+        (cli::LogFormat::Json, _) => log.json().with_current_span(true).init(),
+        (cli::LogFormat::Text, true) => log.init(),
+        (cli::LogFormat::Text, false) => log.without_time().init(),
+    }
 }
 
 /// Caps glibc's mmap threshold at 1 MiB. By default glibc raises the threshold to the size
@@ -137,27 +194,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let filter = match args.global.verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    let env_filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let log = tracing_subscriber::fmt()
-        .with_env_filter(env_filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    // The daemon's log is read against other logs (kill → detection → promotion): it
-    // carries times; one-shot commands do not.
-    if matches!(
-        args.command,
-        cli::Command::Run(_) | cli::Command::Quickstart(_)
-    ) {
-        log.init();
-    } else {
-        log.without_time().init();
-    }
+    init_logging(&args);
     match commands::run(args) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -165,7 +202,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_OK);
             }
             let code = code_of(&e);
-            let msg = format!("{e:#}");
+            let msg = error_text(&e);
             if !msg.is_empty() {
                 eprintln!("error: {msg}");
             }
