@@ -213,3 +213,30 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10: a library error that writes its source into its message and returns it
+    /// from `source()` printed "Not a directory (os error 20): Not a directory (os error
+    /// 20)"; each cause is now printed once, whatever the error type.
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotADirectory);
+        let io_text = io.to_string();
+        let e = anyhow::Error::new(lifeboat_repo::Error::Io {
+            path: "/srv/a-file/x".into(),
+            source: io,
+        })
+        .context("restore snapshot 1234abcd");
+        let text = error_text(&e);
+        assert_eq!(
+            text,
+            format!("restore snapshot 1234abcd: /srv/a-file/x: {io_text}")
+        );
+        // Causes the level above does not show are kept.
+        let e = anyhow::anyhow!("connection reset").context("read index 12ab");
+        assert_eq!(error_text(&e), "read index 12ab: connection reset");
+    }
+}
