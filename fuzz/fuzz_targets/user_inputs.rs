@@ -43,8 +43,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(p) = parse_percent(s) {
         assert!((0.0..=100.0).contains(&p));
     }
-    if let Some(d) = lifeboat_config::parse_duration(s) {
-        assert!(d.as_secs() < 86_400);
+    if let Ok(d) = lifeboat_types::parse_duration(s) {
+        assert!(d <= lifeboat_types::MAX_DURATION);
     }
     let _ = dsn_has_password(s);
 });

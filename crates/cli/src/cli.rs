@@ -1,11 +1,66 @@
 //! Command-line arguments (clap). Never here: behaviour.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
+use lifeboat_types::{parse_duration_between, DurationError, MAX_DURATION};
 
-/// The longest wait or timeout a flag takes, in seconds (a week): longer ones are typos.
-const MAX_WAIT_SECS: u64 = 7 * 86_400;
+/// Every time-valued flag reads the one duration syntax (`250ms`, `30s`, `1h`, `7d`) of
+/// `lifeboat_types::parse_duration`, as `lifeboat.toml` does; clap prints the error after
+/// the flag's name.
+fn duration_flag(min: Duration, max: Duration, text: &str) -> Result<Duration, String> {
+    parse_duration_between(text, min, max).map_err(|e| format!("{e} (fix: {})", e.fix()))
+}
+
+/// A duration from 1ms to an hour (flush intervals).
+fn duration_up_to_an_hour(text: &str) -> Result<Duration, String> {
+    duration_flag(Duration::from_millis(1), Duration::from_secs(3600), text)
+}
+
+/// A duration flag that used to take a plain number of seconds: the number is still read
+/// as seconds (deprecated; the command warns once with [`SecondsOr::warn_if_plain`]).
+#[derive(Debug, Clone)]
+pub struct SecondsOr {
+    /// The duration.
+    pub value: Duration,
+    /// The plain number given, when it was one.
+    pub plain: Option<String>,
+}
+
+impl SecondsOr {
+    /// Prints a deprecation warning on stderr when the flag was given a plain number.
+    pub fn warn_if_plain(&self, flag: &str) {
+        if let Some(n) = &self.plain {
+            eprintln!(
+                "warning: {flag} {n}: a plain number of seconds is deprecated (fix: write {n}s; durations take a unit: 250ms, 30s, 1h, 7d)"
+            );
+        }
+    }
+}
+
+/// Parses a [`SecondsOr`] within `min..=max`.
+fn seconds_or_duration(min: Duration, max: Duration, text: &str) -> Result<SecondsOr, String> {
+    match parse_duration_between(text, min, max) {
+        Ok(value) => Ok(SecondsOr { value, plain: None }),
+        Err(DurationError::NoUnit { .. }) => duration_flag(min, max, &format!("{}s", text.trim()))
+            .map(|value| SecondsOr {
+                value,
+                plain: Some(text.trim().to_string()),
+            }),
+        Err(e) => Err(format!("{e} (fix: {})", e.fix())),
+    }
+}
+
+/// `--wal-wait`: zero to a week; a plain number is seconds (deprecated).
+fn wal_wait(text: &str) -> Result<SecondsOr, String> {
+    seconds_or_duration(Duration::ZERO, MAX_DURATION, text)
+}
+
+/// `pg verify --timeout`: 1s to a week; a plain number is seconds (deprecated).
+fn verify_timeout(text: &str) -> Result<SecondsOr, String> {
+    seconds_or_duration(Duration::from_secs(1), MAX_DURATION, text)
+}
 
 /// Lifeboat: disaster recovery for online shops. Deduplicated, encrypted, verifiable
 /// backups on local disk or S3.
@@ -45,9 +100,29 @@ pub struct Global {
     /// Never draw progress bars.
     #[arg(long, global = true)]
     pub no_progress: bool,
-    /// More log output (-v, -vv).
+    /// More log output (-v, -vv). LIFEBOAT_LOG (e.g. `debug`, `warn,lifeboat_server=debug`)
+    /// overrides it (docs/logging.md).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Log format on stderr: `text`, or `json` (one JSON object per event and line, for
+    /// journald or Loki). Errors and command output keep their own format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "LIFEBOAT_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How log events are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event and line.
+    Json,
 }
 
 /// The commands.
@@ -460,10 +535,10 @@ pub struct PgBackupCmd {
     /// Tag the snapshot (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
-    /// How long to wait for the WAL the backup needs to reach the repository (seconds, at
-    /// most 604800: a week).
-    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(0..=MAX_WAIT_SECS))]
-    pub wal_wait: u64,
+    /// How long to wait for the WAL the backup needs to reach the repository: a duration
+    /// up to a week (e.g. 30s, 5m, 1h; a plain number means seconds, deprecated).
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = wal_wait)]
+    pub wal_wait: SecondsOr,
 }
 
 /// `pg wal-push`.
@@ -623,9 +698,10 @@ pub struct PgVerifyCmd {
     /// running cluster.
     #[arg(long)]
     pub scratch: Option<PathBuf>,
-    /// Give up when restore plus recovery take longer than this (seconds, 1 to 604800).
-    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..=MAX_WAIT_SECS))]
-    pub timeout: u64,
+    /// Give up when restore plus recovery take longer than this: a duration from 1s to a
+    /// week (e.g. 30m, 2h; a plain number means seconds, deprecated).
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = verify_timeout)]
+    pub timeout: SecondsOr,
     /// Keep the scratch directory (and stop the server) instead of removing it.
     #[arg(long)]
     pub keep: bool,
@@ -648,9 +724,12 @@ pub struct PgStreamCmd {
     /// Stream without a slot (the server may remove WAL before it is received).
     #[arg(long, conflicts_with = "slot")]
     pub no_slot: bool,
-    /// How often received WAL is made durable, in milliseconds (1 to 3600000).
-    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-    pub flush_interval_ms: u64,
+    /// How often received WAL is made durable: a duration from 1ms to 1h (e.g. 200ms, 1s).
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = duration_up_to_an_hour)]
+    pub flush_interval: Duration,
+    /// Deprecated spelling of --flush-interval, in milliseconds.
+    #[arg(long, hide = true, conflicts_with = "flush_interval", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub flush_interval_ms: Option<u64>,
     /// Make every received batch durable at once (use with
     /// synchronous_standby_names = 'lifeboat_<source>' for no loss of acknowledged commits).
     #[arg(long)]

@@ -45,7 +45,46 @@ pub(crate) fn location(url: Option<&str>) -> Result<Location> {
             Some("pass --repo PATH (or s3://BUCKET/PREFIX), or set LIFEBOAT_REPOSITORY"),
         )
     })?;
-    Location::parse(url, &env).map_err(|e| usage(e.to_string(), None))
+    let loc = Location::parse(url, &env).map_err(|e| usage(e.to_string(), None))?;
+    if let Location::S3(s3) = &loc {
+        require_s3_credentials(s3, &loc)?;
+    }
+    Ok(loc)
+}
+
+/// Refuses an S3 location for which no credentials can be found, before any request: no
+/// key pair, no variable naming another source (`AWS_PROFILE`, web identity, ECS), no
+/// `~/.aws/credentials` or `~/.aws/config`, and not an EC2 instance (whose role the
+/// instance metadata serves). Without this, OpenDAL would send unsigned requests and the
+/// user would see a refusal or a retried network error instead of the missing setting.
+fn require_s3_credentials(s3: &lifeboat_storage::S3Location, loc: &Location) -> Result<()> {
+    if s3.has_keys() || lifeboat_storage::S3Location::ambient_credentials(&env).is_some() {
+        return Ok(());
+    }
+    let home_aws = std::env::var_os("HOME").is_some_and(|h| {
+        let dir = Path::new(&h).join(".aws");
+        dir.join("credentials").is_file() || dir.join("config").is_file()
+    });
+    if home_aws || on_ec2() {
+        return Ok(());
+    }
+    Err(usage(
+        format!("no S3 credentials for {loc}: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set"),
+        Some("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials; on EC2 an instance role is used)"),
+    ))
+}
+
+/// Whether this machine is an EC2 instance (its firmware says so), where OpenDAL reads an
+/// instance role's credentials from the instance metadata service — unless
+/// `AWS_EC2_METADATA_DISABLED=true` turns that service off, as it does for OpenDAL.
+fn on_ec2() -> bool {
+    if env("AWS_EC2_METADATA_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return false;
+    }
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    read("/sys/devices/virtual/dmi/id/sys_vendor").contains("Amazon EC2")
+        || read("/sys/devices/virtual/dmi/id/board_asset_tag").starts_with("i-")
+        || read("/sys/hypervisor/uuid").starts_with("ec2")
 }
 
 /// Opens the storage of an existing repository. Creates nothing: a local directory that
@@ -59,6 +98,8 @@ fn storage(url: Option<&str>) -> Result<Storage> {
                 repo: loc.to_string(),
             }))
         }
+        // A location that cannot be used names itself.
+        Err(e) if e.kind() == lifeboat_storage::ErrorKind::Config => Err(anyhow::Error::new(e)),
         Err(e) => Err(anyhow::Error::new(e).context(format!("open storage {loc}"))),
     }
 }
@@ -67,14 +108,20 @@ fn storage(url: Option<&str>) -> Result<Storage> {
 /// a local directory that does not exist yet.
 fn storage_to_create(url: Option<&str>) -> Result<Storage> {
     let loc = location(url)?;
-    Storage::create(&loc, &StorageOptions::default()).with_context(|| format!("open storage {loc}"))
+    Storage::create(&loc, &StorageOptions::default()).map_err(|e| {
+        if e.kind() == lifeboat_storage::ErrorKind::Config {
+            anyhow::Error::new(e) // names the location itself
+        } else {
+            anyhow::Error::new(e).context(format!("open storage {loc}"))
+        }
+    })
 }
 
 fn read_password_file(path: &Path) -> Result<Secret<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         usage(
             format!("cannot read password file {}: {e}", path.display()),
-            None,
+            Some("check the path and that this user may read the file, or set LIFEBOAT_PASSWORD instead"),
         )
     })?;
     let first = text.lines().next().unwrap_or("").to_string();
@@ -95,17 +142,18 @@ fn password(file: Option<&Path>, env_name: &str, what: &str) -> Result<Secret<St
 }
 
 fn main_password(g: &Global) -> Result<Secret<String>> {
+    if g.password_file.is_none() && env("LIFEBOAT_PASSWORD").is_none() {
+        return Err(usage(
+            "no password given",
+            Some("set LIFEBOAT_PASSWORD, or pass --password-file FILE (or LIFEBOAT_PASSWORD_FILE)"),
+        ));
+    }
+    // A password file that cannot be read is named, with its error (exit 2).
     password(
         g.password_file.as_deref(),
         "LIFEBOAT_PASSWORD",
         "the repository",
     )
-    .map_err(|_| {
-        usage(
-            "no password given",
-            Some("set LIFEBOAT_PASSWORD, or pass --password-file FILE (or LIFEBOAT_PASSWORD_FILE)"),
-        )
-    })
 }
 
 pub(crate) fn open(g: &Global) -> Result<Repository> {
@@ -345,6 +393,9 @@ pub fn run(args: Args) -> Result<u8> {
                     "error: snapshot {} is partial: {} entries could not be read (listed above)",
                     report.snapshot_id.short(),
                     report.errors.len()
+                );
+                eprintln!(
+                    "hint: everything else was saved; make those entries readable (or --exclude them) and back up again"
                 );
                 Ok(EXIT_RUNTIME)
             }

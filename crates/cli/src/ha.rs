@@ -674,7 +674,7 @@ pub fn quickstart(g: &Global, c: &QuickstartCmd) -> Result<u8> {
                     "--dsn",
                     &dsn,
                     "--wal-wait",
-                    "60",
+                    "60s",
                 ],
             )
         })

@@ -57,8 +57,9 @@ fn code_of(e: &anyhow::Error) -> u8 {
             return repo_code(r);
         }
         if let Some(p) = cause.downcast_ref::<lifeboat_postgres::Error>() {
+            // `Repo` is transparent: its `source()` skips the repository error itself, so
+            // it is classified here rather than further down the chain.
             if let lifeboat_postgres::Error::Repo(r) = p {
-                // Transparent: the chain skips the repository error, so read it here.
                 return repo_code(r);
             }
             if p.is_usage() {
@@ -108,6 +109,57 @@ fn hint_of(e: &anyhow::Error) -> Option<String> {
     None
 }
 
+/// The error and its causes on one line, joined by `: ` like anyhow's `{:#}`, but a cause
+/// whose text the level above already shows is left out: a library error that prints its
+/// source in its own message (`read config: Not a directory (os error 20)`) and also returns
+/// it from `source()` would otherwise be printed twice.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || parts.last().is_some_and(|above| above.contains(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
+}
+
+/// Sets up the log on stderr: `LIFEBOAT_LOG` (tracing's EnvFilter syntax, docs/logging.md)
+/// or `-v`/`-vv`; `--log-format json` writes one JSON object per event and line (journald,
+/// Loki). Colour only on a terminal and without `NO_COLOR`.
+fn init_logging(args: &cli::Args) {
+    use std::io::IsTerminal;
+    // OpenDAL and its signer log their own retries and credential attempts with `Debug`
+    // dumps (and backtraces under RUST_BACKTRACE); the storage crate logs one line per
+    // retry instead, so theirs show only with -vv or LIFEBOAT_LOG.
+    let filter = match args.global.verbose {
+        0 => "warn,opendal=error,reqsign_core=error,reqsign_aws_core=error",
+        1 => "info,opendal=error,reqsign_core=error,reqsign_aws_core=error",
+        _ => "debug",
+    };
+    let env_filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .with_target(false);
+    // The daemon's log is read against other logs (kill → detection → promotion): it
+    // carries times; one-shot commands do not, unless the log goes to a collector.
+    let timed = matches!(
+        args.command,
+        cli::Command::Run(_) | cli::Command::Quickstart(_)
+    );
+    match (args.global.log_format, timed) {
+        (cli::LogFormat::Json, _) => log.json().with_current_span(true).init(),
+        (cli::LogFormat::Text, true) => log.init(),
+        (cli::LogFormat::Text, false) => log.without_time().init(),
+    }
+}
+
 /// Caps glibc's mmap threshold at 1 MiB. By default glibc raises the threshold to the size
 /// of the largest buffer freed (a 16 MiB pack), after which freed pack and chunk buffers stay
 /// in per-thread heaps: restore peaked at 108 MB instead of 91 MB, backup at 94 MB instead of
@@ -142,27 +194,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let filter = match args.global.verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    let env_filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let log = tracing_subscriber::fmt()
-        .with_env_filter(env_filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    // The daemon's log is read against other logs (kill → detection → promotion): it
-    // carries times; one-shot commands do not.
-    if matches!(
-        args.command,
-        cli::Command::Run(_) | cli::Command::Quickstart(_)
-    ) {
-        log.init();
-    } else {
-        log.without_time().init();
-    }
+    init_logging(&args);
     match commands::run(args) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -170,7 +202,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_OK);
             }
             let code = code_of(&e);
-            let msg = format!("{e:#}");
+            let msg = error_text(&e);
             if !msg.is_empty() {
                 eprintln!("error: {msg}");
             }
@@ -179,5 +211,32 @@ fn main() -> ExitCode {
             }
             ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10: a library error that writes its source into its message and returns it
+    /// from `source()` printed "Not a directory (os error 20): Not a directory (os error
+    /// 20)"; each cause is now printed once, whatever the error type.
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotADirectory);
+        let io_text = io.to_string();
+        let e = anyhow::Error::new(lifeboat_repo::Error::Io {
+            path: "/srv/a-file/x".into(),
+            source: io,
+        })
+        .context("restore snapshot 1234abcd");
+        let text = error_text(&e);
+        assert_eq!(
+            text,
+            format!("restore snapshot 1234abcd: /srv/a-file/x: {io_text}")
+        );
+        // Causes the level above does not show are kept.
+        let e = anyhow::anyhow!("connection reset").context("read index 12ab");
+        assert_eq!(error_text(&e), "read index 12ab: connection reset");
     }
 }

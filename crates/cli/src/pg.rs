@@ -155,13 +155,14 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
         }
         PgCmd::Backup(c) => {
             warn_password_on_command_line(&c.dsn);
+            c.wal_wait.warn_if_plain("--wal-wait");
             let repo = open(g)?;
             let opts = PgBackupOptions {
                 source: c.source.source.clone(),
                 dsn: c.dsn.clone(),
                 pgdata: c.pgdata.clone(),
                 tags: c.tags.clone(),
-                wal_wait: Duration::from_secs(c.wal_wait),
+                wal_wait: c.wal_wait.value,
                 files: BackupOptions {
                     readers: 2,
                     ..BackupOptions::default()
@@ -309,7 +310,15 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
             let mut opts = StreamOptions::new(&c.source.source, &c.dsn);
             opts.slot = c.slot.clone();
             opts.no_slot = c.no_slot;
-            opts.flush_interval = Duration::from_millis(c.flush_interval_ms.max(1));
+            opts.flush_interval = match c.flush_interval_ms {
+                Some(ms) => {
+                    eprintln!(
+                        "warning: --flush-interval-ms is deprecated (fix: write --flush-interval {ms}ms)"
+                    );
+                    Duration::from_millis(ms)
+                }
+                None => c.flush_interval,
+            };
             opts.synchronous = c.synchronous;
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 signal_hook::flag::register(sig, opts.stop.clone())

@@ -3,7 +3,6 @@
 //! (`lifeboat_postgres::verify`), or the repository password in any output or argument.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -14,7 +13,7 @@ use lifeboat_sources::Progress;
 use lifeboat_types::Secret;
 
 use crate::cli::{Global, PgVerifyCmd};
-use crate::commands::{open, progress_enabled, usage};
+use crate::commands::{open, progress_enabled};
 use crate::output::{json, line, time};
 use crate::pg::restore_command;
 use crate::progress::Bar;
@@ -27,9 +26,7 @@ const TEXT_ROWS: usize = 20;
 /// Runs `pg verify`: exit 0 when the backup restored, recovered and every query succeeded,
 /// 1 when any of that failed.
 pub fn run(g: &Global, c: PgVerifyCmd) -> Result<u8> {
-    if c.timeout == 0 {
-        return Err(usage("--timeout must be at least 1 second", None));
-    }
+    c.timeout.warn_if_plain("--timeout");
     let target = match &c.to_time {
         Some(t) => RecoveryTarget::Time(parse_time(t)?),
         None => RecoveryTarget::Latest,
@@ -56,7 +53,7 @@ pub fn run(g: &Global, c: PgVerifyCmd) -> Result<u8> {
         queries: c.sql.clone(),
         dbname: c.dbname.clone(),
         scratch,
-        timeout: Duration::from_secs(c.timeout),
+        timeout: c.timeout.value,
         keep: c.keep,
         backup: c.backup.clone(),
         restore_command,

@@ -266,7 +266,8 @@ fn exit_codes_and_messages_are_what_scripts_expect() {
         code(&env.run(&["restore", "nosuchsnap", "--target", "/tmp/x"])),
         2
     );
-    assert_eq!(code(&env.run(&["backup", "/definitely/not/here"])), 3);
+    // A source that does not exist is the caller's mistake (issue 10): 2, not 3.
+    assert_eq!(code(&env.run(&["backup", "/definitely/not/here"])), 2);
     let o = env
         .cmd()
         .env("LIFEBOAT_REPOSITORY", "ftp://example/x")

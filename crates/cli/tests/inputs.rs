@@ -121,13 +121,13 @@ fn r9_hostile_sizes_percentages_and_durations_are_usage_errors() {
             &huge,
         ],
         "--wal-wait",
-        "604800",
+        "7days",
     );
     refused(
         &env,
         &["pg", "verify", "--source", "s", "--timeout", &huge],
         "--timeout",
-        "604800",
+        "7days",
     );
     refused(
         &env,
@@ -376,7 +376,7 @@ fn r9_password_in_dsn_on_the_command_line_is_warned_about_without_echo() {
     let o = env
         .cmd()
         .env("LIFEBOAT_PG_DSN", "host=127.0.0.1 port=1 password=hunter2")
-        .args(["pg", "backup", "--source", "shop", "--wal-wait", "1"])
+        .args(["pg", "backup", "--source", "shop", "--wal-wait", "1s"])
         .output()
         .unwrap();
     let err = stderr(&o);

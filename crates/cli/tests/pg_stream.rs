@@ -148,7 +148,7 @@ fn killing_the_primary_under_load_loses_at_most_a_fraction_of_a_second_of_commit
         "--dsn",
         &pg.dsn(),
         "--wal-wait",
-        "60",
+        "60s",
     ]);
 
     // Background load: pgbench on its own tables.
@@ -283,7 +283,7 @@ fn the_streamer_follows_a_failover_onto_the_new_timeline() {
         "--dsn",
         &primary.dsn(),
         "--wal-wait",
-        "60",
+        "60s",
     ]);
     primary
         .sql("insert into orders select g from generate_series(1, 100) g")

@@ -288,7 +288,7 @@ fn damaged_wal_fails_fast_naming_the_segment_and_cleans_up() {
         "--sql",
         "select count(*) from orders",
         "--timeout",
-        "600",
+        "10m",
         "--json",
     ]);
     let took = started.elapsed();

@@ -663,15 +663,14 @@ impl Cx<'_> {
         let Some((s, span)) = self.string(t, prefix, key, false) else {
             return t.get(key).is_none().then_some(default);
         };
-        match parse_duration(&s) {
-            Some(d) if d >= Duration::from_millis(10) => Some(d),
-            _ => {
-                self.problem(
-                    span,
-                    &join(prefix, key),
-                    format!("{s:?} is not a duration of at least 10ms"),
-                    "write e.g. \"250ms\", \"2s\" or \"1m\"",
-                );
+        match lifeboat_types::parse_duration_between(
+            &s,
+            Duration::from_millis(10),
+            lifeboat_types::MAX_DURATION,
+        ) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(span, &join(prefix, key), e.to_string(), &e.fix());
                 None
             }
         }
@@ -1308,31 +1307,6 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Strin
     Ok(out)
 }
 
-/// Parses a config duration: `250ms`, `2s`, `1.5s`, `1m` (under a day; no sign, NaN or
-/// infinity). `None` for anything else; never panics.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        return None;
-    };
-    let num = num.trim();
-    // Digits with at most one '.': no sign, exponent, "NaN" or "inf" reaches f64::from_str.
-    let plain = num.bytes().any(|b| b.is_ascii_digit())
-        && num.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && num.bytes().filter(|b| *b == b'.').count() <= 1;
-    if !plain {
-        return None;
-    }
-    let v: f64 = num.parse().ok()?;
-    (v.is_finite() && v >= 0.0 && v * mult < 86_400.0).then(|| Duration::from_secs_f64(v * mult))
-}
-
 /// Levenshtein distance, for "did you mean" (keys are short).
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -1354,41 +1328,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_and_env_references() {
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("2 hours"), None);
+    fn env_references_and_edit_distance() {
         let env = |n: &str| (n == "A").then(|| "x".to_string());
         assert_eq!(expand("a${A}b$$c", &env), Ok("axb$c".into()));
         assert_eq!(expand("${B}", &env), Err("B".into()));
         assert_eq!(edit_distance("fal", "fall"), 1);
-        for bad in [
-            "", "ms", "-1s", "-0s", "NaNs", "infm", "1e9s", "1 day", "é", "1és", "5x",
-        ] {
-            assert_eq!(parse_duration(bad), None, "{bad:?}");
-        }
-    }
-
-    proptest::proptest! {
-        /// Issue 9 item 8: no duration text panics.
-        #[test]
-        fn durations_never_panic(
-            any_text in "\\PC{0,24}",
-            near_miss in "[0-9 .e+é-]{0,12}(ms|s|m|)",
-        ) {
-            let _ = parse_duration(&any_text);
-            let _ = parse_duration(&near_miss);
-        }
-
-        /// What the docs write reads back as itself.
-        #[test]
-        fn durations_roundtrip(ms in 0u64..86_400_000) {
-            proptest::prop_assert_eq!(parse_duration(&format!("{ms}ms")), Some(Duration::from_millis(ms)));
-            let secs = ms / 1000;
-            proptest::prop_assert_eq!(parse_duration(&format!("{secs}s")), Some(Duration::from_secs(secs)));
-            let mins = secs / 60;
-            proptest::prop_assert_eq!(parse_duration(&format!("{mins}m")), Some(Duration::from_secs(mins * 60)));
-        }
     }
 }

@@ -242,3 +242,38 @@ fn health_checks_and_database_credentials_are_read_and_checked() {
     assert!(err.contains("cluster.password"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+/// Issue 10: the config takes the command line's duration syntax (`1h`, `7d`, `1.5s`), and
+/// a malformed one is a problem that names the key and says what to write.
+#[test]
+fn durations_use_the_one_syntax_of_the_command_line() {
+    let with = |interval: &str, timeout: &str| {
+        GOOD.replace(
+            "interval = \"500ms\"",
+            &format!("interval = \"{interval}\""),
+        )
+        .replace("timeout = \"300ms\"", &format!("timeout = \"{timeout}\""))
+    };
+    let c = parse("lb.toml", &with("1h", "1.5s"), Path::new("/etc"), &env).unwrap();
+    assert_eq!(c.health.interval, Duration::from_secs(3600));
+    assert_eq!(c.health.timeout, Duration::from_millis(1500));
+    let c = parse("lb.toml", &with("7d", "1m 30s"), Path::new("/etc"), &env).unwrap();
+    assert_eq!(c.health.interval, Duration::from_secs(7 * 86_400));
+    assert_eq!(c.health.timeout, Duration::from_secs(90));
+    for (bad, says) in [
+        ("5x", "unknown unit \"x\""),
+        ("250", "has no unit"),
+        ("8d", "out of range"),
+        ("5ms", "out of range"),
+    ] {
+        let err = parse("lb.toml", &with(bad, "1ms"), Path::new("/etc"), &env).unwrap_err();
+        let text = err.to_string();
+        let line = text
+            .lines()
+            .find(|l| l.contains("health.interval"))
+            .unwrap_or_else(|| panic!("{bad}: no health.interval problem in:\n{text}"));
+        assert!(line.contains("lb.toml:21:"), "{line}");
+        assert!(line.contains(says), "{bad}: {line}");
+        assert!(line.contains("(fix: "), "{bad}: {line}");
+    }
+}

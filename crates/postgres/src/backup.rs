@@ -178,9 +178,32 @@ pub(crate) fn connect(dsn: &str) -> Result<postgres::Client> {
 }
 
 pub(crate) fn sql_error(target: &str, e: postgres::Error) -> Error {
-    let message = match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+    // The innermost cause (the client's own message says only "error connecting to
+    // server") and the kind of an I/O error among the causes.
+    let (io_kind, innermost) = {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+        let (mut kind, mut innermost) = (None, None);
+        while let Some(c) = cause {
+            if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                kind = Some(io.kind());
+            }
+            innermost = Some(c.to_string());
+            cause = c.source();
+        }
+        (kind, innermost)
+    };
+    let message = match (e.as_db_error(), io_kind) {
+        (Some(db), _) => format!("{}: {}", db.code().code(), db.message()),
+        (None, Some(std::io::ErrorKind::ConnectionRefused)) => format!(
+            "connection refused at {target} (fix: check that PostgreSQL is running and listens on that host and port, and the --dsn)"
+        ),
+        (None, Some(std::io::ErrorKind::TimedOut)) => format!(
+            "no answer from {target}: the connection timed out (fix: check the host, the port and any firewall between)"
+        ),
+        (None, _) => match innermost {
+            Some(inner) if !e.to_string().contains(&inner) => format!("{e}: {inner}"),
+            _ => e.to_string(),
+        },
     };
     Error::Sql {
         target: target.to_string(),

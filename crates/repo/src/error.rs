@@ -142,6 +142,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A path given to back up cannot be found (missing, or a parent is not a directory).
+    #[error("{path}: {reason} (fix: check the path; nothing was backed up)")]
+    SourceNotFound {
+        /// The path as given, made absolute.
+        path: String,
+        /// What the file system said.
+        reason: String,
+    },
     /// Arguments that cannot work together.
     #[error("{0}")]
     Invalid(String),
@@ -189,6 +197,7 @@ impl Error {
                 | Error::NoSnapshotMatches { .. }
                 | Error::AmbiguousSnapshot { .. }
                 | Error::PathNotFound { .. }
+                | Error::SourceNotFound { .. }
                 | Error::Invalid(_)
         )
     }

@@ -107,7 +107,7 @@ pub fn validate_source(source: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::Invalid(format!(
-            "source name {source:?} must be 1-64 characters of letters, digits, '_', '.' and '-', not starting with '.' or '-' (e.g. orders-db)"
+            "source name {source:?} is not valid (fix: use 1-64 characters of letters, digits, '_', '.' and '-', not starting with '.' or '-', e.g. orders-db)"
         )))
     }
 }

@@ -217,9 +217,17 @@ pub fn backup_with(
     let mut names: HashMap<Vec<u8>, PathBuf> = HashMap::new();
     for p in paths {
         let a = abs(p)?;
-        let md = std::fs::symlink_metadata(&a).map_err(|e| Error::Io {
-            path: a.display().to_string(),
-            source: e,
+        let md = std::fs::symlink_metadata(&a).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => {
+                Error::SourceNotFound {
+                    path: a.display().to_string(),
+                    reason: e.to_string(),
+                }
+            }
+            _ => Error::Io {
+                path: a.display().to_string(),
+                source: e,
+            },
         })?;
         let name = a
             .file_name()
@@ -356,7 +364,8 @@ pub fn backup_with(
 
 fn record_error(ctx: &Ctx<'_>, path: &Path, message: String) {
     Progress::add(&ctx.progress.errors, 1);
-    tracing::warn!("{}: {message}", path.display());
+    // Reported by the caller from `BackupReport::errors` (once); logged here for -vv only.
+    tracing::debug!("{}: {message}", path.display());
     ctx.errors.lock().push(EntryError {
         path: path.display().to_string(),
         message,
@@ -611,8 +620,12 @@ fn file_result(
             error: None,
         },
         Err(e) => {
-            let message = format!("cannot read: {e}");
-            tracing::warn!("{}: {message}", path.display());
+            // The report pairs the message with the path: leave the path out of it.
+            let message = match &e {
+                Error::Io { source, .. } => format!("cannot read: {source}"),
+                other => format!("cannot read: {other}"),
+            };
+            tracing::debug!("{}: {message}", path.display());
             Progress::add(&progress.errors, 1);
             errors.lock().push(EntryError {
                 path: path.display().to_string(),

@@ -139,11 +139,56 @@ impl Error {
             ErrorKind::PermissionDenied => {
                 "permission denied; check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) or file permissions".to_string()
             }
-            ErrorKind::Transient => format!("backend kept failing after retries: {}", e.message()),
-            _ => e.message().to_string(),
+            ErrorKind::Transient => format!(
+                "backend kept failing after retries: {} (fix: check that the endpoint (AWS_ENDPOINT_URL) is reachable, and the network between)",
+                short_message(&e)
+            ),
+            _ => short_message(&e),
         };
-        let mut err = Error::new(kind, path, message);
-        err.source = Some(Box::new(e));
-        err
+        // Not kept as the source: OpenDAL's `Display` dumps its context (and a printed
+        // chain would repeat the cause); `short_message` already carries what matters.
+        Error::new(kind, path, message)
     }
+}
+
+/// One line about an OpenDAL error: its message and its innermost cause, with the
+/// `host:port` a connection went to when the error or a cause names a URL; never OpenDAL's context dump
+/// or backtrace.
+pub(crate) fn short_message(e: &opendal::Error) -> String {
+    let mut innermost: Option<String> = None;
+    // OpenDAL keeps the request's URL in its context (the transport strips it from the
+    // cause), which only its `Display` shows.
+    let mut host: Option<String> = authority_in(&e.to_string());
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if host.is_none() {
+            host = authority_in(&text);
+        }
+        innermost = Some(text);
+        cause = c.source();
+    }
+    let mut out = e.message().to_string();
+    if let Some(inner) = innermost.filter(|i| !out.contains(i.as_str())) {
+        if out.is_empty() {
+            out = inner;
+        } else {
+            out = format!("{out}: {inner}");
+        }
+    }
+    if let Some(h) = host.filter(|h| !out.contains(h.as_str())) {
+        out = format!("{out} at {h}");
+    }
+    out
+}
+
+/// The `host:port` of the first URL in `text` (`… for url (http://127.0.0.1:9/b/k)` →
+/// `127.0.0.1:9`).
+fn authority_in(text: &str) -> Option<String> {
+    let (_, rest) = text.split_once("://")?;
+    let end = rest
+        .find(|c: char| c == '/' || c == ')' || c == '?' || c.is_whitespace())
+        .unwrap_or(rest.len());
+    let host = &rest[..end];
+    (!host.is_empty()).then(|| host.to_string())
 }

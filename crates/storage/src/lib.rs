@@ -24,7 +24,7 @@ use std::time::Duration;
 use opendal::Operator;
 
 pub use error::{Error, ErrorKind};
-pub use location::{Location, S3Location, SecretString};
+pub use location::{Location, S3Location, SecretString, AMBIENT_CREDENTIAL_VARS};
 
 use s3::s3_builder;
 
@@ -143,6 +143,27 @@ impl std::fmt::Debug for Storage {
     }
 }
 
+/// Logs one line per retry: the operation, the attempt and the error's message, never its
+/// `Debug` form (which carries OpenDAL's context dump and, with `RUST_BACKTRACE=1`, a
+/// backtrace; OpenDAL's default notifier logs that).
+fn log_retry(event: opendal::layers::RetryEvent<'_>) {
+    tracing::warn!(
+        "storage {}: attempt {} failed ({}); retrying in {:.1}s",
+        event.op,
+        event.attempt,
+        error::short_message(event.err),
+        event.retry_after.as_secs_f64()
+    );
+}
+
+/// The error for a local repository path that names a file.
+fn not_a_directory(location: &Location) -> Error {
+    Error::config(
+        &location.to_string(),
+        "is a file, not a directory (fix: give the repository's directory, or a new path to `lifeboat init`)",
+    )
+}
+
 impl Storage {
     /// Connects to `location`.
     ///
@@ -159,10 +180,11 @@ impl Storage {
         if let Location::Local(path) = location {
             match std::fs::metadata(path) {
                 Ok(md) if md.is_dir() => {}
-                Ok(_) => {
+                Ok(_) => return Err(not_a_directory(location)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
                     return Err(Error::config(
                         &location.to_string(),
-                        "is not a directory: a local repository is a directory",
+                        "a part of this path is a file, not a directory (fix: check the path)",
                     ))
                 }
                 Err(e) => return Err(Error::io(&location.to_string(), e)),
@@ -178,7 +200,23 @@ impl Storage {
     /// As [`Storage::open`], and when the directory cannot be created.
     pub fn create(location: &Location, options: &StorageOptions) -> Result<Self, Error> {
         if let Location::Local(path) = location {
-            std::fs::create_dir_all(path).map_err(|e| Error::io(&location.to_string(), e))?;
+            if let Err(e) = std::fs::create_dir_all(path) {
+                // A file where the directory should be (or above it) is the caller's
+                // mistake, not a failure of the disk.
+                if std::fs::metadata(path).is_ok_and(|md| !md.is_dir()) {
+                    return Err(not_a_directory(location));
+                }
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotADirectory | std::io::ErrorKind::AlreadyExists
+                ) {
+                    return Err(Error::config(
+                        &location.to_string(),
+                        "a part of this path is a file, not a directory (fix: check the path)",
+                    ));
+                }
+                return Err(Error::io(&location.to_string(), e));
+            }
         }
         Self::open(location, options)
     }
@@ -223,6 +261,7 @@ impl Storage {
             )
             .layer(
                 opendal::layers::RetryLayer::new()
+                    .with_notify(log_retry)
                     .with_max_times(options.max_attempts.saturating_sub(1))
                     .with_min_delay(options.retry_min_delay)
                     .with_max_delay(options.retry_max_delay.max(options.retry_min_delay))

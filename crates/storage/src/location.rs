@@ -42,6 +42,37 @@ pub struct S3Location {
     pub secret_access_key: Option<SecretString>,
 }
 
+/// The environment variables that point OpenDAL's default credential chain at a source
+/// other than `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`: a profile, web identity (EKS), a
+/// container endpoint (ECS), or an explicit instance-metadata endpoint.
+pub const AMBIENT_CREDENTIAL_VARS: &[&str] = &[
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+];
+
+impl S3Location {
+    /// Whether the location carries a key pair (`AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY`, or just one of them: `Storage::open` refuses half a pair).
+    pub fn has_keys(&self) -> bool {
+        self.access_key_id.is_some() || self.secret_access_key.is_some()
+    }
+
+    /// The first of [`AMBIENT_CREDENTIAL_VARS`] set in `env`, if any: without keys, the
+    /// credentials then come from where it points.
+    pub fn ambient_credentials(env: &dyn Fn(&str) -> Option<String>) -> Option<&'static str> {
+        AMBIENT_CREDENTIAL_VARS
+            .iter()
+            .copied()
+            .find(|k| env(k).is_some_and(|v| !v.is_empty()))
+    }
+}
+
 /// Where a repository lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Location {

@@ -1,14 +1,22 @@
-//! Shared vocabulary of Lifeboat: identifiers, byte sizes and secrets.
+//! Shared vocabulary of Lifeboat: identifiers, byte sizes, durations and secrets.
 //!
 //! Lives here: 32-byte content identifiers (`BlobId`, `PackId`, `SnapshotId`, …) made by one
-//! macro, `ByteSize`, and `Secret<T>`, which never prints its content.
+//! macro, `ByteSize`, `HumanDuration` (the one duration syntax of flags and config), and
+//! `Secret<T>`, which never prints its content.
 //! Never here: I/O, hashing or anything that depends on the repository format; this crate has
 //! no heavy dependencies so that every other crate can use it.
+
+mod duration;
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use duration::{
+    parse_duration, parse_duration_between, DurationError, HumanDuration, DURATION_EXAMPLES,
+    MAX_DURATION,
+};
 
 /// Why a hexadecimal identifier could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
