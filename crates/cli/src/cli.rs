@@ -610,15 +610,10 @@ pub struct PgPrefetcherCmd {
     pub segment_size: u64,
 }
 
-/// `pg restore`.
+/// Where recovery stops: one of these (`pg restore` and `pg verify` take the same).
 #[derive(Debug, ClapArgs)]
-#[command(group(clap::ArgGroup::new("point").args(["to_time", "to_lsn", "to_xid", "to_name", "latest", "immediate"])))]
-pub struct PgRestoreCmd {
-    #[command(flatten)]
-    pub source: PgSource,
-    /// The data directory to create (empty or missing; or existing with --delta).
-    #[arg(long, short = 't')]
-    pub target: PathBuf,
+#[group(id = "point", multiple = false)]
+pub struct RecoveryPoint {
     /// Recover to just before this time: '2026-11-30 14:03:27+00' (the offset is required).
     #[arg(long)]
     pub to_time: Option<String>,
@@ -640,6 +635,19 @@ pub struct PgRestoreCmd {
     /// recovery_target_timeline: latest (default), current, or a number.
     #[arg(long)]
     pub timeline: Option<String>,
+}
+
+/// `pg restore`.
+#[derive(Debug, ClapArgs)]
+pub struct PgRestoreCmd {
+    #[command(flatten)]
+    pub source: PgSource,
+    /// The data directory to create (empty or missing; or existing with --delta).
+    #[arg(long, short = 't')]
+    pub target: PathBuf,
+    /// Where recovery stops.
+    #[command(flatten)]
+    pub point: RecoveryPoint,
     /// What the server does at the target: promote (default), pause, shutdown.
     #[arg(long, default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
     pub target_action: String,
@@ -677,16 +685,12 @@ pub struct PgSourcesCmd {}
 
 /// `pg verify`.
 #[derive(Debug, ClapArgs)]
-#[command(group(clap::ArgGroup::new("point").args(["to_time", "latest"])))]
 pub struct PgVerifyCmd {
     #[command(flatten)]
     pub source: PgSource,
-    /// Recover to just before this time ('2026-11-30 14:03:27+00'; the offset is required).
-    #[arg(long)]
-    pub to_time: Option<String>,
-    /// Recover all WAL in the repository (the default).
-    #[arg(long)]
-    pub latest: bool,
+    /// Where recovery stops (as for `pg restore`).
+    #[command(flatten)]
+    pub point: RecoveryPoint,
     /// A validation query (repeatable), e.g. 'select max(created_at) from orders'; its
     /// result is reported. A query that fails fails the verification.
     #[arg(long = "sql", value_name = "QUERY")]

@@ -197,28 +197,12 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
         }
         PgCmd::Restore(c) => {
             // Arguments first: a mistyped target is a usage error before anything is opened.
-            let target = if let Some(t) = &c.to_time {
-                RecoveryTarget::Time(parse_time(t)?)
-            } else if let Some(l) = &c.to_lsn {
-                RecoveryTarget::Lsn(
-                    l.parse::<Lsn>()
-                        .map_err(|e| usage(format!("--to-lsn: {e}"), None))?,
-                )
-            } else if let Some(x) = &c.to_xid {
-                RecoveryTarget::Xid(parse_xid(x)?)
-            } else if let Some(n) = &c.to_name {
-                RecoveryTarget::Name(parse_restore_point(n)?)
-            } else if c.immediate {
-                RecoveryTarget::Immediate
-            } else {
-                RecoveryTarget::Latest
-            };
+            let (target, timeline) = recovery_point(&c.point)?;
             let action = match c.target_action.as_str() {
                 "pause" => TargetAction::Pause,
                 "shutdown" => TargetAction::Shutdown,
                 _ => TargetAction::Promote,
             };
-            let timeline = c.timeline.as_deref().map(parse_timeline).transpose()?;
             let repo = open(g)?;
             let target_dir = std::path::absolute(&c.target)
                 .with_context(|| format!("resolve {}", c.target.display()))?;
@@ -593,4 +577,29 @@ fn shell_quote(s: &str) -> String {
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
     }
+}
+
+/// The recovery target and timeline of `pg restore` and `pg verify` (one parser for both):
+/// a mistyped value is a usage error naming the flag, before anything is opened.
+pub(crate) fn recovery_point(
+    p: &crate::cli::RecoveryPoint,
+) -> Result<(RecoveryTarget, Option<String>)> {
+    let target = if let Some(t) = &p.to_time {
+        RecoveryTarget::Time(parse_time(t)?)
+    } else if let Some(l) = &p.to_lsn {
+        RecoveryTarget::Lsn(
+            l.parse::<Lsn>()
+                .map_err(|e| usage(format!("--to-lsn: {e}"), None))?,
+        )
+    } else if let Some(x) = &p.to_xid {
+        RecoveryTarget::Xid(parse_xid(x)?)
+    } else if let Some(n) = &p.to_name {
+        RecoveryTarget::Name(parse_restore_point(n)?)
+    } else if p.immediate {
+        RecoveryTarget::Immediate
+    } else {
+        RecoveryTarget::Latest
+    };
+    let timeline = p.timeline.as_deref().map(parse_timeline).transpose()?;
+    Ok((target, timeline))
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use lifeboat_postgres::restore::{parse_time, RecoveryTarget};
+use lifeboat_postgres::restore::RecoveryTarget;
 use lifeboat_postgres::verify::{verify, VerifyOptions, VerifyReport, PG_BIN_ENV};
 use lifeboat_sources::restore::RestoreOptions;
 use lifeboat_sources::Progress;
@@ -27,10 +27,7 @@ const TEXT_ROWS: usize = 20;
 /// 1 when any of that failed.
 pub fn run(g: &Global, c: PgVerifyCmd) -> Result<u8> {
     c.timeout.warn_if_plain("--timeout");
-    let target = match &c.to_time {
-        Some(t) => RecoveryTarget::Time(parse_time(t)?),
-        None => RecoveryTarget::Latest,
-    };
+    let (target, timeline) = crate::pg::recovery_point(&c.point)?;
     let repo = open(g)?;
     let (restore_command, warning) = restore_command(g, &c.source.source)?;
     // Without a password file the server's restore_command reads the password from its
@@ -50,6 +47,7 @@ pub fn run(g: &Global, c: PgVerifyCmd) -> Result<u8> {
     let opts = VerifyOptions {
         source: c.source.source.clone(),
         target,
+        timeline,
         queries: c.sql.clone(),
         dbname: c.dbname.clone(),
         scratch,

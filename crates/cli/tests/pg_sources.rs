@@ -77,3 +77,37 @@ fn r10_unknown_sources_and_future_targets_are_refused() {
         "a refused restore wrote files"
     );
 }
+
+/// `pg verify` takes the recovery targets `pg restore` takes (one set of flags): here
+/// `--immediate` (the base backup alone) proves the backup without the WAL after it, and
+/// a malformed or doubled target is a usage error before anything is restored.
+#[test]
+fn r10_pg_verify_takes_the_recovery_targets_of_pg_restore() {
+    let shop = Shop::new();
+    shop.insert(1);
+    shop.backup();
+    shop.insert(2); // after the backup: --immediate must not see it
+    shop.archive_now();
+    let o = shop.lb(&[
+        "pg",
+        "verify",
+        "--source",
+        SOURCE,
+        "--immediate",
+        "--sql",
+        "select string_agg(id::text, ',' order by id) from orders",
+        "--json",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = report.to_string();
+    assert!(rows.contains("\"1\"") && !rows.contains("1,2"), "{rows}");
+
+    let o = shop.lb(&["pg", "verify", "--source", SOURCE, "--to-lsn", "nonsense"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("--to-lsn"), "{}", stderr(&o));
+    let o = shop.lb(&[
+        "pg", "verify", "--source", SOURCE, "--latest", "--to-xid", "5",
+    ]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+}

@@ -79,6 +79,8 @@ pub struct VerifyOptions {
     /// Where recovery stops. [`RecoveryTarget::Latest`] ends with promotion; any other
     /// target pauses there (read-only, which is all validation queries need).
     pub target: RecoveryTarget,
+    /// recovery_target_timeline (`latest`, `current` or a number; default latest).
+    pub timeline: Option<String>,
     /// Validation queries, run in order in `dbname`; every one must succeed.
     pub queries: Vec<String>,
     /// The database the queries run in.
@@ -287,7 +289,7 @@ pub fn verify(
         source: opts.source.clone(),
         target_dir: scratch.data(),
         target: opts.target.clone(),
-        timeline: None,
+        timeline: opts.timeline.clone(),
         action,
         delta: false,
         backup: opts.backup.clone(),
@@ -1549,6 +1551,7 @@ max_locks_per_xact setting:           64
         let opts = VerifyOptions {
             source: "orders".into(),
             target: RecoveryTarget::Latest,
+            timeline: None,
             queries: vec![],
             dbname: "postgres".into(),
             scratch: None,
