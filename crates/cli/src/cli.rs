@@ -648,6 +648,11 @@ pub struct PgRestoreCmd {
     /// Where recovery stops.
     #[command(flatten)]
     pub point: RecoveryPoint,
+    /// The port the restored cluster listens on (`port` in postgresql.auto.conf): a number,
+    /// or `auto` for a free one; for a restore beside a running cluster. Default: the
+    /// backed-up configuration's.
+    #[arg(long, value_name = "PORT|auto")]
+    pub port: Option<String>,
     /// What the server does at the target: promote (default), pause, shutdown.
     #[arg(long, default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
     pub target_action: String,

@@ -232,6 +232,16 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
             } else {
                 Archiving::Off
             };
+            let port = match c.port.as_deref() {
+                None => None,
+                Some("auto") => Some(lifeboat_postgres::verify::free_port()?),
+                Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                    usage(
+                        format!("--port {p:?} is not a port"),
+                        Some("give a number from 1 to 65535, or `auto` for a free one"),
+                    )
+                })?),
+            };
             let opts = PgRestoreOptions {
                 source: c.source.source.clone(),
                 target_dir,
@@ -243,7 +253,7 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
                 restore_command,
                 archiving,
                 durable: true,
-                extra_settings: Vec::new(),
+                extra_settings: port.map(|p| format!("port = {p}")).into_iter().collect(),
                 files: RestoreOptions::default(),
             };
             let progress = Arc::new(Progress::default());
@@ -262,7 +272,7 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
                 json(&report)?;
             } else if !g.quiet {
                 line(&format!(
-                    "restored base backup {} ({} .. {}, timeline {}) into {}\n  files: {} written, {} kept, {} removed; {}\n  recovery target: {}\n  WAL in the repository reaches {}\n  archiving: {}\nstart PostgreSQL on {} to recover",
+                    "restored base backup {} ({} .. {}, timeline {}) into {}\n  files: {} written, {} kept, {} removed; {}\n  recovery target: {}\n  WAL in the repository reaches {}\n  archiving: {}\nstart PostgreSQL on {}{} to recover",
                     report.backup.snapshot.short(),
                     report.backup.info.start_lsn,
                     report.backup.info.stop_lsn,
@@ -278,6 +288,7 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
                         .map_or("(nothing past the backup)".to_string(), |l| l.to_string()),
                     report.archiving,
                     opts.target_dir.display(),
+                    port.map_or(String::new(), |p| format!(" (port {p})")),
                 ))?;
             }
             if report.files.errors.is_empty() {
@@ -438,7 +449,15 @@ pub(crate) fn restore_command_with(
     prefetch: Option<(usize, std::path::PathBuf)>,
 ) -> Result<(String, Option<String>)> {
     let exe = std::env::current_exe().context("find the lifeboat binary")?;
-    let repo = location(g.repo.as_deref())?.to_string();
+    // PostgreSQL runs restore_command in the data directory: a relative repository path
+    // would point somewhere else there.
+    let repo = match location(g.repo.as_deref())? {
+        lifeboat_storage::Location::Local(p) => lifeboat_storage::Location::Local(
+            std::path::absolute(&p).with_context(|| format!("resolve {}", p.display()))?,
+        ),
+        other => other,
+    }
+    .to_string();
     let q = shell_quote;
     let mut cmd = format!(
         "{} pg wal-fetch --source {} --repo {}",
@@ -478,7 +497,15 @@ pub(crate) fn restore_command_with(
 /// repository (`pg restore --archive-to`), with the password file when one was given.
 fn archive_command_for(g: &Global, source: &str) -> Result<String> {
     let exe = std::env::current_exe().context("find the lifeboat binary")?;
-    let repo = location(g.repo.as_deref())?.to_string();
+    // PostgreSQL runs restore_command in the data directory: a relative repository path
+    // would point somewhere else there.
+    let repo = match location(g.repo.as_deref())? {
+        lifeboat_storage::Location::Local(p) => lifeboat_storage::Location::Local(
+            std::path::absolute(&p).with_context(|| format!("resolve {}", p.display()))?,
+        ),
+        other => other,
+    }
+    .to_string();
     let q = shell_quote;
     let mut cmd = format!(
         "{} pg wal-push --source {} --repo {}",

@@ -111,3 +111,43 @@ fn r10_pg_verify_takes_the_recovery_targets_of_pg_restore() {
     ]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
 }
+
+/// Restoring beside the running cluster: `--port auto` gives the copy a free port (written
+/// to postgresql.auto.conf, so it wins over the backed-up postgresql.conf) and says which;
+/// archiving is off by default; a port that is not one is a usage error.
+#[test]
+fn r10_pg_restore_port_auto_gives_the_copy_a_free_port() {
+    let shop = Shop::new();
+    shop.insert(1);
+    shop.backup();
+    shop.archive_now();
+    let target = owner_tempdir("lifeboat-restore-").unwrap();
+    let data = target.path().join("data");
+    let d = data.to_str().unwrap();
+    let o = shop.lb(&[
+        "pg", "restore", "--source", SOURCE, "--target", d, "--port", "nope",
+    ]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("--port"), "{}", stderr(&o));
+    let o = shop.lb(&[
+        "pg", "restore", "--source", SOURCE, "--target", d, "--port", "auto",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    let port: u16 = auto
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("port = "))
+        .unwrap_or_else(|| panic!("no port in postgresql.auto.conf:\n{auto}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(port, shop.pg.port(), "the copy would collide with production");
+    assert!(out.contains(&format!("(port {port})")), "{out}");
+    assert!(auto.contains("archive_mode = 'off'"), "{auto}");
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "port {port} is taken"
+    );
+}

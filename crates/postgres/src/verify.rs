@@ -1095,7 +1095,10 @@ impl Drop for Scratch {
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> Result<u16> {
+///
+/// # Errors
+/// No socket can be bound on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(Error::io("127.0.0.1:0"))?;
     let port = l.local_addr().map_err(Error::io("127.0.0.1:0"))?.port();
     Ok(port)
