@@ -496,6 +496,9 @@ pub enum PgCmd {
     Backups(PgBackupsCmd),
     /// List the PostgreSQL sources the repository holds base backups or WAL of.
     Sources(PgSourcesCmd),
+    /// List a server's replication slots with the WAL each holds back; warn (exit 1) about
+    /// an unused slot whose WAL piles up.
+    Slots(PgSlotsCmd),
     /// The background pusher of `pg wal-push --async` (started by it; not for people).
     #[command(hide = true)]
     ArchivePusher(PgPusherCmd),
@@ -688,6 +691,17 @@ pub struct PgBackupsCmd {
 #[derive(Debug, ClapArgs)]
 pub struct PgSourcesCmd {}
 
+/// `pg slots`.
+#[derive(Debug, ClapArgs)]
+pub struct PgSlotsCmd {
+    /// Connection string of the server.
+    #[arg(long, env = "LIFEBOAT_PG_DSN", hide_env_values = true)]
+    pub dsn: String,
+    /// An unused slot holding back more WAL than this is reported (exit 1).
+    #[arg(long, value_name = "SIZE", default_value = "1GiB")]
+    pub max_retained: lifeboat_types::ByteSize,
+}
+
 /// `pg verify`.
 #[derive(Debug, ClapArgs)]
 pub struct PgVerifyCmd {
@@ -733,6 +747,10 @@ pub struct PgStreamCmd {
     /// Stream without a slot (the server may remove WAL before it is received).
     #[arg(long, conflicts_with = "slot")]
     pub no_slot: bool,
+    /// Do not stream: drop the slot (--slot, default lifeboat_<source>) so the server can
+    /// recycle the WAL it holds back, then exit. For a `pg stream` stopped for good.
+    #[arg(long, conflicts_with = "no_slot")]
+    pub drop_slot: bool,
     /// How often received WAL is made durable: a duration from 1ms to 1h (e.g. 200ms, 1s).
     #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = duration_up_to_an_hour)]
     pub flush_interval: Duration,

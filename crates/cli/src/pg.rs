@@ -299,6 +299,62 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
             }
         }
         PgCmd::Verify(c) => crate::pg_verify::run(g, c),
+        PgCmd::Stream(c) if c.drop_slot => {
+            warn_password_on_command_line(&c.dsn);
+            let mut opts = StreamOptions::new(&c.source.source, &c.dsn);
+            opts.slot = c.slot.clone();
+            let name = opts.slot_name();
+            let dropped = lifeboat_postgres::slots::drop_slot(&c.dsn, &name)?;
+            if !g.quiet {
+                line(&if dropped {
+                    format!("dropped replication slot {name}: the server can recycle the WAL it held back")
+                } else {
+                    format!("no replication slot {name}: nothing to drop")
+                })?;
+            }
+            Ok(EXIT_OK)
+        }
+        PgCmd::Slots(c) => {
+            warn_password_on_command_line(&c.dsn);
+            let slots = lifeboat_postgres::slots::list(&c.dsn)?;
+            let limit = c.max_retained.0;
+            if g.json {
+                json(&slots)?;
+            } else if !g.quiet {
+                line(&format!(
+                    "{:<32}  {:<8}  {:<6}  {:<14}  {:>12}",
+                    "slot", "kind", "active", "restart_lsn", "WAL held"
+                ))?;
+                for s in &slots {
+                    line(&format!(
+                        "{:<32}  {:<8}  {:<6}  {:<14}  {:>12}",
+                        s.slot,
+                        s.kind,
+                        if s.active { "yes" } else { "no" },
+                        s.restart_lsn.as_deref().unwrap_or("-"),
+                        s.retained_bytes.map_or("-".into(), bytes)
+                    ))?;
+                }
+            }
+            let piling: Vec<_> = slots.iter().filter(|s| s.piling_up(limit)).collect();
+            for s in &piling {
+                eprintln!(
+                    "warning: replication slot {} is unused and holds back {} of WAL (more than {}): \
+                     the server keeps it on disk until the slot is read or dropped (fix: restart the \
+                     `pg stream` that uses it, or drop it with `lifeboat pg stream --source SOURCE \
+                     --dsn … --drop-slot` / `select pg_drop_replication_slot('{}')`)",
+                    s.slot,
+                    bytes(s.retained_bytes.unwrap_or(0)),
+                    bytes(limit),
+                    s.slot
+                );
+            }
+            Ok(if piling.is_empty() {
+                EXIT_OK
+            } else {
+                EXIT_DAMAGE
+            })
+        }
         PgCmd::Stream(c) => {
             warn_password_on_command_line(&c.dsn);
             let repo = open(g)?;

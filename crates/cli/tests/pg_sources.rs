@@ -143,11 +143,75 @@ fn r10_pg_restore_port_auto_gives_the_copy_a_free_port() {
         .trim()
         .parse()
         .unwrap();
-    assert_ne!(port, shop.pg.port(), "the copy would collide with production");
+    assert_ne!(
+        port,
+        shop.pg.port(),
+        "the copy would collide with production"
+    );
     assert!(out.contains(&format!("(port {port})")), "{out}");
     assert!(auto.contains("archive_mode = 'off'"), "{auto}");
     assert!(
         std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
         "port {port} is taken"
     );
+}
+
+/// A `pg stream` stopped for good leaves its slot behind, and the primary keeps every WAL
+/// segment from it on. `pg slots` shows the WAL each slot holds back and flags an unused one
+/// past `--max-retained` (exit 1); `pg stream --drop-slot` drops it.
+#[test]
+fn r10_pg_slots_finds_an_abandoned_slot_and_drop_slot_removes_it() {
+    let shop = Shop::new();
+    let dsn = shop.pg.dsn();
+    shop.pg
+        .sql("select pg_create_physical_replication_slot('lifeboat_orders', true)")
+        .unwrap();
+    shop.insert(1);
+    shop.archive_now(); // a segment switch: the slot now holds back WAL
+    let o = shop.lb(&["pg", "slots", "--dsn", &dsn, "--json"]);
+    assert_eq!(code(&o), 0, "under the default 1 GiB: {}", stderr(&o));
+    let slots: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let slot = &slots.as_array().unwrap()[0];
+    assert_eq!(slot["slot"], "lifeboat_orders");
+    assert_eq!(slot["active"], false);
+    let held = slot["retained_bytes"].as_u64().unwrap();
+    assert!(held > 0, "{slots}");
+
+    let o = shop.lb(&["pg", "slots", "--dsn", &dsn, "--max-retained", "1KiB"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("lifeboat_orders") && err.contains("--drop-slot"),
+        "{err}"
+    );
+
+    let out = shop.lb_ok(&[
+        "pg",
+        "stream",
+        "--source",
+        SOURCE,
+        "--dsn",
+        &dsn,
+        "--drop-slot",
+    ]);
+    assert!(
+        out.contains("dropped replication slot lifeboat_orders"),
+        "{out}"
+    );
+    let left = shop
+        .pg
+        .sql("select count(*) from pg_replication_slots")
+        .unwrap();
+    assert!(left.trim() == "0", "slots left: {left}");
+    // Again: nothing to drop is not an error.
+    let out = shop.lb_ok(&[
+        "pg",
+        "stream",
+        "--source",
+        SOURCE,
+        "--dsn",
+        &dsn,
+        "--drop-slot",
+    ]);
+    assert!(out.contains("nothing to drop"), "{out}");
 }

@@ -29,6 +29,7 @@ pub mod replication;
 pub mod restore;
 pub mod retention;
 pub mod server_files;
+pub mod slots;
 pub mod spool;
 pub mod stream;
 pub mod verify;
