@@ -29,27 +29,6 @@ fn schema_names() -> BTreeSet<String> {
         .collect()
 }
 
-/// Asserts that `doc` (what `lifeboat … --json` printed) matches docs/schema/`name`.json,
-/// listing every violation with where it is.
-fn assert_matches(name: &str, doc: &Value) {
-    let path = docs().join("schema").join(format!("{name}.json"));
-    let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
-        .unwrap_or_else(|e| panic!("{}: not JSON: {e}", path.display()));
-    let validator = jsonschema::options()
-        .should_validate_formats(true)
-        .build(&schema)
-        .unwrap_or_else(|e| panic!("{}: not a valid schema: {e}", path.display()));
-    let errors: Vec<String> = validator
-        .iter_errors(doc)
-        .map(|e| format!("  at {}: {e}", e.instance_path()))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "{name}: the output does not match docs/schema/{name}.json:\n{}\noutput: {doc:#}",
-        errors.join("\n")
-    );
-}
-
 /// Runs `lifeboat ARGS --json` expecting exit `want`; returns the one document printed.
 fn json_exit(env: &Env, args: &[&str], want: i32) -> Value {
     let mut a = args.to_vec();
@@ -67,7 +46,7 @@ fn json_exit(env: &Env, args: &[&str], want: i32) -> Value {
 /// `lifeboat ARGS --json` (exit 0), checked against docs/schema/`schema`.json.
 fn checked(env: &Env, schema: &str, args: &[&str]) -> Value {
     let v = json_exit(env, args, 0);
-    assert_matches(schema, &v);
+    assert_schema(schema, &v);
     v
 }
 
@@ -199,7 +178,7 @@ fn every_repository_command_prints_json_its_schema_accepts() {
         &["config", "validate", "--config", bad.to_str().unwrap()],
         2,
     );
-    assert_matches("config-validate", &invalid);
+    assert_schema("config-validate", &invalid);
     assert_eq!(invalid["valid"], false);
 
     // WAL archiving needs no server: a file with a WAL segment's name.
@@ -247,7 +226,7 @@ fn every_repository_command_prints_json_its_schema_accepts() {
         ],
         1,
     );
-    assert_matches("pg-wal-fetch", &missing);
+    assert_schema("pg-wal-fetch", &missing);
     assert_eq!(missing["fetched"], false);
 }
 
@@ -262,13 +241,13 @@ fn pg_commands_print_json_their_schemas_accept() {
         shop.insert(id);
     }
     let backup = shop.backup();
-    assert_matches("pg-backup", &backup);
+    assert_schema("pg-backup", &backup);
     shop.insert(4);
     shop.archive_now();
     let parse = |out: String| -> Value { serde_json::from_str(&out).unwrap() };
 
     let listing = parse(shop.lb_ok(&["pg", "backups", "--source", SOURCE, "--json"]));
-    assert_matches("pg-backups", &listing);
+    assert_schema("pg-backups", &listing);
     assert_eq!(listing["backups"][0]["snapshot_id"], backup["snapshot_id"]);
     assert_eq!(
         listing["backups"][0]["stored_bytes"], backup["summary"]["stored_bytes"],
@@ -286,7 +265,7 @@ fn pg_commands_print_json_their_schemas_accept() {
         data.to_str().unwrap(),
         "--json",
     ]));
-    assert_matches("pg-restore", &restored);
+    assert_schema("pg-restore", &restored);
     assert_eq!(restored["backup"]["snapshot_id"], backup["snapshot_id"]);
 
     let scratch = work.path().join("scratch");
@@ -302,7 +281,7 @@ fn pg_commands_print_json_their_schemas_accept() {
         scratch.to_str().unwrap(),
         "--json",
     ]));
-    assert_matches("pg-verify", &verified);
+    assert_schema("pg-verify", &verified);
     assert_eq!(verified["ok"], true, "{verified:#}");
     assert_eq!(verified["backup"]["snapshot_id"], backup["snapshot_id"]);
 }
@@ -459,7 +438,7 @@ fn daemon_commands_print_json_their_schemas_accept() {
         let o = run(&a);
         assert_eq!(code(&o), 0, "lifeboat {a:?}: {}", stderr(&o));
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_matches(schema, &v);
+        assert_schema(schema, &v);
         v
     };
     let config = dir.join("lifeboat.toml");
@@ -491,7 +470,7 @@ fn daemon_commands_print_json_their_schemas_accept() {
             stderr(&o)
         );
     };
-    assert_matches("quickstart", &started);
+    assert_schema("quickstart", &started);
     let status = checked("status", &["status", "--config", &cfg]);
     let primary = status["primary"].as_str().unwrap().to_string();
     let target = status["failover_target"].as_str().unwrap().to_string();
@@ -535,7 +514,7 @@ fn daemon_commands_print_json_their_schemas_accept() {
         // Polling a daemon with a deadline; there is nothing to wait on.
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
-    assert_matches("status", &after);
+    assert_schema("status", &after);
     assert!(
         after["last_transition"]["steps"][0]["at_seconds"].is_number(),
         "{after:#}"
