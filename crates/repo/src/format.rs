@@ -748,6 +748,37 @@ mod tests {
         }
     }
 
+    /// The sealed snapshot keeps the summary's format-version names (old repositories and
+    /// older releases read them), while `--json` shows the names of docs/json.md.
+    #[test]
+    fn summary_keeps_its_stored_names_and_shows_json_names() {
+        let s = SnapshotSummary {
+            read_bytes: 1,
+            added_bytes: 2,
+            stored_bytes: 3,
+            duration_seconds: 1.5,
+            ..SnapshotSummary::default()
+        };
+        let stored: ciborium::Value = from_cbor("summary", &to_cbor(&s)).unwrap();
+        let keys: Vec<String> = stored
+            .as_map()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, _)| k.as_text().map(str::to_string))
+            .collect();
+        for k in ["bytes_read", "bytes_added", "bytes_stored", "duration_s"] {
+            assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+        }
+        let back: SnapshotSummary = from_cbor("summary", &to_cbor(&s)).unwrap();
+        assert_eq!(back, s);
+        let json = serde_json::to_value(SummaryJson::from(&s)).unwrap();
+        assert_eq!(json["read_bytes"], 1);
+        assert_eq!(json["added_bytes"], 2);
+        assert_eq!(json["stored_bytes"], 3);
+        assert_eq!(json["duration_seconds"], 1.5);
+        assert!(json.get("bytes_stored").is_none(), "{json}");
+    }
+
     #[test]
     fn tree_roundtrip_keeps_non_utf8_names() {
         let t = Tree {
