@@ -400,8 +400,10 @@ for key in ("lb-sync", "lb-async"):
     for r in rs:
         st = (r.get("lb_last_transition") or {}).get("steps") or []
         if not st: continue
-        t0 = st[0].get("at_ms", 0)
-        for s_ in st: steps.setdefault(re.sub(r"\b(m[12]|[0-9A-F]{6,})\b", "…", s_.get("what", "?"))[:70], []).append(s_.get("at_ms", 0) - t0)
+        # at_seconds since schema_version 1; results recorded before it have at_ms
+        ms = lambda s_: s_["at_ms"] if "at_ms" in s_ else s_.get("at_seconds", 0) * 1000
+        t0 = ms(st[0])
+        for s_ in st: steps.setdefault(re.sub(r"\b(m[12]|[0-9A-F]{6,})\b", "…", s_.get("what", "?"))[:70], []).append(ms(s_) - t0)
     if steps:
         print(f"{key}: the daemon's failover steps (last_transition, ms after 'decided'; median (min–max)):\n")
         for k, v in steps.items(): print(f"* +{statistics.median(v):.0f} ms ({min(v)}–{max(v)}, n={len(v)}): {k}")

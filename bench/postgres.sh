@@ -283,8 +283,9 @@ try:
 except Exception:
     j = {}
 s = j.get("summary", {}); p = j.get("postgres", {})
+# JSON names of schema_version 1 (docs/json.md); the CSV keeps its columns for old results
 print(",".join(str(x) for x in [label, kind, repo, j.get("snapshot_id", ""), s.get("bytes", ""),
-      s.get("bytes_added", ""), s.get("bytes_stored", ""), growth, total, p.get("start_lsn", ""), p.get("stop_lsn", "")]))
+      s.get("added_bytes", ""), s.get("stored_bytes", ""), growth, total, p.get("start_lsn", ""), p.get("stop_lsn", "")]))
 PY
 }
 last_field() {  # last_field FILE LABEL COLUMN: that column of the newest row with that label

@@ -166,7 +166,7 @@ def pgbr_full_bytes(label):
 w("### 2. Second base backup after 5 % of pgbench_accounts rows changed")
 w("")
 w("Stored growth = bytes the second backup added to the repository (pgBackRest: the incremental "
-  "set's directory; Lifeboat: `bytes_stored` of `pg backup --json`, i.e. new compressed chunks, "
+  "set's directory; Lifeboat: `summary.stored_bytes` of `pg backup --json`, i.e. new compressed chunks, "
   "WAL excluded) divided by what the same tool's full backup stored.")
 w("")
 w("| update | tool | wall s | CPU s | stored MiB | stored / full | Lifeboat repo growth without WAL / after full |")

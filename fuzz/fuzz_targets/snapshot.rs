@@ -8,7 +8,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let _ = s.timestamp();
-    // Floats (summary.duration_s) may be NaN, so compare encodings, not values.
+    // Floats (summary.duration_seconds) may be NaN, so compare encodings, not values.
     let enc = to_cbor(&s);
     let s2: Snapshot = from_cbor("snapshot", &enc).expect("re-decoding an encoded snapshot");
     assert_eq!(to_cbor(&s2), enc);

@@ -92,7 +92,7 @@ fn snapshot() -> Snapshot {
         parent: Some(SnapshotId([5; 32])),
         partial: true,
         original: None,
-        summary: SnapshotSummary { files: 3, started: "2026-01-02T03:04:05Z".into(), duration_s: 1.5, ..Default::default() },
+        summary: SnapshotSummary { files: 3, started: "2026-01-02T03:04:05Z".into(), duration_seconds: 1.5, ..Default::default() },
         postgres: None,
     }
 }

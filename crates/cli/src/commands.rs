@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use lifeboat_repo::check::{check, CheckOptions, ReadData};
 use lifeboat_repo::copy::{copy, CopyOptions};
-use lifeboat_repo::format::{BlobKind, Node, NodeKind, Snapshot, SnapshotSummary};
+use lifeboat_repo::format::{BlobKind, Node, NodeKind, Snapshot};
 use lifeboat_repo::prune::{prune, PruneOptions, PruneReport};
 use lifeboat_repo::retention::{KeepPolicy, Verdict};
 use lifeboat_repo::tree::{find_path, walk};
@@ -324,7 +324,7 @@ pub fn run(args: Args) -> Result<u8> {
             if g.json {
                 json(&serde_json::json!({
                     "repository": describe,
-                    "id": repo.config().id,
+                    "repository_id": repo.config().id,
                     "version": repo.config().version,
                 }))?;
             } else if !g.quiet {
@@ -380,10 +380,10 @@ pub fn run(args: Args) -> Result<u8> {
                     s.files_unchanged,
                     s.dirs,
                     bytes(s.bytes),
-                    bytes(s.bytes_read),
-                    bytes(s.bytes_added),
-                    bytes(s.bytes_stored),
-                    s.duration_s
+                    bytes(s.read_bytes),
+                    bytes(s.added_bytes),
+                    bytes(s.stored_bytes),
+                    s.duration_seconds
                 ))?;
             }
             if report.errors.is_empty() {
@@ -409,7 +409,8 @@ pub fn run(args: Args) -> Result<u8> {
             }
             if g.json {
                 let v: Vec<SnapshotJson> = snaps.iter().map(SnapshotJson::from).collect();
-                json(&v)?;
+                // An array, not a versioned object: scripts iterate it (docs/json.md).
+                output::json_as_is(&v)?;
             } else if !g.quiet {
                 line(&format!(
                     "{:<8}  {:<19}  {:<12}  {:<10}  {:>10}  paths",
@@ -478,7 +479,7 @@ pub fn run(args: Args) -> Result<u8> {
             }
             if g.json {
                 json(
-                    &serde_json::json!({"snapshot": sid, "path": format!("/{base}"), "nodes": entries}),
+                    &serde_json::json!({"snapshot_id": sid, "path": format!("/{base}"), "nodes": entries}),
                 )?;
             } else if !g.quiet {
                 for e in &entries {
@@ -626,7 +627,10 @@ pub fn run(args: Args) -> Result<u8> {
             }
             .with_context(|| format!("restore snapshot {}", sid.short()))?;
             if g.json {
-                json(&report)?;
+                json(&RestoreJson {
+                    snapshot_id: sid,
+                    report: &report,
+                })?;
             } else if !g.quiet {
                 line(&format!(
                     "restored snapshot {} to {}: {} files, {} dirs, {} other, {}",
@@ -674,6 +678,12 @@ pub fn run(args: Args) -> Result<u8> {
             }
         }
         Command::Dump(c) => {
+            if g.json {
+                return Err(usage(
+                    "dump writes the file's bytes to stdout and has no --json output",
+                    Some("leave out --json; `lifeboat ls --json SNAPSHOT:PATH` describes the file"),
+                ));
+            }
             let filter = snapshot_filter(&c.filter)?;
             let repo = open(g)?;
             let (spec, path) = split_target(&c.target);
@@ -737,7 +747,7 @@ pub fn run(args: Args) -> Result<u8> {
                             "; read {} of {} packs ({} of {}{})",
                             report.packs_read,
                             report.data_packs,
-                            bytes(report.bytes_read),
+                            bytes(report.read_bytes),
                             bytes(report.data_bytes),
                             report
                                 .read_data_subset
@@ -854,7 +864,7 @@ pub fn run(args: Args) -> Result<u8> {
                 json(&ForgetReport {
                     dry_run: c.dry_run,
                     verdicts: verdicts.clone(),
-                    removed: remove.clone(),
+                    remove: remove.clone(),
                     wal: wal.clone(),
                     prune: prune_report.clone(),
                 })?;
@@ -881,13 +891,13 @@ pub fn run(args: Args) -> Result<u8> {
                     verdicts.len() - remove.len()
                 ))?;
                 for w in &wal {
-                    if !w.removed.is_empty() {
+                    if !w.remove.is_empty() {
                         line(&format!(
                             "{} {} WAL file(s) of {} ({}) older than {}; kept {}",
                             if c.dry_run { "would remove" } else { "removed" },
-                            w.removed.len(),
+                            w.remove.len(),
                             w.source,
-                            bytes(w.removed_bytes),
+                            bytes(w.freed_bytes),
                             w.oldest_kept.as_deref().unwrap_or("-"),
                             w.kept
                         ))?;
@@ -979,7 +989,7 @@ pub fn run(args: Args) -> Result<u8> {
                         cs.source.short(),
                         cs.target.short(),
                         cs.blobs,
-                        bytes(cs.bytes)
+                        bytes(cs.stored_bytes)
                     ))?;
                 }
                 line(&format!(
@@ -1052,7 +1062,7 @@ pub fn run(args: Args) -> Result<u8> {
                         })
                         .collect();
                     if g.json {
-                        json(&rows)?;
+                        json(&serde_json::json!({ "keys": rows }))?;
                     } else if !g.quiet {
                         for (id, kf) in &keys {
                             line(&format!(
@@ -1211,7 +1221,7 @@ fn print_prune(p: &PruneReport) -> Result<()> {
         p.packs_condemned,
         p.packs_repacked,
         p.packs_deleted,
-        bytes(p.bytes_freed),
+        bytes(p.freed_bytes),
         if p.packs_resurrected > 0 {
             format!(
                 ", {} kept because a new snapshot uses them",
@@ -1241,7 +1251,7 @@ struct SnapshotJson<'a> {
     original: Option<SnapshotId>,
     partial: bool,
     tree: lifeboat_types::BlobId,
-    summary: &'a SnapshotSummary,
+    summary: lifeboat_repo::format::SummaryJson<'a>,
 }
 
 impl<'a> From<&'a (SnapshotId, Snapshot)> for SnapshotJson<'a> {
@@ -1258,7 +1268,7 @@ impl<'a> From<&'a (SnapshotId, Snapshot)> for SnapshotJson<'a> {
             original: s.original,
             partial: s.partial,
             tree: s.tree,
-            summary: &s.summary,
+            summary: (&s.summary).into(),
         }
     }
 }
@@ -1414,12 +1424,21 @@ struct StatsReport {
     dedup_ratio: f64,
 }
 
+/// `restore --json`: the snapshot restored and what the restore did.
+#[derive(Serialize)]
+struct RestoreJson<'a> {
+    snapshot_id: SnapshotId,
+    #[serde(flatten)]
+    report: &'a lifeboat_sources::restore::RestoreReport,
+}
+
 /// `forget --json`.
 #[derive(Serialize)]
 struct ForgetReport {
     dry_run: bool,
     verdicts: Vec<GroupVerdict>,
-    removed: Vec<SnapshotId>,
+    /// The snapshots the policy removes (with `dry_run`: would remove).
+    remove: Vec<SnapshotId>,
     /// Per database source: the WAL removed because no kept base backup needs it.
     wal: Vec<lifeboat_postgres::retention::WalRetention>,
     prune: Option<PruneReport>,

@@ -77,6 +77,12 @@ fn same_tree(a: &Path, b: &Path) -> Result<u64> {
 
 /// Runs the demo.
 pub fn run(g: &Global, c: &DemoCmd) -> Result<u8> {
+    if g.json {
+        return Err(crate::commands::usage(
+            "demo prints a walk-through for people and has no --json output",
+            Some("leave out --json; `backup`, `snapshots`, `restore` and `check` take it"),
+        ));
+    }
     let work = c
         .workdir
         .clone()
@@ -133,9 +139,9 @@ pub fn run(g: &Global, c: &DemoCmd) -> Result<u8> {
         report.snapshot_id.short(),
         s.files,
         bytes(s.bytes),
-        bytes(s.bytes_added),
-        bytes(s.bytes_stored),
-        s.duration_s
+        bytes(s.added_bytes),
+        bytes(s.stored_bytes),
+        s.duration_seconds
     ))?;
     let (snaps, _) = repo.snapshots()?;
     line(&format!(
@@ -196,7 +202,7 @@ pub fn run(g: &Global, c: &DemoCmd) -> Result<u8> {
     line(&format!(
         "5. check --read-data: {} packs, {} verified, no errors",
         ck.packs_read,
-        bytes(ck.bytes_read)
+        bytes(ck.read_bytes)
     ))?;
     line(&format!(
         "next: export LIFEBOAT_REPOSITORY={} LIFEBOAT_PASSWORD=...; lifeboat snapshots (see docs/guide.md)",

@@ -394,11 +394,12 @@ fn render(s: &Status) -> Result<()> {
             t["generation"]
         ))?;
         if let Some(steps) = t["steps"].as_array() {
-            let first = steps.first().and_then(|x| x["at_ms"].as_u64()).unwrap_or(0);
+            let at = |x: &serde_json::Value| x["at_seconds"].as_f64().unwrap_or(0.0);
+            let first = steps.first().map(at).unwrap_or(0.0);
             for st in steps {
                 line(&format!(
-                    "  +{:>6} ms  {}",
-                    st["at_ms"].as_u64().unwrap_or(0).saturating_sub(first),
+                    "  +{:>6.0} ms  {}",
+                    ((at(st) - first) * 1000.0).max(0.0),
                     st["what"].as_str().unwrap_or("")
                 ))?;
             }
@@ -414,6 +415,12 @@ fn render(s: &Status) -> Result<()> {
 fn command(g: &Global, cfg: &ConfigArg, path: &str, body: serde_json::Value) -> Result<u8> {
     let api = Api::from_config(&cfg.config)?;
     let (ok, v) = runtime()?.block_on(api.post(path, body))?;
+    // Every --json document is an object (docs/json.md), whatever the daemon sent.
+    let v = if v.is_object() {
+        v
+    } else {
+        serde_json::json!({ "error": format!("the daemon answered {v}") })
+    };
     if g.json {
         json(&v)?;
     } else if !g.quiet {
@@ -470,7 +477,7 @@ pub fn cluster(g: &Global, c: &ClusterCmd) -> Result<u8> {
         }
         line(&format!(
             "primary {} at generation {}, in {:.1} s",
-            report.primary, report.generation, report.seconds
+            report.primary, report.generation, report.duration_seconds
         ))?;
     }
     Ok(EXIT_OK)
@@ -736,7 +743,7 @@ fn summary(
     let cfg = config.display();
     if g.json {
         return json(&serde_json::json!({
-            "dir": dir, "config": config, "status": s, "seconds": took.as_secs_f64(),
+            "dir": dir, "config": config, "status": s, "duration_seconds": took.as_secs_f64(),
             "repository": dir.join("repo"), "backup": backup,
         }));
     }

@@ -5,8 +5,39 @@ use std::io::Write;
 
 use serde::Serialize;
 
-/// Prints `value` as one JSON document on stdout.
+/// The version of the `--json` vocabulary (docs/json.md): fields are only added within a
+/// version; a renamed or removed field, or a changed unit, bumps it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A `--json` document: `schema_version` first, then the fields of the report.
+#[derive(Serialize)]
+pub struct Versioned<'a, T: Serialize> {
+    /// Always [`SCHEMA_VERSION`].
+    schema_version: u32,
+    /// The report; its fields follow `schema_version` at the top level.
+    #[serde(flatten)]
+    doc: &'a T,
+}
+
+impl<'a, T: Serialize> Versioned<'a, T> {
+    /// Wraps `doc` (a struct or map) with the current [`SCHEMA_VERSION`].
+    pub fn new(doc: &'a T) -> Self {
+        Versioned {
+            schema_version: SCHEMA_VERSION,
+            doc,
+        }
+    }
+}
+
+/// Prints `value` (a struct or map) as one JSON document on stdout, with a top-level
+/// `schema_version` (docs/json.md).
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    json_as_is(&Versioned::new(value))
+}
+
+/// Prints `value` as one JSON document on stdout as it is: for the documents that are
+/// arrays (`snapshots`, `key list`) and those that carry their own `schema_version`.
+pub fn json_as_is<T: Serialize>(value: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;

@@ -110,7 +110,12 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
                     }
                     PutOutcome::AlreadyStored => "already in the repository".into(),
                 };
-                eprintln!("{}: {} {what} in {:.3}s", r.name, bytes(r.bytes), r.seconds);
+                eprintln!(
+                    "{}: {} {what} in {:.3}s",
+                    r.name,
+                    bytes(r.bytes),
+                    r.duration_seconds
+                );
             }
             Ok(EXIT_OK)
         }
@@ -188,9 +193,9 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
                     p.timeline,
                     bytes(s.bytes),
                     s.files,
-                    bytes(s.bytes_added),
-                    bytes(s.bytes_stored),
-                    s.duration_s
+                    bytes(s.added_bytes),
+                    bytes(s.stored_bytes),
+                    s.duration_seconds
                 ))?;
             }
             Ok(EXIT_OK)
@@ -273,7 +278,7 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
             } else if !g.quiet {
                 line(&format!(
                     "restored base backup {} ({} .. {}, timeline {}) into {}\n  files: {} written, {} kept, {} removed; {}\n  recovery target: {}\n  WAL in the repository reaches {}\n  archiving: {}\nstart PostgreSQL on {}{} to recover",
-                    report.backup.snapshot.short(),
+                    report.backup.snapshot_id.short(),
                     report.backup.info.start_lsn,
                     report.backup.info.stop_lsn,
                     report.backup.info.timeline,
@@ -319,7 +324,7 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
             let slots = lifeboat_postgres::slots::list(&c.dsn)?;
             let limit = c.max_retained.0;
             if g.json {
-                json(&slots)?;
+                json(&serde_json::json!({ "slots": slots }))?;
             } else if !g.quiet {
                 line(&format!(
                     "{:<32}  {:<8}  {:<6}  {:<14}  {:>12}",
@@ -379,7 +384,7 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
             let mut say = |st: StreamStatus| {
                 if g.json {
                     // One JSON document per line (a stream of events).
-                    if let Ok(text) = serde_json::to_string(&st) {
+                    if let Ok(text) = serde_json::to_string(&crate::output::Versioned::new(&st)) {
                         println!("{text}");
                     }
                     return;
@@ -399,8 +404,11 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
                     StreamStatus::Timeline { timeline, start } => {
                         eprintln!("timeline switch: now {timeline} from {start}")
                     }
-                    StreamStatus::Disconnected { error, retry_in_ms } => {
-                        eprintln!("warning: {error}; reconnecting in {retry_in_ms} ms")
+                    StreamStatus::Disconnected {
+                        error,
+                        retry_in_seconds,
+                    } => {
+                        eprintln!("warning: {error}; reconnecting in {retry_in_seconds:.1} s")
                     }
                     StreamStatus::Gap { from, to } => eprintln!(
                         "error: WAL from {from} to {to} was removed from the server before it \
@@ -415,7 +423,7 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
             let repo = open(g)?;
             let all = lifeboat_postgres::catalog::sources(&repo)?;
             if g.json {
-                json(&all)?;
+                json(&serde_json::json!({ "sources": all }))?;
             } else if !g.quiet {
                 line(&format!(
                     "{:<20}  {:>12}  {:<20}  {:>11}",
@@ -453,13 +461,13 @@ pub fn run(g: &Global, cmd: PgCmd) -> Result<u8> {
             for b in &l.backups {
                 line(&format!(
                     "  {}  {}  tl {}  {} .. {}  {} (added {})",
-                    b.snapshot.short(),
+                    b.snapshot_id.short(),
                     time(&b.info.stop_time),
                     b.info.timeline,
                     b.info.start_lsn,
                     b.info.stop_lsn,
                     bytes(b.bytes),
-                    bytes(b.bytes_added)
+                    bytes(b.stored_bytes)
                 ))?;
             }
             line(&format!(

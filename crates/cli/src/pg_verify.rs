@@ -106,7 +106,7 @@ fn render(r: &VerifyReport) -> Result<()> {
     if let Some(b) = &r.backup {
         line(&format!(
             "  base backup {}: stopped {} at {} (timeline {})",
-            b.snapshot.short(),
+            b.snapshot_id.short(),
             time(&b.stop_time),
             b.stop_lsn,
             b.timeline
@@ -154,7 +154,7 @@ fn render(r: &VerifyReport) -> Result<()> {
                     i + 1,
                     q.row_count,
                     if q.row_count == 1 { "" } else { "s" },
-                    q.seconds,
+                    q.duration_seconds,
                     q.sql
                 ))?;
                 if !q.columns.is_empty() && q.row_count > 0 {

@@ -324,7 +324,7 @@ fn keys_can_be_added_listed_and_removed() {
     ]);
     let new_id = added["added"].as_str().unwrap().to_string();
     let keys = env.json(&["key", "list"]);
-    assert_eq!(keys.as_array().unwrap().len(), 2);
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 2);
     // The new password opens the repository (through --password-file).
     let o = env
         .cmd()
@@ -384,7 +384,7 @@ fn forget_keeps_what_the_policy_says_and_prune_frees_space() {
         "keep-forever",
         "--dry-run",
     ]);
-    assert_eq!(dry["removed"].as_array().unwrap().len(), 2);
+    assert_eq!(dry["remove"].as_array().unwrap().len(), 2);
     assert_eq!(
         env.json(&["snapshots"]).as_array().unwrap().len(),
         4,
@@ -399,7 +399,7 @@ fn forget_keeps_what_the_policy_says_and_prune_frees_space() {
         "keep-forever",
         "--prune",
     ]);
-    assert_eq!(v["removed"].as_array().unwrap().len(), 2);
+    assert_eq!(v["remove"].as_array().unwrap().len(), 2);
     assert!(v["prune"]["packs_deleted"].as_u64().unwrap() > 0, "{v}");
     let after = env.json(&["stats"])["stored_bytes"].as_u64().unwrap();
     assert!(
@@ -434,7 +434,7 @@ fn copy_replicates_incrementally_and_verifies() {
     assert_eq!(second["copied"].as_array().unwrap().len(), 1, "{second}");
     assert_eq!(second["already_present"].as_array().unwrap().len(), 1);
     // Only the new file's data travelled: far less than the first copy.
-    let sent = second["copied"][0]["bytes"].as_u64().unwrap();
+    let sent = second["copied"][0]["stored_bytes"].as_u64().unwrap();
     assert!(sent < 700_000, "incremental copy sent {sent} bytes");
     let third = env.json(&["copy", "--to", dr.to_str().unwrap()]);
     assert_eq!(third["copied"].as_array().unwrap().len(), 0);

@@ -100,7 +100,7 @@ fn r10_prune_settles_a_second_prune_rewrites_nothing() {
         for field in ["packs_condemned", "packs_repacked", "packs_deleted"] {
             assert_eq!(again[field], 0, "{field}: {again}");
         }
-        assert_eq!(again["bytes_freed"], 0, "{again}");
+        assert_eq!(again["freed_bytes"], 0, "{again}");
         assert_eq!(
             repo_files(&env),
             before,
@@ -132,7 +132,7 @@ fn r10_check_says_how_much_of_the_data_a_subset_read() {
     let packs = all["data_packs"].as_u64().unwrap();
     assert!(packs >= 6, "{all}");
     assert_eq!(all["packs_read"].as_u64().unwrap(), packs, "{all}");
-    assert_eq!(all["bytes_read"], all["data_bytes"], "{all}");
+    assert_eq!(all["read_bytes"], all["data_bytes"], "{all}");
     assert!(all["read_data_subset"].is_null(), "{all}");
 
     let sub = env.json(&["check", "--read-data", "--read-data-subset", "5%"]);
@@ -140,7 +140,7 @@ fn r10_check_says_how_much_of_the_data_a_subset_read() {
     assert_eq!(sub["data_packs"].as_u64().unwrap(), packs, "{sub}");
     assert_eq!(sub["data_bytes"], all["data_bytes"], "{sub}");
     assert!(
-        sub["bytes_read"].as_u64().unwrap() < sub["data_bytes"].as_u64().unwrap(),
+        sub["read_bytes"].as_u64().unwrap() < sub["data_bytes"].as_u64().unwrap(),
         "{sub}"
     );
     assert_eq!(sub["read_data_subset"], 5.0, "{sub}");
@@ -277,7 +277,7 @@ fn r10_latest_honours_tag_host_and_path_filters() {
     // A trailing slash or a relative path is the same path.
     let with_slash = format!("{dir}/");
     let ls = env.json(&["ls", "latest", "--path", &with_slash]);
-    assert_eq!(ls["snapshot"], first.as_str(), "{ls}");
+    assert_eq!(ls["snapshot_id"], first.as_str(), "{ls}");
     let o = env
         .cmd()
         .current_dir(env.path(""))
@@ -297,7 +297,7 @@ fn r10_latest_honours_tag_host_and_path_filters() {
         t.to_str().unwrap(),
     ]);
     assert_same_tree(&src, &t.join("src"));
-    let id_of = |args: &[&str]| env.json(args)["snapshot"].as_str().unwrap().to_string();
+    let id_of = |args: &[&str]| env.json(args)["snapshot_id"].as_str().unwrap().to_string();
     assert_eq!(id_of(&["ls", "latest", "--tag", "db,nightly"]), dump);
     assert_eq!(
         id_of(&["ls", "latest", "--tag", "db,files", "--tag", "files"]),
@@ -348,7 +348,7 @@ fn r10_latest_honours_tag_host_and_path_filters() {
     let second = env.json(&["backup", dir, "--tag", "files", "--host", "web1"]);
     let second = second["snapshot_id"].as_str().unwrap().to_string();
     let f = env.json(&["forget", "--keep-last", "1", "--tag", "files"]);
-    assert_eq!(f["removed"], serde_json::json!([first]), "{f}");
+    assert_eq!(f["remove"], serde_json::json!([first]), "{f}");
     let left: Vec<String> = env
         .json(&["snapshots"])
         .as_array()

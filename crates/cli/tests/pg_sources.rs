@@ -9,7 +9,7 @@ mod common;
 use lifeboat_testkit::postgres::owner_tempdir;
 
 use common::pg::{Shop, SOURCE};
-use common::{code, stderr};
+use common::{assert_schema, code, stderr};
 
 #[test]
 fn r10_unknown_sources_and_future_targets_are_refused() {
@@ -21,7 +21,8 @@ fn r10_unknown_sources_and_future_targets_are_refused() {
     // `pg sources` lists the one source, with its backup and WAL.
     let all: serde_json::Value =
         serde_json::from_str(&shop.lb_ok(&["pg", "sources", "--json"])).unwrap();
-    let all = all.as_array().unwrap();
+    assert_schema("pg-sources", &all);
+    let all = all["sources"].as_array().unwrap();
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!(all[0]["source"], SOURCE);
     assert_eq!(all[0]["base_backups"], 1);
@@ -171,7 +172,8 @@ fn r10_pg_slots_finds_an_abandoned_slot_and_drop_slot_removes_it() {
     let o = shop.lb(&["pg", "slots", "--dsn", &dsn, "--json"]);
     assert_eq!(code(&o), 0, "under the default 1 GiB: {}", stderr(&o));
     let slots: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let slot = &slots.as_array().unwrap()[0];
+    assert_schema("pg-slots", &slots);
+    let slot = &slots["slots"].as_array().unwrap()[0];
     assert_eq!(slot["slot"], "lifeboat_orders");
     assert_eq!(slot["active"], false);
     let held = slot["retained_bytes"].as_u64().unwrap();

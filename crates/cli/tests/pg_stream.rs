@@ -80,6 +80,10 @@ impl Streamer {
         if let Some(r) = self.reader.take() {
             r.join().unwrap();
         }
+        // Every line is one event in the vocabulary of docs/json.md.
+        for e in self.events.lock().unwrap().iter() {
+            common::assert_schema("pg-stream", e);
+        }
     }
 }
 

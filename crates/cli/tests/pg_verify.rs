@@ -123,7 +123,7 @@ fn latest_recovers_everything_answers_the_queries_and_leaves_nothing_behind() {
     let rpo = r["rpo_seconds"].as_f64().unwrap();
     assert!(rpo > 0.0 && rpo < 600.0, "rpo {rpo}");
     assert!(r["end_lsn"].as_str().unwrap().contains('/'));
-    assert!(!r["backup"]["snapshot"].as_str().unwrap().is_empty());
+    assert!(!r["backup"]["snapshot_id"].as_str().unwrap().is_empty());
     assert!(!r["backup"]["stop_lsn"].is_null());
     assert_eq!(r["kept"], false);
     assert_eq!(r["scratch"], scratch.to_str().unwrap());

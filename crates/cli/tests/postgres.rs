@@ -355,8 +355,8 @@ fn retention_removes_exactly_the_wal_no_kept_backup_needs() {
     let before = wal_names(&shop);
     let out = shop.lb_ok(&["forget", "--keep-last", "2", "--prune", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["removed"].as_array().unwrap().len(), 1, "{v}");
-    assert_eq!(v["removed"][0], backups[0]["snapshot_id"]);
+    assert_eq!(v["remove"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["remove"][0], backups[0]["snapshot_id"]);
     let after = wal_names(&shop);
     // What went is exactly the WAL before the oldest kept backup's start segment.
     let oldest = backups[1]["postgres"]["start_lsn"].as_str().unwrap();
@@ -446,7 +446,7 @@ fn updates_spread_over_a_table_store_a_small_layer_that_restores_exactly() {
         .sql("update accounts set abalance = abalance + 7 where aid % 20 = 3; checkpoint")
         .unwrap();
     let second = shop.backup();
-    let stored = |v: &serde_json::Value| v["summary"]["bytes_stored"].as_u64().unwrap();
+    let stored = |v: &serde_json::Value| v["summary"]["stored_bytes"].as_u64().unwrap();
     assert!(
         stored(&second) * 100 <= stored(&full) * 15,
         "the second backup stored {} bytes, the full one {}",

@@ -316,10 +316,17 @@ pub struct MemberView {
     pub retry_at: Duration,
 }
 
+/// Serializes milliseconds as seconds (a number), the unit of every `--json` duration.
+fn ms_as_seconds<S: serde::Serializer>(ms: &u64, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_f64(*ms as f64 / 1000.0)
+}
+
 /// One step of the last failover or switchover, for status and history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StepRecord {
-    /// Driver time in milliseconds since the controller started.
+    /// Driver time in milliseconds since the controller started; shown as `at_seconds`
+    /// (seconds, a number: docs/json.md).
+    #[serde(rename = "at_seconds", serialize_with = "ms_as_seconds")]
     pub at_ms: u64,
     /// What happened.
     pub what: String,

@@ -55,8 +55,8 @@ pub struct PushReport {
     pub bytes: u64,
     /// Stored, or already there with the same content.
     pub outcome: PutOutcome,
-    /// Wall time of the push (read, compress, seal, write, fsync).
-    pub seconds: f64,
+    /// Wall time of the push (read, compress, seal, write, fsync), in seconds.
+    pub duration_seconds: f64,
 }
 
 /// Stores the WAL file at `path` (`%p` of `archive_command`) under `source`.
@@ -117,7 +117,7 @@ pub fn wal_push_with(
         name,
         bytes: len,
         outcome,
-        seconds: started.elapsed().as_secs_f64(),
+        duration_seconds: started.elapsed().as_secs_f64(),
     })
 }
 

@@ -231,13 +231,13 @@ pub struct WalRange {
 #[derive(Debug, Clone, Serialize)]
 pub struct BaseBackup {
     /// The snapshot holding its files.
-    pub snapshot: SnapshotId,
+    pub snapshot_id: SnapshotId,
     /// Snapshot time.
     pub time: String,
     /// Bytes of the data directory.
     pub bytes: u64,
-    /// Bytes it added to the repository.
-    pub bytes_added: u64,
+    /// Bytes it added to the repository (sealed, compressed: the summary's `stored_bytes`).
+    pub stored_bytes: u64,
     /// The PostgreSQL side.
     #[serde(flatten)]
     pub info: PgBackupInfo,
@@ -250,10 +250,10 @@ pub fn base_backups(snapshots: &[(SnapshotId, Snapshot)], source: &str) -> Vec<B
         .filter_map(|(id, s)| {
             let pg = s.postgres.as_ref().filter(|p| p.source == source)?;
             Some(BaseBackup {
-                snapshot: *id,
+                snapshot_id: *id,
                 time: s.time.clone(),
                 bytes: s.summary.bytes,
-                bytes_added: s.summary.bytes_stored,
+                stored_bytes: s.summary.stored_bytes,
                 info: pg.clone(),
             })
         })

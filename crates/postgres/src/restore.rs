@@ -316,7 +316,7 @@ fn choose_backup(
         let spec = spec.to_ascii_lowercase();
         let found: Vec<&BaseBackup> = backups
             .iter()
-            .filter(|b| b.snapshot.to_hex().starts_with(&spec))
+            .filter(|b| b.snapshot_id.to_hex().starts_with(&spec))
             .collect();
         return match found.as_slice() {
             [one] => Ok((*one).clone()),
@@ -414,7 +414,7 @@ pub fn pg_restore(
             format!(
                 "missing: base backup {} needs WAL from {} to {} and this segment is not in the \
                  repository",
-                backup.snapshot.short(),
+                backup.snapshot_id.short(),
                 info.start_lsn,
                 info.stop_lsn
             ),
@@ -440,7 +440,7 @@ pub fn pg_restore(
 
     // Files.
     let _lease = lifeboat_repo::lease::Lease::acquire_read(repo, "pg restore")?;
-    let (_, snap) = repo.find_snapshot(&backup.snapshot.to_hex())?;
+    let (_, snap) = repo.find_snapshot(&backup.snapshot_id.to_hex())?;
     let index = repo.load_index()?;
     let name = Path::new(&info.data_dir)
         .file_name()
@@ -456,7 +456,7 @@ pub fn pg_restore(
     // Made durable below, every filesystem of the tree at once (pg_wal or tablespaces may
     // live on others), before backup_label names the files.
     files_opts.sync = false;
-    let short = backup.snapshot.short();
+    let short = backup.snapshot_id.short();
     let files = restore(
         repo,
         &index,

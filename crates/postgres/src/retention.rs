@@ -26,10 +26,10 @@ pub struct WalRetention {
     pub source: String,
     /// The oldest segment kept (`None`: no kept base backup, nothing removed).
     pub oldest_kept: Option<String>,
-    /// WAL objects removed (or that a dry run would remove).
-    pub removed: Vec<String>,
-    /// Their size in the repository.
-    pub removed_bytes: u64,
+    /// WAL objects removed (or, in a dry run, that a run would remove).
+    pub remove: Vec<String>,
+    /// Their size in the repository: what removing them frees.
+    pub freed_bytes: u64,
     /// WAL objects kept.
     pub kept: usize,
 }
@@ -90,11 +90,11 @@ pub fn remove_wal(
         ..WalRetention::default()
     };
     for name in remove {
-        out.removed_bytes += listed.iter().find(|e| e.name == name).map_or(0, |e| e.size);
+        out.freed_bytes += listed.iter().find(|e| e.name == name).map_or(0, |e| e.size);
         if !dry_run {
             repo.wal_delete(source, &name)?;
         }
-        out.removed.push(name);
+        out.remove.push(name);
     }
     Ok(out)
 }
@@ -107,10 +107,10 @@ mod tests {
 
     fn backup(tli: u32, start: u64) -> BaseBackup {
         BaseBackup {
-            snapshot: SnapshotId([0; 32]),
+            snapshot_id: SnapshotId([0; 32]),
             time: String::new(),
             bytes: 0,
-            bytes_added: 0,
+            stored_bytes: 0,
             info: PgBackupInfo {
                 source: "orders".into(),
                 system_id: "1".into(),

@@ -125,12 +125,12 @@ pub enum StreamStatus {
         /// Where it starts.
         start: Lsn,
     },
-    /// The connection failed; retrying after `retry_in_ms`.
+    /// The connection failed; retrying after `retry_in_seconds`.
     Disconnected {
         /// Why.
         error: String,
-        /// Pause before the next attempt.
-        retry_in_ms: u64,
+        /// Pause before the next attempt, in seconds.
+        retry_in_seconds: f64,
     },
     /// WAL was lost before it could be received (the server removed it): a gap.
     Gap {
@@ -177,7 +177,7 @@ pub fn stream(
                 }
                 status(StreamStatus::Disconnected {
                     error: e.to_string(),
-                    retry_in_ms: backoff.as_millis() as u64,
+                    retry_in_seconds: backoff.as_secs_f64(),
                 });
                 tracing::warn!("streaming stopped: {e}; reconnecting in {backoff:?}");
                 let until = Instant::now() + backoff;

@@ -157,7 +157,7 @@ pub struct VerifyReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifiedBackup {
     /// Its snapshot.
-    pub snapshot: SnapshotId,
+    pub snapshot_id: SnapshotId,
     /// The timeline it started on.
     pub timeline: u32,
     /// Where its WAL starts.
@@ -213,8 +213,8 @@ pub struct QueryResult {
     pub truncated: bool,
     /// The error (`SQLSTATE: message`), when it failed.
     pub error: Option<String>,
-    /// How long it took.
-    pub seconds: f64,
+    /// How long it took, in seconds.
+    pub duration_seconds: f64,
 }
 
 /// The scratch server.
@@ -316,7 +316,7 @@ pub fn verify(
     };
     let info = &restored.backup.info;
     report.backup = Some(VerifiedBackup {
-        snapshot: restored.backup.snapshot,
+        snapshot_id: restored.backup.snapshot_id,
         timeline: info.timeline,
         start_lsn: info.start_lsn,
         stop_lsn: info.stop_lsn,
@@ -337,7 +337,7 @@ pub fn verify(
             FailureStage::Restore,
             format!(
                 "{n} file(s) of base backup {} could not be restored: {}",
-                restored.backup.snapshot.short(),
+                restored.backup.snapshot_id.short(),
                 first.join("; ")
             ),
         ));
@@ -539,7 +539,7 @@ fn precheck_binaries(repo: &Repository, opts: &VerifyOptions) -> Result<()> {
             let spec = spec.to_ascii_lowercase();
             backups
                 .iter()
-                .find(|b| b.snapshot.to_hex().starts_with(&spec))
+                .find(|b| b.snapshot_id.to_hex().starts_with(&spec))
         }
         None => backups.last(),
     };
@@ -1236,7 +1236,7 @@ fn run_queries(scratch: &Scratch, role: &str, opts: &VerifyOptions) -> Vec<Query
         row_count: 0,
         truncated: false,
         error: Some(error),
-        seconds: 0.0,
+        duration_seconds: 0.0,
     };
     let port = scratch.server.as_ref().map_or(0, |s| s.port);
     let mut client = match connect(&scratch.sock(), port, &[role.to_string()], &opts.dbname) {
@@ -1263,7 +1263,7 @@ fn run_queries(scratch: &Scratch, role: &str, opts: &VerifyOptions) -> Vec<Query
                     row_count: 0,
                     truncated: false,
                     error: None,
-                    seconds,
+                    duration_seconds: seconds,
                 };
                 for m in &msgs {
                     match m {
@@ -1287,7 +1287,7 @@ fn run_queries(scratch: &Scratch, role: &str, opts: &VerifyOptions) -> Vec<Query
             }
             Err(e) => {
                 let mut q = failed(sql, describe(&e));
-                q.seconds = seconds;
+                q.duration_seconds = seconds;
                 out.push(q);
                 // A query that opened a transaction and failed leaves it aborted.
                 let _ = client.batch_execute("rollback");

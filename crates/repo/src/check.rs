@@ -87,7 +87,7 @@ pub struct CheckReport {
     /// Packs whose bytes were read.
     pub packs_read: usize,
     /// Bytes read from packs.
-    pub bytes_read: u64,
+    pub read_bytes: u64,
     /// Packs that reading data chooses from (indexed and present), and their bytes: with
     /// `--read-data` all of them are read, with a subset `packs_read` of them.
     pub data_packs: usize,
@@ -226,7 +226,7 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
         );
         for ((p, size), res) in packs.iter().zip(results) {
             report.packs_read += 1;
-            report.bytes_read += size;
+            report.read_bytes += size;
             if condemned.contains(p) && repo.storage().stat(&paths::pack(p))?.is_none() {
                 report.warnings.push(Problem {
                     file: paths::pack(p),

@@ -54,7 +54,7 @@ pub struct CopiedSnapshot {
     /// Blobs sent.
     pub blobs: u64,
     /// Bytes of packs written to the target.
-    pub bytes: u64,
+    pub stored_bytes: u64,
 }
 
 /// What copy did (`--json` schema: docs/json.md).
@@ -221,7 +221,7 @@ pub fn copy(
             source: *sid,
             target: tid,
             blobs,
-            bytes: wr.stored_bytes,
+            stored_bytes: wr.stored_bytes,
         });
     }
     Ok(report)

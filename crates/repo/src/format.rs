@@ -550,6 +550,10 @@ impl Tree {
 }
 
 /// Counters recorded with a snapshot.
+///
+/// Stored inside the sealed snapshot under the names of format version 1 (`bytes_read`,
+/// `bytes_added`, `bytes_stored`, `duration_s`; docs/format/README.md); `--json` shows
+/// them through [`SummaryJson`] with the names of docs/json.md.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotSummary {
     /// Files in the snapshot.
@@ -563,19 +567,83 @@ pub struct SnapshotSummary {
     /// Files reused from the parent by metadata.
     pub files_unchanged: u64,
     /// Bytes read from the source.
-    pub bytes_read: u64,
+    #[serde(rename = "bytes_read")]
+    pub read_bytes: u64,
     /// Blobs added to the repository.
     pub blobs_added: u64,
     /// Plaintext bytes of the blobs added.
-    pub bytes_added: u64,
+    #[serde(rename = "bytes_added")]
+    pub added_bytes: u64,
     /// Bytes written to the repository (sealed, compressed), excluding metadata files.
-    pub bytes_stored: u64,
+    #[serde(rename = "bytes_stored")]
+    pub stored_bytes: u64,
     /// Entries that could not be read and were skipped or stored partially.
     pub errors: u64,
     /// When the backup started (RFC 3339).
     pub started: String,
     /// Seconds the backup took.
-    pub duration_s: f64,
+    #[serde(rename = "duration_s")]
+    pub duration_seconds: f64,
+}
+
+/// The `--json` form of a [`SnapshotSummary`] (docs/json.md): sizes end in `_bytes`,
+/// durations in `_seconds`. The stored form keeps the names of the repository format.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SummaryJson<'a> {
+    /// Files in the snapshot.
+    pub files: u64,
+    /// Directories in the snapshot.
+    pub dirs: u64,
+    /// Bytes of file content in the snapshot.
+    pub bytes: u64,
+    /// Files whose content was read (new or changed).
+    pub files_read: u64,
+    /// Files reused from the parent by metadata.
+    pub files_unchanged: u64,
+    /// Bytes read from the source.
+    pub read_bytes: u64,
+    /// Blobs added to the repository.
+    pub blobs_added: u64,
+    /// Plaintext bytes of the blobs added.
+    pub added_bytes: u64,
+    /// Bytes written to the repository (sealed, compressed), excluding metadata files.
+    pub stored_bytes: u64,
+    /// Entries that could not be read and were skipped or stored partially.
+    pub errors: u64,
+    /// When the backup started (RFC 3339, UTC).
+    pub started: &'a str,
+    /// Seconds the backup took.
+    pub duration_seconds: f64,
+}
+
+impl<'a> From<&'a SnapshotSummary> for SummaryJson<'a> {
+    fn from(s: &'a SnapshotSummary) -> Self {
+        SummaryJson {
+            files: s.files,
+            dirs: s.dirs,
+            bytes: s.bytes,
+            files_read: s.files_read,
+            files_unchanged: s.files_unchanged,
+            read_bytes: s.read_bytes,
+            blobs_added: s.blobs_added,
+            added_bytes: s.added_bytes,
+            stored_bytes: s.stored_bytes,
+            errors: s.errors,
+            started: &s.started,
+            duration_seconds: s.duration_seconds,
+        }
+    }
+}
+
+impl SnapshotSummary {
+    /// Serializes the summary in its `--json` form ([`SummaryJson`]); for
+    /// `#[serde(serialize_with = "SnapshotSummary::serialize_json")]` on report fields.
+    ///
+    /// # Errors
+    /// Whatever the serializer returns.
+    pub fn serialize_json<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        SummaryJson::from(self).serialize(ser)
+    }
 }
 
 /// A snapshot: a root tree plus where, when and what it was taken of.
@@ -678,6 +746,37 @@ mod tests {
             }],
             error: None,
         }
+    }
+
+    /// The sealed snapshot keeps the summary's format-version names (old repositories and
+    /// older releases read them), while `--json` shows the names of docs/json.md.
+    #[test]
+    fn summary_keeps_its_stored_names_and_shows_json_names() {
+        let s = SnapshotSummary {
+            read_bytes: 1,
+            added_bytes: 2,
+            stored_bytes: 3,
+            duration_seconds: 1.5,
+            ..SnapshotSummary::default()
+        };
+        let stored: ciborium::Value = from_cbor("summary", &to_cbor(&s)).unwrap();
+        let keys: Vec<String> = stored
+            .as_map()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, _)| k.as_text().map(str::to_string))
+            .collect();
+        for k in ["bytes_read", "bytes_added", "bytes_stored", "duration_s"] {
+            assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+        }
+        let back: SnapshotSummary = from_cbor("summary", &to_cbor(&s)).unwrap();
+        assert_eq!(back, s);
+        let json = serde_json::to_value(SummaryJson::from(&s)).unwrap();
+        assert_eq!(json["read_bytes"], 1);
+        assert_eq!(json["added_bytes"], 2);
+        assert_eq!(json["stored_bytes"], 3);
+        assert_eq!(json["duration_seconds"], 1.5);
+        assert!(json.get("bytes_stored").is_none(), "{json}");
     }
 
     #[test]

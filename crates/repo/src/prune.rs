@@ -82,8 +82,8 @@ pub struct PruneReport {
     pub packs_repacked: usize,
     /// Packs deleted.
     pub packs_deleted: usize,
-    /// Bytes freed by deleting packs.
-    pub bytes_freed: u64,
+    /// Bytes freed by deleting packs (with `dry_run`: that a run would free).
+    pub freed_bytes: u64,
     /// Condemned packs kept because a snapshot turned out to need them.
     pub packs_resurrected: usize,
     /// Records that cannot be swept yet, and the leases they wait for.
@@ -263,7 +263,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     report.packs_repacked = repack.len();
     report.packs_condemned = condemn.len();
     if opts.dry_run {
-        report.bytes_freed = condemn.iter().filter_map(|p| listed.get(p)).sum();
+        report.freed_bytes = condemn.iter().filter_map(|p| listed.get(p)).sum();
         return Ok(report);
     }
     let mut records = records;
@@ -386,7 +386,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     for p in &delete {
         let path = paths::pack(p);
         if let Some(size) = repo.storage().stat(&path)? {
-            report.bytes_freed += size;
+            report.freed_bytes += size;
             report.packs_deleted += 1;
         }
         doomed.push(path);

@@ -34,6 +34,7 @@ pub struct KeepPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verdict {
     /// The snapshot.
+    #[serde(rename = "snapshot_id")]
     pub id: SnapshotId,
     /// Its time.
     pub time: String,

@@ -576,11 +576,8 @@ impl Agent {
         } else {
             tracing::info!(member = %self.me, "{message}");
         }
-        let at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
         self.alerts.push_back(AlertRecord {
-            at,
+            time: jiff::Timestamp::now().to_string(),
             severity: if critical { "critical" } else { "info" }.into(),
             message,
         });

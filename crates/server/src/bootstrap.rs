@@ -24,7 +24,7 @@ pub struct BootstrapReport {
     /// The coordinator's generation afterwards.
     pub generation: u64,
     /// Seconds it took.
-    pub seconds: f64,
+    pub duration_seconds: f64,
 }
 
 /// Why bootstrap stopped.
@@ -188,7 +188,7 @@ pub async fn bootstrap(
         primary: primary.name,
         members: lines,
         generation,
-        seconds: started.elapsed().as_secs_f64(),
+        duration_seconds: started.elapsed().as_secs_f64(),
     })
 }
 

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use lifeboat_config::{Config, FailoverMode, Replication};
 use lifeboat_coord::{Coordinator, EmbeddedOptions};
@@ -467,11 +467,8 @@ impl MainLoop {
                     lifeboat_failover::Severity::Info => tracing::info!("{message}"),
                     lifeboat_failover::Severity::Critical => tracing::warn!("{message}"),
                 }
-                let at = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0.0, |d| d.as_secs_f64());
                 self.alerts.push_back(AlertRecord {
-                    at,
+                    time: jiff::Timestamp::now().to_string(),
                     severity: sev.into(),
                     message: message.clone(),
                 });

@@ -123,8 +123,8 @@ pub struct MemberStatus {
 /// One alert.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AlertRecord {
-    /// Unix time in seconds.
-    pub at: f64,
+    /// When it was raised (RFC 3339, UTC).
+    pub time: String,
     /// `info` or `critical`.
     pub severity: String,
     /// What happened and what to do.

@@ -44,11 +44,11 @@ async fn a_switchover_under_writes_loses_nothing_and_stops_writes_briefly() {
     writer.wait_acked(50, 10).await;
     let w = writer.finish();
     let t = s.last_transition.clone().unwrap_or_default();
-    let first = t["steps"][0]["at_ms"].as_u64().unwrap_or(0);
+    let first = t["steps"][0]["at_seconds"].as_f64().unwrap_or(0.0);
     for st in t["steps"].as_array().cloned().unwrap_or_default() {
         println!(
-            "  +{:>5} ms  {}",
-            st["at_ms"].as_u64().unwrap_or(0).saturating_sub(first),
+            "  +{:>5.0} ms  {}",
+            (st["at_seconds"].as_f64().unwrap_or(0.0) - first) * 1000.0,
             st["what"].as_str().unwrap_or("")
         );
     }

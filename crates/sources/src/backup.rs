@@ -86,7 +86,8 @@ pub struct BackupReport {
     pub snapshot_id: SnapshotId,
     /// The parent used to skip unchanged files.
     pub parent: Option<SnapshotId>,
-    /// Counters.
+    /// Counters (shown with the names of docs/json.md).
+    #[serde(serialize_with = "SnapshotSummary::serialize_json")]
     pub summary: SnapshotSummary,
     /// Entries that could not be read (the snapshot is partial when non-empty).
     pub errors: Vec<EntryError>,
@@ -333,11 +334,11 @@ pub fn backup_with(
     let report = writer.finish()?;
     let errors = errors.into_inner();
     summary.blobs_added = report.blobs;
-    summary.bytes_added = report.raw_bytes;
-    summary.bytes_stored = report.stored_bytes;
+    summary.added_bytes = report.raw_bytes;
+    summary.stored_bytes = report.stored_bytes;
     summary.errors = errors.len() as u64;
     summary.started = started_at.to_string();
-    summary.duration_s = started.elapsed().as_secs_f64();
+    summary.duration_seconds = started.elapsed().as_secs_f64();
     let mut snap = Snapshot {
         time: jiff::Timestamp::now().to_string(),
         tree: root_id,
@@ -841,7 +842,7 @@ fn build_trees(
                 });
                 node.content = r.content;
                 node.delta = r.delta;
-                totals.bytes_read += r.bytes;
+                totals.read_bytes += r.bytes;
                 if let Some(e) = r.error {
                     node.error = Some(e);
                 } else if r.bytes != node.size {
@@ -938,13 +939,13 @@ pub fn backup_stream<R: Read>(
         bytes: size,
         files_read: 1,
         files_unchanged: 0,
-        bytes_read: size,
+        read_bytes: size,
         blobs_added: report.blobs,
-        bytes_added: report.raw_bytes,
-        bytes_stored: report.stored_bytes,
+        added_bytes: report.raw_bytes,
+        stored_bytes: report.stored_bytes,
         errors: 0,
         started: started_at.to_string(),
-        duration_s: started.elapsed().as_secs_f64(),
+        duration_seconds: started.elapsed().as_secs_f64(),
     };
     let snap = Snapshot {
         time: jiff::Timestamp::now().to_string(),

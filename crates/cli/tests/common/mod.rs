@@ -169,6 +169,30 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     }
 }
 
+/// Asserts that `doc` (what `lifeboat … --json` printed) matches
+/// docs/schema/`name`.json (formats such as `date-time` checked too), listing every
+/// violation with where it is.
+pub fn assert_schema(name: &str, doc: &serde_json::Value) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs/schema")
+        .join(format!("{name}.json"));
+    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: not JSON: {e}", path.display()));
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap_or_else(|e| panic!("{}: not a valid schema: {e}", path.display()));
+    let errors: Vec<String> = validator
+        .iter_errors(doc)
+        .map(|e| format!("  at {}: {e}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{name}: the output does not match docs/schema/{name}.json:\n{}\noutput: {doc:#}",
+        errors.join("\n")
+    );
+}
+
 pub fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
