@@ -181,17 +181,22 @@ fn package(args: &[String]) -> Result {
 }
 
 fn install_cargo_deb() -> Result {
+    install_cargo_tool("deb", "cargo-deb")
+}
+
+/// Installs the cargo subcommand `cargo SUB` (crate `krate`) unless it runs already.
+fn install_cargo_tool(sub: &str, krate: &str) -> Result {
     let works = cargo()
-        .args(["deb", "--version"])
+        .args([sub, "--version"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if works {
-        eprintln!("    present: cargo-deb");
+        eprintln!("    present: {krate}");
         return Ok(());
     }
-    run(cargo().args(["install", "--locked", "cargo-deb"]))
+    run(cargo().args(["install", "--locked", krate]))
 }
 
 /// Output of a command that must succeed.
@@ -621,17 +626,7 @@ fn garage_version(bin: &Path) -> Option<String> {
 }
 
 fn install_cargo_fuzz() -> Result {
-    let works = cargo()
-        .args(["fuzz", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if works {
-        eprintln!("    present: cargo-fuzz");
-        return Ok(());
-    }
-    run(cargo().args(["install", "--locked", "cargo-fuzz"]))
+    install_cargo_tool("fuzz", "cargo-fuzz")
 }
 
 /// Tests that start Garage (the S3 test server) have this in their name: the others run
