@@ -613,10 +613,22 @@ pub struct PgPrefetcherCmd {
     pub segment_size: u64,
 }
 
-/// Where recovery stops: one of these (`pg restore` and `pg verify` take the same).
+/// Where recovery stops, and along which timeline (`pg restore` and `pg verify` take the
+/// same).
+#[derive(Debug, ClapArgs)]
+pub struct RecoveryPoint {
+    /// The target: at most one.
+    #[command(flatten)]
+    pub target: RecoveryTargetFlags,
+    /// recovery_target_timeline: latest (default), current, or a number.
+    #[arg(long)]
+    pub timeline: Option<String>,
+}
+
+/// The recovery target flags, of which at most one may be given.
 #[derive(Debug, ClapArgs)]
 #[group(id = "point", multiple = false)]
-pub struct RecoveryPoint {
+pub struct RecoveryTargetFlags {
     /// Recover to just before this time: '2026-11-30 14:03:27+00' (the offset is required).
     #[arg(long)]
     pub to_time: Option<String>,
@@ -635,9 +647,6 @@ pub struct RecoveryPoint {
     /// Recover only to the end of the base backup.
     #[arg(long)]
     pub immediate: bool,
-    /// recovery_target_timeline: latest (default), current, or a number.
-    #[arg(long)]
-    pub timeline: Option<String>,
 }
 
 /// `pg restore`.

@@ -673,8 +673,9 @@ fn shell_quote(s: &str) -> String {
 /// The recovery target and timeline of `pg restore` and `pg verify` (one parser for both):
 /// a mistyped value is a usage error naming the flag, before anything is opened.
 pub(crate) fn recovery_point(
-    p: &crate::cli::RecoveryPoint,
+    point: &crate::cli::RecoveryPoint,
 ) -> Result<(RecoveryTarget, Option<String>)> {
+    let p = &point.target;
     let target = if let Some(t) = &p.to_time {
         RecoveryTarget::Time(parse_time(t)?)
     } else if let Some(l) = &p.to_lsn {
@@ -691,6 +692,6 @@ pub(crate) fn recovery_point(
     } else {
         RecoveryTarget::Latest
     };
-    let timeline = p.timeline.as_deref().map(parse_timeline).transpose()?;
+    let timeline = point.timeline.as_deref().map(parse_timeline).transpose()?;
     Ok((target, timeline))
 }
