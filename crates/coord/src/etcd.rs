@@ -157,6 +157,10 @@ fn resendable(e: &etcd_client::Error) -> bool {
         etcd_client::Error::GRpcStatus(s) => match s.code() as i32 {
             GRPC_UNAVAILABLE => true,
             GRPC_UNKNOWN => s.message().contains("transport error"),
+            // The connection to the member broke under the request (the member died): the
+            // client reports "operation was canceled" with the transport error as its
+            // source. A cancellation the server sent has no source.
+            GRPC_CANCELLED => std::error::Error::source(s).is_some(),
             _ => false,
         },
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
@@ -164,6 +168,7 @@ fn resendable(e: &etcd_client::Error) -> bool {
     }
 }
 
+const GRPC_CANCELLED: i32 = 1;
 const GRPC_UNKNOWN: i32 = 2;
 const GRPC_UNAVAILABLE: i32 = 14;
 
